@@ -1,0 +1,109 @@
+"""The edge broker: mosquitto configured from the repo's templates for this device's VV_HOME."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from bus.config import Settings
+from bus.resources import data_dir
+
+ADMIN_USER = "vv-admin"
+
+
+class BrokerError(RuntimeError):
+    """mosquitto is missing or its configuration cannot be written."""
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    directory: Path
+    conf: Path
+    data_dir: Path
+    passwd: Path | None
+    acl: Path | None
+
+
+def mosquitto_binary(name: str = "mosquitto") -> str:
+    found = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+    if not found:
+        raise BrokerError(f"{name} not found: install it with `sudo apt-get install mosquitto mosquitto-clients`")
+    return found
+
+
+def secret_for(settings: Settings, username: str) -> str:
+    """The broker password of a user, generated once into keys/ (0600)."""
+    name = "mqtt.secret" if username == settings.device else f"mqtt-{username}.secret"
+    path = settings.paths.keys / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> None:
+    """Hash every user's password with mosquitto_passwd (its own PBKDF2 format), 0600."""
+    tool = mosquitto_binary("mosquitto_passwd")
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)
+    for username, password in users.items():
+        result = subprocess.run([tool, "-b", str(tmp), username, password], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BrokerError(f"mosquitto_passwd failed for {username}: {result.stderr.strip() or result.stdout.strip()}")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def render_broker(
+    settings: Settings,
+    *,
+    dev: bool = False,
+    directory: Path | None = None,
+    extra_users: Mapping[str, str] | None = None,
+) -> BrokerFiles:
+    """Write mosquitto.conf (+ passwd and acl unless `dev`) for this device; idempotent."""
+    directory = directory or settings.paths.state / "broker"
+    data = directory / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    templates = data_dir("mosquitto")
+    passwd = acl = None
+    if not dev:
+        users = {settings.device: settings.mqtt_credentials()[1] or secret_for(settings, settings.device)}
+        users[ADMIN_USER] = secret_for(settings, ADMIN_USER)
+        users.update(extra_users or {})
+        passwd, acl = directory / "passwd", directory / "acl.conf"
+        write_password_file(passwd, users)
+        acl.write_text(Template((templates / "acl.conf").read_text()).substitute(admin_user=ADMIN_USER))
+        os.chmod(acl, 0o600)
+    broker = settings.broker
+    conf_text = Template((templates / "edge.conf").read_text()).substitute(
+        user=getpass.getuser(),
+        host="127.0.0.1" if dev else settings.mqtt.host,
+        port=settings.mqtt.port,
+        allow_anonymous="true" if dev else "false",
+        password_file_line=f"password_file {passwd}" if passwd else "# dev mode: no password file",
+        acl_file_line=f"acl_file {acl}" if acl else "# dev mode: no ACL",
+        data_dir=data,
+        autosave_interval=broker.autosave_interval,
+        persistent_client_expiration=broker.persistent_client_expiration,
+        max_packet_bytes=broker.max_packet_bytes,
+        max_queued_messages=broker.max_queued_messages,
+        max_queued_bytes=broker.max_queued_bytes,
+    )
+    conf = directory / "mosquitto.conf"
+    conf.write_text(conf_text)
+    return BrokerFiles(directory=directory, conf=conf, data_dir=data, passwd=passwd, acl=acl)
+
+
+def broker_command(files: BrokerFiles) -> list[str]:
+    return [mosquitto_binary(), "-c", str(files.conf)]

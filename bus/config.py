@@ -1,0 +1,267 @@
+"""Settings: one TOML file (`VV_CONFIG`) plus `VV_<SECTION>_<KEY>` overrides, validated at start.
+
+A bad key or value raises `ConfigError` with one line naming the key, so a mistyped setting
+stops the process instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+Codec = Literal["msgpack", "json"]
+FsyncPolicy = Literal["always", "interval", "never"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""  # default: the device id
+    password: str = ""  # default: read from VV_HOME/keys/mqtt.secret (written by `vv broker`)
+    tls_ca: str = ""
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600  # queued events survive a node being down this long
+    will_delay_s: int = 5  # a reconnect within this window does not flap health to offline
+    reconnect_min_s: float = 0.2
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    codec: Codec = "msgpack"
+    health_interval_s: float = 10.0
+    max_event_bytes: int = 256 * 1024
+    outbox_sync: Literal["normal", "full"] = "normal"  # sqlite synchronous mode for outbox/dedupe
+    shared_group: str = ""  # non-empty: consume via $share/<group>/... with other workers
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    max_packet_bytes: int = 1024 * 1024
+    max_queued_messages: int = 100_000
+    max_queued_bytes: int = 512 * 1024 * 1024
+    autosave_interval: int = 1  # with autosave_on_changes: save after this many changes
+    persistent_client_expiration: str = "14d"
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    fsync: FsyncPolicy = "interval"
+    fsync_interval_s: float = 0.2
+    segment_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    backend: Literal["auto", "ultralytics", "onnx", "darknet", "hog"] = "auto"
+    model: str = ""
+    model_config: str = ""
+    labels: str = ""
+    detect_fps: float = 5.0
+    imgsz: int = 320
+    confidence: float = 0.25
+    threads: int = 0  # 0: one per core
+    motion_gating: bool = True
+    motion_threshold: float = 0.002  # fraction of changed pixels that counts as motion
+    motion_max_skip_s: float = 5.0  # run the detector at least this often, even on a static scene
+    max_processing_s: float = 0.0  # 0: derived from the video's duration
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class SignSettings:
+    alg: Literal["ed25519", "hmac-sha256"] = "ed25519"
+    key_id: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    home: Path = Path("./var")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
+    scan: ScanSettings = field(default_factory=ScanSettings)
+    sign: SignSettings = field(default_factory=SignSettings)
+
+    @property
+    def paths(self) -> VVPaths:
+        return VVPaths(self.home)
+
+    def mqtt_credentials(self) -> tuple[str, str]:
+        """The broker login: explicit settings first, else the device id and the secret `vv broker` wrote."""
+        username = self.mqtt.username or self.device
+        password = self.mqtt.password
+        secret = self.paths.keys / "mqtt.secret"
+        if not password and secret.exists():
+            password = secret.read_text().strip()
+        return username, password
+
+
+@dataclass(frozen=True)
+class VVPaths:
+    """The on-device filesystem layout under VV_HOME (see ARCHITECTURE.md)."""
+
+    home: Path
+
+    @property
+    def input(self) -> Path:
+        return self.home / "input"
+
+    @property
+    def storage(self) -> Path:
+        return self.home / "storage"
+
+    @property
+    def corrupted(self) -> Path:
+        return self.home / "corrupted"
+
+    @property
+    def journal(self) -> Path:
+        return self.home / "journal"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def exports(self) -> Path:
+        return self.home / "exports"
+
+    @property
+    def keys(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def state(self) -> Path:
+        return self.home / "state"
+
+    def storage_for(self, video_id: str, when: datetime | None = None) -> Path:
+        """`storage/YYYY/MM/DD/<video_id>/`, dated by ingest time (UTC)."""
+        when = when or datetime.now(UTC)
+        return self.storage / f"{when:%Y}" / f"{when:%m}" / f"{when:%d}" / video_id
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Turn a TOML or environment value into the declared type, or raise naming the key."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{key}: {value!r} is not a boolean")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not a number")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{key}: {value!r} is not {'an integer' if hint is int else 'a number'}"
+            ) from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"{key}: {value!r} is not an integer")
+        if number < 0:
+            raise ConfigError(f"{key}: {value!r} must not be negative")
+        return number
+    if hint is Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{key}: {value!r} is not a path")
+        return Path(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: {value!r} is not a string")
+        return value
+    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional settings yet
+        raise ConfigError(f"{key}: unsupported type")
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")
+
+
+def _build(cls: type[Any], values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{name}: unknown setting")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a [{name}] table")
+            kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(name, hint, value)
+    return cls(**kwargs)
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
+    """Map `VV_<SECTION>_<KEY>` and `VV_<KEY>` onto the settings tree."""
+    hints = typing.get_type_hints(Settings)
+    sections = {name for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+    top = set(hints) - sections
+    tree: dict[str, Any] = {}
+    for var, value in environ.items():
+        if not var.startswith("VV_") or var == "VV_CONFIG":
+            continue
+        rest = var[3:].lower()
+        if rest in top:
+            tree[rest] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            tree.setdefault(section, {})[key] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read `VV_CONFIG` (if set), apply `VV_*` overrides, validate everything."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_path = environ.get("VV_CONFIG")
+    if config_path:
+        try:
+            values = tomllib.loads(Path(config_path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"VV_CONFIG: {config_path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"VV_CONFIG: {config_path} is not valid TOML: {exc}") from None
+    settings: Settings = _build(Settings, _merge(values, _env_overrides(environ)), "")
+    if not settings.device or "/" in settings.device or "+" in settings.device or "#" in settings.device:
+        raise ConfigError(f"device: {settings.device!r} must be non-empty and free of '/', '+', '#'")
+    return settings

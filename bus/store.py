@@ -1,0 +1,130 @@
+"""A node's durable state in one SQLite file (WAL): outbox, seen event ids, epoch and seq.
+
+paho keeps unacknowledged publishes in memory only, so an event a node produced would be lost if
+the node died before PUBACK. Here it is recorded first, in the same transaction that marks the
+input event as seen, and deleted only after the broker acknowledged it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SEEN_RETENTION_S = 14 * 24 * 3600  # longer than any broker session expiry: a redelivery is still recognised
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    rowid: int
+    event_id: str
+    topic: str
+    payload: bytes
+    content_type: str
+    retain: bool
+
+
+class NodeStore:
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS outbox (
+                rowid INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, topic TEXT NOT NULL,
+                payload BLOB NOT NULL, content_type TEXT NOT NULL, retain INTEGER NOT NULL, created REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS seen_by_time ON seen(seen_at);
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+            """
+        )
+        self._depth = 0
+        self._seq = self._meta("seq")
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes atomically; nested use joins the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        seq_before = self._seq
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._seq = seq_before
+            raise
+        else:
+            self._set_meta("seq", self._seq)
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def bump_epoch(self) -> int:
+        """Every start is a new epoch, so consumers can tell a restart from a gap in `seq`."""
+        with self.transaction():
+            epoch = self._meta("epoch") + 1
+            self._set_meta("epoch", epoch)
+        return epoch
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def add_outbox(
+        self, event_id: str, topic: str, payload: bytes, content_type: str, retain: bool
+    ) -> OutboxRow:
+        cursor = self._db.execute(
+            "INSERT INTO outbox(event_id, topic, payload, content_type, retain, created) VALUES (?,?,?,?,?,?)",
+            (event_id, topic, payload, content_type, int(retain), time.time()),
+        )
+        assert cursor.lastrowid is not None
+        return OutboxRow(cursor.lastrowid, event_id, topic, payload, content_type, retain)
+
+    def delete_sent(self, rowids: list[int]) -> None:
+        if rowids:
+            with self.transaction():
+                self._db.executemany("DELETE FROM outbox WHERE rowid=?", [(r,) for r in rowids])
+
+    def pending(self) -> list[OutboxRow]:
+        rows = self._db.execute(
+            "SELECT rowid, event_id, topic, payload, content_type, retain FROM outbox ORDER BY rowid"
+        ).fetchall()
+        return [OutboxRow(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5])) for r in rows]
+
+    def outbox_depth(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def seen(self, event_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM seen WHERE event_id=?", (event_id,)).fetchone() is not None
+
+    def mark_seen(self, event_id: str) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO seen(event_id, seen_at) VALUES (?, ?)", (event_id, time.time())
+        )
+
+    def prune_seen(self, older_than_s: float = SEEN_RETENTION_S) -> int:
+        with self.transaction():
+            cursor = self._db.execute("DELETE FROM seen WHERE seen_at < ?", (time.time() - older_than_s,))
+        return cursor.rowcount
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,43 @@
+"""Run the edge broker: mosquitto with mosquitto/edge.conf rendered for VV_HOME.
+
+Without --dev: persistence on, no anonymous access, a password file (device and admin users,
+secrets in VV_HOME/keys) and an ACL letting each device publish only under vv/<device>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bus.broker import BrokerError, broker_command, render_broker
+from bus.config import load_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dev", action="store_true", help="anonymous, loopback-only broker for development (NOT for devices)"
+    )
+    parser.add_argument("--print-config", action="store_true", help="render the config, print its path, exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        files = render_broker(settings, dev=args.dev)
+        command = broker_command(files)
+    except BrokerError as exc:
+        print(f"vv broker: {exc}", file=sys.stderr)
+        return 2
+    if args.dev:
+        print(
+            "vv broker: *** DEVELOPMENT MODE: anonymous access, no ACL, loopback only. "
+            "Never run a device like this. ***",
+            file=sys.stderr,
+        )
+    print(f"vv broker: config {files.conf}, data {files.data_dir}", file=sys.stderr)
+    if args.print_config:
+        print(files.conf)
+        return 0
+    sys.stderr.flush()
+    os.execv(command[0], command)  # mosquitto takes our pid: signals and exit code are its own

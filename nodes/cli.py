@@ -1,0 +1,68 @@
+"""`vv`: one command for operators. Each verb lives in its own module, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bus.config import ConfigError
+
+# verb -> (module with add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("nodes.run", "run one node in the foreground (a process of the mesh)"),
+    "broker": ("nodes.broker_cli", "run the edge mosquitto broker configured for VV_HOME"),
+    "tail": ("nodes.tail", "print live events decoded, one line each"),
+    "status": ("nodes.status", "fold the journal into each video's state"),
+    "replay": ("nodes.replay", "re-publish journal events (same ids: consumers dedupe)"),
+    "verify": ("nodes.verify", "verify signed LogLines: signature, key, chain, artifacts"),
+    "keys": ("nodes.keys_cli", "generate, list and export signing keys"),
+    "cleanup": ("nodes.cleanup", "remove old files under given roots, safely"),
+    "export": ("nodes.export", "export logs as a signed tarball, or verify one"),
+    "model": ("nodes.model_export", "export a YOLO model to ONNX for lean edge boxes"),
+}
+
+
+def build_parser(verbs: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vv",
+        description="VV Edge: edge video-AI as an event-sourced MQTT mesh.",
+        epilog="Settings: VV_CONFIG=file.toml, overridden by VV_<SECTION>_<KEY> variables.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for verb, (module_name, help_text) in COMMANDS.items():
+        if verbs is not None and verb not in verbs:
+            sub.add_parser(verb, help=help_text, add_help=False)
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # a verb whose module is not part of this build
+        command = sub.add_parser(verb, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(command)
+        command.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    # Import only the module of the verb in use (fast startup, and a missing optional extra never
+    # breaks unrelated verbs); `vv --help` imports them all to list them.
+    parser = build_parser([verb] if verb in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"vv: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

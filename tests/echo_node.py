@@ -1,0 +1,38 @@
+"""A node written the way users write one: it records what it handles and answers video.new."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bus.envelope import Event
+from bus.node import Node, on
+
+
+class Echo(Node):
+    name = "echo"
+
+    @on("#")
+    async def record(self, event: Event) -> None:
+        # Durable side effect per handled event: the test counts these lines to prove exactly-once.
+        with Path(self.settings.home, "echo.log").open("a") as handle:
+            handle.write(json.dumps({"id": event.id, "type": event.type, "subject": event.subject}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if event.type == "video.new":
+            if event.data["original_name"] == "explode.mp4":
+                raise RuntimeError("handler bug on purpose")
+            video = event.data["video"]
+            analytic = {"path": video["path"] + ".analytic.json", "sha256": video["sha256"]}
+            await self.emit(
+                "scan.done",
+                {
+                    "video": video,
+                    "analytic": analytic,
+                    "counts": {"person": 1},
+                    "backend": "echo",
+                    "model": "none",
+                },
+                cause=event,
+            )
