@@ -32,9 +32,13 @@ class BrokerFiles:
 
 
 def mosquitto_binary(name: str = "mosquitto") -> str:
-    found = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
+    )
     if not found:
-        raise BrokerError(f"{name} not found: install it with `sudo apt-get install mosquitto mosquitto-clients`")
+        raise BrokerError(
+            f"{name} not found: install it with `sudo apt-get install mosquitto mosquitto-clients`"
+        )
     return found
 
 
@@ -59,7 +63,9 @@ def write_password_file(path: Path, users: Mapping[str, str]) -> None:
     for username, password in users.items():
         result = subprocess.run([tool, "-b", str(tmp), username, password], capture_output=True, text=True)
         if result.returncode != 0:
-            raise BrokerError(f"mosquitto_passwd failed for {username}: {result.stderr.strip() or result.stdout.strip()}")
+            raise BrokerError(
+                f"mosquitto_passwd failed for {username}: {result.stderr.strip() or result.stdout.strip()}"
+            )
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 

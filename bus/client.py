@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aiomqtt
@@ -77,3 +78,40 @@ def decode_message(message: aiomqtt.Message) -> Any:
     if not isinstance(payload, bytes | bytearray):
         raise codec.DecodeError(f"unexpected payload type {type(payload).__name__}")
     return codec.decode(bytes(payload), content_type_of(message))
+
+
+async def stream(
+    settings: Settings, filters: list[str], client_id: str
+) -> AsyncIterator[tuple[str, Any, str | None]]:
+    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools."""
+    async with make_client(settings, client_id, persistent=False) as client:
+        for topic_filter in filters:
+            await client.subscribe(topic_filter, qos=1)
+        async for message in client.messages:
+            try:
+                document: Any = decode_message(message)
+            except codec.DecodeError as exc:
+                document = exc
+            yield str(message.topic), document, content_type_of(message)
+
+
+async def publish_documents(
+    settings: Settings,
+    items: Iterable[tuple[str, dict[str, Any], str]],
+    client_id: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Publish (topic, document, content type) items with QoS 1, each waiting for PUBACK; returns the count."""
+    sent = 0
+    async with make_client(settings, client_id, persistent=False) as client:
+        for topic, document, content_type in items:
+            await client.publish(
+                topic,
+                codec.encode(document, content_type),
+                qos=1,
+                properties=publish_properties(content_type),
+            )
+            sent += 1
+            if progress is not None:
+                progress(sent)
+    return sent

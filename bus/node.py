@@ -121,6 +121,7 @@ class Node:
         self._busy = False
         self._consumer: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._lost_at: tuple[str, float] | None = None
         self._handlers = self._collect_handlers()
         self._health_handlers = [
             getattr(self, attr)
@@ -305,6 +306,8 @@ class Node:
                     break
                 delay = backoff.next_delay()
                 log.warning("broker connection lost or refused (%s); retrying in %.1fs", exc, delay)
+                if self._lost_at is None:
+                    self._lost_at = (utc_now(), time.monotonic())
                 self.stats.reconnects += 1
                 await self.sleep(delay)
             finally:
@@ -316,6 +319,9 @@ class Node:
         for filt in self._subscriptions():
             await client.subscribe(filt, qos=1)
         self._client = client
+        if self._lost_at is not None:
+            await self._publish_outage(client, *self._lost_at)
+            self._lost_at = None
         await self._publish_health(client)
         log.info("connected to %s:%d as %s", self.settings.mqtt.host, self.settings.mqtt.port, self.client_id)
         tasks = [
@@ -587,8 +593,21 @@ class Node:
         offline["reason"] = "connection lost (last will)"
         return aiomqtt.Will(self._health_topic(), json.dumps(offline), qos=1, retain=True, properties=props)
 
-    async def _publish_health(self, client: aiomqtt.Client, status: str | None = None) -> None:
-        doc = self.health_document(status)
+    async def _publish_outage(self, client: aiomqtt.Client, since: str, since_monotonic: float) -> None:
+        """Record an outage the will could not report (the broker itself died): offline since then.
+
+        A will is only sent by a broker that saw the connection drop; after a broker crash it never
+        is, so the node publishes the record itself, timed when it lost the broker, before `online`.
+        """
+        doc = self.health_document("offline")
+        doc["time"] = since
+        doc["reason"] = f"broker connection lost; reconnected after {time.monotonic() - since_monotonic:.1f}s"
+        await self._publish_health(client, document=doc)
+
+    async def _publish_health(
+        self, client: aiomqtt.Client, status: str | None = None, document: dict[str, Any] | None = None
+    ) -> None:
+        doc = document or self.health_document(status)
         schemas.validate("health", doc)
         try:
             await client.publish(

@@ -7,7 +7,7 @@ import importlib
 from bus.node import Node
 
 NODES: dict[str, str] = {
-    "journal": "nodes.journal.node:Journal",
+    "journal": "nodes.journal.node:JournalNode",
 }
 
 

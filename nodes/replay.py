@@ -1,0 +1,73 @@
+"""Re-publish events from the journal, unchanged (same ids: consumers that saw them skip them).
+
+Use it to feed a node that lost its state, or to re-drive videos after fixing a stage.
+Exit codes: 0 done, 1 broker or journal failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from bus.client import MqttError, publish_documents
+from bus.config import load_settings
+from bus.envelope import parse_time
+from bus.topics import topic_for
+from nodes.journal.store import JournalError, iter_records
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", help="events received at or after this RFC 3339 time (default: all)")
+    parser.add_argument("--type", dest="types", action="append", help="only this event type (repeatable)")
+    parser.add_argument("--subject", help="only events about this video id")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be re-published")
+
+
+def _selected(args: argparse.Namespace, journal: Any) -> Iterator[tuple[str, dict[str, Any], str]]:
+    for record in iter_records(journal, since=args.since):
+        event = record.get("event")
+        if not isinstance(event, dict):
+            continue
+        if args.types and event.get("type") not in args.types:
+            continue
+        if args.subject and event.get("subject") != args.subject:
+            continue
+        yield topic_for(event["device"], event["type"]), event, event["datacontenttype"]
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.since:
+        try:
+            parse_time(args.since)
+        except ValueError:
+            print(f"vv replay: --since {args.since!r} is not an RFC 3339 time", file=sys.stderr)
+            return 2
+    try:
+        items = list(_selected(args, settings.paths.journal))
+    except (FileNotFoundError, JournalError) as exc:
+        print(f"vv replay: {exc}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        for topic, event, _ in items:
+            print(f"{event['time']}  {topic}  {event.get('subject', '-')}  {event['id']}")
+        print(f"{len(items)} event(s) would be re-published", file=sys.stderr)
+        return 0
+
+    def progress(sent: int) -> None:
+        if sent % 1000 == 0 or sent == len(items):
+            print(f"replayed {sent}/{len(items)}", file=sys.stderr)
+
+    try:
+        sent = asyncio.run(
+            publish_documents(settings, items, f"vv-{settings.device}-replay-{os.getpid()}", progress)
+        )
+    except MqttError as exc:
+        print(f"vv replay: broker: {exc}", file=sys.stderr)
+        return 1
+    print(f"re-published {sent} event(s)")
+    return 0

@@ -1,0 +1,89 @@
+"""Print live bus traffic decoded, one line each (device, type, subject, short data); --json for machines.
+
+FILTER is an MQTT topic filter (`vv/+/alert/#`) or an event type pattern of this device (`scan.done`,
+`alert.*`, `#`). Exit codes: 0 stopped (Ctrl-C, --count reached), 1 broker unreachable, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from bus.client import MqttError, stream
+from bus.codec import DecodeError
+from bus.config import Settings, load_settings
+from bus.topics import subscription
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "filter",
+        nargs="?",
+        default="#",
+        help="topic filter or event type pattern (default: all of this device)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per line: topic, content_type, payload"
+    )
+    parser.add_argument("--count", type=int, default=0, help="stop after this many messages")
+
+
+def topic_filter(settings: Settings, pattern: str) -> str:
+    return pattern if "/" in pattern else subscription(settings.device, pattern)
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_line(topic: str, document: Any) -> str:
+    """A readable line: events by type and subject, health by node and status, alerts by title."""
+    if isinstance(document, DecodeError):
+        return f"{topic}  <undecodable: {document}>"
+    if isinstance(document, dict) and "specversion" in document:
+        data = document.get("data", {})
+        stamp = str(document.get("time", ""))[11:23]
+        head = f"{stamp} {document.get('device')} {document.get('type'):<18} {document.get('subject') or '-':<32}"
+        if str(document.get("type", "")).startswith("alert."):
+            return f"{head} [{data.get('status')}] {data.get('title')}: {data.get('message_details')}"
+        return f"{head} {_short(data)}"
+    if isinstance(document, dict) and "/health/" in topic:
+        stamp = str(document.get("time", ""))[11:23]
+        reason = f" ({document['reason']})" if document.get("reason") else ""
+        return f"{stamp} {document.get('device')} health.{document.get('node'):<11} {document.get('status')}{reason}"
+    return f"{topic}  {_short(document)}"
+
+
+async def _tail(settings: Settings, args: argparse.Namespace) -> None:
+    seen = 0
+    async for topic, document, content_type in stream(
+        settings, [topic_filter(settings, args.filter)], f"vv-tail-{os.getpid()}"
+    ):
+        if args.json:
+            payload = {"error": str(document)} if isinstance(document, DecodeError) else document
+            print(
+                json.dumps({"topic": topic, "content_type": content_type, "payload": payload}, default=str),
+                flush=True,
+            )
+        else:
+            print(format_line(topic, document), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            return
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        asyncio.run(_tail(settings, args))
+    except MqttError as exc:
+        print(f"vv tail: broker {settings.mqtt.host}:{settings.mqtt.port}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
