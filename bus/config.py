@@ -88,6 +88,27 @@ class SignSettings:
 
 
 @dataclass(frozen=True)
+class IngestSettings:
+    poll_interval_s: float = 2.0  # rescan of input/ (the fallback without inotify, a safety net with it)
+    settle_s: float = 1.0  # a file is complete when two looks this far apart agree (size, mtime)
+    inotify: bool = True  # wake on directory events where the kernel offers them
+
+
+@dataclass(frozen=True)
+class DvrSettings:
+    url: str = ""  # RTSP/HTTP URL or a device path, read with OpenCV's FFmpeg backend
+    camera: str = "cam1"  # segment names: input/<camera>-<UTC stamp>.mp4
+    segment_s: float = 60.0
+    codec: str = "mp4v"  # fourcc of the written segments
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0
+    retry_min_s: float = 1.0
+    retry_max_s: float = 60.0
+    error_after_attempts: int = 5  # alert.error after this many failed attempts in a row
+    critical_after_s: float = 900.0  # alert.critical when the stream is down this long
+
+
+@dataclass(frozen=True)
 class Settings:
     device: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     home: Path = Path("./var")
@@ -98,6 +119,8 @@ class Settings:
     journal: JournalSettings = field(default_factory=JournalSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
     sign: SignSettings = field(default_factory=SignSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    dvr: DvrSettings = field(default_factory=DvrSettings)
 
     @property
     def paths(self) -> VVPaths:

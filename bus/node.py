@@ -10,6 +10,7 @@ outgoing event to a durable outbox before sending it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -17,9 +18,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -247,10 +248,29 @@ class Node:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
         return asyncio.run(self.main())
 
-    async def main(self) -> int:
+    @contextlib.asynccontextmanager
+    async def running(self, timeout: float = 10.0) -> AsyncIterator[Self]:
+        """Run the node inside a tool (`vv ingest`): connected on entry; on exit everything emitted
+        is acknowledged by the broker (or stays in the outbox for the next run), then it stops."""
+        task = asyncio.create_task(self.main(handle_signals=False))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected.wait()), timeout)
+        except TimeoutError:
+            self.stop()
+            await task
+            raise MqttError(f"broker {self.settings.mqtt.host}:{self.settings.mqtt.port} not reachable") from None
+        try:
+            yield self
+        finally:
+            await self.flush(timeout)
+            self.stop()
+            await task
+
+    async def main(self, handle_signals: bool = True) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal)
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal)
         self.epoch = self.store.bump_epoch()
         self.store.prune_seen()
         self._started = time.monotonic()
@@ -331,6 +351,8 @@ class Node:
         self._connected.set()
         try:
             self._consumer = asyncio.create_task(self._consume(client))
+            if self._stop.is_set():  # stop() came while connecting: nothing to finish
+                self._consumer.cancel()
             try:
                 await self._consumer
             except asyncio.CancelledError:

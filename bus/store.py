@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+SEQ_BLOCK = 1000
 SEEN_RETENTION_S = 14 * 24 * 3600  # longer than any broker session expiry: a redelivery is still recognised
 
 
@@ -44,7 +45,9 @@ class NodeStore:
             """
         )
         self._depth = 0
-        self._seq = self._meta("seq")
+        # `seq` is reserved in blocks so a commit need not write it: after a restart the producer
+        # continues past the whole reserved block (a new epoch, so consumers see no gap).
+        self._seq = self._reserved = self._meta("seq")
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -63,17 +66,16 @@ class NodeStore:
             finally:
                 self._depth -= 1
             return
-        seq_before = self._seq
+        seq_before, reserved_before = self._seq, self._reserved
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
-            self._seq = seq_before
+            self._seq, self._reserved = seq_before, reserved_before
             raise
         else:
-            self._set_meta("seq", self._seq)
             self._db.execute("COMMIT")
         finally:
             self._depth = 0
@@ -86,7 +88,11 @@ class NodeStore:
         return epoch
 
     def next_seq(self) -> int:
+        """The next sequence number; call inside a transaction (it may reserve a new block)."""
         self._seq += 1
+        if self._seq > self._reserved:
+            self._reserved = self._seq + SEQ_BLOCK - 1
+            self._set_meta("seq", self._reserved)
         return self._seq
 
     def add_outbox(

@@ -13,6 +13,7 @@ from bus.config import ConfigError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("nodes.run", "run one node in the foreground (a process of the mesh)"),
     "broker": ("nodes.broker_cli", "run the edge mosquitto broker configured for VV_HOME"),
+    "ingest": ("nodes.ingest_cli", "ingest video files now (moved, or copied with --copy) and announce them"),
     "tail": ("nodes.tail", "print live events decoded, one line each"),
     "status": ("nodes.status", "fold the journal into each video's state"),
     "replay": ("nodes.replay", "re-publish journal events (same ids: consumers dedupe)"),

@@ -8,6 +8,8 @@ from bus.node import Node
 
 NODES: dict[str, str] = {
     "journal": "nodes.journal.node:JournalNode",
+    "ingest": "nodes.ingest:Ingest",
+    "dvr": "nodes.dvr:Dvr",
 }
 
 

@@ -1,0 +1,578 @@
+"""The ingest node: turns files dropped in `input/` into stored videos announced by `video.new`.
+
+A file is taken only once complete (two looks agree on size and mtime, and no process holds it
+open for writing); it is hashed (streamed), probed with OpenCV, and moved atomically into
+`storage/YYYY/MM/DD/<video_id>/`. A file that is not a readable video goes to `corrupted/` with a
+`<name>.meta.json`, an `alert.error` and `video.quarantined`. Nothing is deleted except an exact
+duplicate of a video already taken in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+
+from bus.config import Settings, VVPaths
+from bus.envelope import Event, utc_now
+from bus.fsutil import CHUNK, atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from bus.node import Node, on
+
+log = logging.getLogger("vv.ingest")
+
+IGNORED_SUFFIXES = (".tmp", ".part")  # writers use temp + rename; these are never complete files
+
+
+# ----------------------------------------------------------------------------- pure functions
+def is_candidate(name: str) -> bool:
+    """Dotfiles and temp names are files still being written by someone else."""
+    return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
+
+
+def video_id_of(sha256: str) -> str:
+    """The same bytes are the same video, wherever and whenever they arrive."""
+    return sha256[:32]
+
+
+class UnreadableVideo(Exception):
+    """The file is not a video OpenCV can decode from start to end; `error_type` names the case."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    frames: int
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        return round(self.frames / self.fps, 3)
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Read the stream's figures and decode the first and the last frame (a truncated file fails here)."""
+    if path.stat().st_size == 0:
+        raise UnreadableVideo("EmptyFile", "the file is empty (0 bytes)")
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            raise UnreadableVideo("UnreadableVideo", "OpenCV/FFmpeg cannot open it as a video")
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        info = VideoInfo(
+            fps=fps,
+            frames=frames,
+            width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
+        if not fps > 0 or frames <= 0:
+            raise UnreadableVideo(
+                "BadMetadata", f"no usable frame rate or frame count (fps {fps}, frames {frames})"
+            )
+        ok, _ = cap.read()
+        if not ok:
+            raise UnreadableVideo("UndecodableVideo", "cannot decode the first frame")
+        if frames > 1:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+            ok, _ = cap.read()
+            if not ok:
+                raise UnreadableVideo(
+                    "TruncatedVideo", f"cannot decode frame {frames - 1} of {frames}: the file ends early"
+                )
+        return info
+    finally:
+        cap.release()
+
+
+def open_for_writing(paths: Collection[Path], proc: Path = Path("/proc")) -> set[Path]:
+    """Those of `paths` that some process holds open for writing, from one pass over /proc/*/fd.
+
+    Only the fds of processes we may inspect are seen (all of them as root, our user's otherwise);
+    without /proc the answer is empty and size/mtime stability alone decides.
+    """
+    wanted = {os.path.realpath(p): p for p in paths}
+    found: set[Path] = set()
+    if not wanted:
+        return found
+    try:
+        pids = [entry for entry in os.listdir(proc) if entry.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        fd_dir = proc / pid / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd_dir / fd)
+            except OSError:
+                continue
+            if target in wanted and _writable(proc / pid / "fdinfo" / fd):
+                found.add(wanted[target])
+    return found
+
+
+def _writable(fdinfo: Path) -> bool:
+    try:
+        for line in fdinfo.read_text().splitlines():
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def place_file(src: Path, dest: Path, *, copy: bool = False) -> None:
+    """Move (or copy) `src` to `dest` so that `dest` is either absent or whole, across filesystems too."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not copy:
+        try:
+            os.replace(src, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        else:
+            fsync_dir(dest.parent)
+            fsync_dir(src.parent)
+            return
+    partial = dest.with_name(f".{dest.name}.part")  # fixed name: a retry after a crash overwrites it
+    try:
+        with src.open("rb") as reader, partial.open("wb") as writer:
+            shutil.copyfileobj(reader, writer, CHUNK)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(partial, dest)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+    if not copy:
+        src.unlink()
+        fsync_dir(src.parent)
+
+
+def reserve_quarantine_name(directory: Path, name: str) -> Path:
+    """A free name in `corrupted/`, claimed by creating its meta file exclusively (no overwrite, no race)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem, suffix = os.path.splitext(name)
+    for n in range(100_000):
+        candidate = directory / (name if n == 0 else f"{stem}-{n}{suffix}")
+        if candidate.exists():
+            continue
+        try:
+            fd = os.open(meta_path_for(candidate), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"no free name for {name} in {directory}")
+
+
+def meta_path_for(quarantined: Path) -> Path:
+    return quarantined.with_name(quarantined.name + ".meta.json")
+
+
+class Ledger:
+    """Which videos were taken in, shared by the node and `vv ingest`; it outlives cleanup of storage.
+
+    `begin` records the `video.new` data before the file moves and `commit` marks it done after the
+    event is in the outbox, so a crash in between is repaired at start (`pending`), never lost.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.done_dir = root / "done"
+        self.pending_dir = root / "pending"
+
+    def _done(self, video_id: str) -> Path:
+        return self.done_dir / video_id[:2] / video_id
+
+    def _pending(self, video_id: str) -> Path:
+        return self.pending_dir / f"{video_id}.json"
+
+    def known(self, video_id: str) -> bool:
+        return self._done(video_id).exists() or self._pending(video_id).exists()
+
+    def begin(self, video_id: str, data: dict[str, Any]) -> None:
+        atomic_write_json(self._pending(video_id), data)
+
+    def commit(self, video_id: str) -> None:
+        atomic_write_bytes(self._done(video_id), b"")
+        self.discard(video_id)
+
+    def discard(self, video_id: str) -> None:
+        self._pending(video_id).unlink(missing_ok=True)
+
+    def pending(self) -> Iterator[dict[str, Any]]:
+        for path in sorted(self.pending_dir.glob("*.json")):
+            data: dict[str, Any] = json.loads(path.read_text())
+            yield data
+
+
+def ledger_for(paths: VVPaths) -> Ledger:
+    return Ledger(paths.state / "nodes" / "ingest" / "ledger")
+
+
+def stored_before(paths: VVPaths, video_id: str) -> bool:
+    """A `storage/YYYY/MM/DD/<video_id>/` directory exists (the ledger may have been wiped)."""
+    return any(paths.storage.glob(f"*/*/*/{video_id}"))
+
+
+@dataclass
+class Outcome:
+    """What happened to one file; the caller announces it on the bus."""
+
+    kind: Literal["ingested", "duplicate", "quarantined"]
+    path: Path  # where the file was
+    video_id: str
+    data: dict[str, Any] = field(default_factory=dict)  # video.new or video.quarantined data
+    error: UnreadableVideo | None = None
+
+
+def ingest_file(
+    path: Path,
+    paths: VVPaths,
+    ledger: Ledger,
+    *,
+    copy: bool = False,
+    source: str = "input",
+    component: str = "ingest",
+) -> Outcome:
+    """Hash, dedupe, probe, then store or quarantine one complete file (blocking: run in a thread)."""
+    digest = sha256_file(path)
+    video_id = video_id_of(digest)
+    if ledger.known(video_id) or stored_before(paths, video_id):
+        if not copy:
+            path.unlink()
+        return Outcome("duplicate", path, video_id)
+    try:
+        info = probe_video(path)
+    except UnreadableVideo as exc:
+        return quarantine(path, paths, exc, digest, copy=copy, component=component)
+    dest = paths.storage_for(video_id) / path.name
+    data = {
+        "video": {
+            "id": video_id,
+            "path": str(dest),
+            "sha256": digest,
+            "bytes": path.stat().st_size,
+            "duration_s": info.duration_s,
+            "fps": info.fps,
+            "frames": info.frames,
+            "width": info.width,
+            "height": info.height,
+        },
+        "original_name": path.name,
+        "ingested_at": utc_now(),
+        "source": source,
+    }
+    ledger.begin(video_id, data)
+    place_file(path, dest, copy=copy)
+    return Outcome("ingested", path, video_id, data)
+
+
+def quarantine(
+    path: Path,
+    paths: VVPaths,
+    error: UnreadableVideo,
+    digest: str | None,
+    *,
+    copy: bool = False,
+    component: str = "ingest",
+) -> Outcome:
+    """Move the file to `corrupted/` beside a meta file saying where it came from and why."""
+    target = reserve_quarantine_name(paths.corrupted, path.name)
+    meta_path = meta_path_for(target)
+    try:
+        place_file(path, target, copy=copy)
+    except BaseException:
+        meta_path.unlink(missing_ok=True)
+        raise
+    atomic_write_json(
+        meta_path,
+        {
+            "original_path": str(path.absolute()),
+            "timestamp_corruption": utc_now(),
+            "source_component": component,
+            "error_type": error.error_type,
+            "error_message": str(error),
+            "original_hash_sha256": digest,
+        },
+    )
+    data = {
+        "original_path": str(path.absolute()),
+        "quarantine_path": str(target),
+        "meta_path": str(meta_path),
+        "error_type": error.error_type,
+        "error_message": str(error),
+        "sha256": digest,
+        "stage": component,
+    }
+    return Outcome("quarantined", path, video_id_of(digest) if digest else "", data, error)
+
+
+# ----------------------------------------------------------------------------- bus side
+@dataclass
+class IngestCounts:
+    ingested: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    failed: int = 0
+
+
+async def announce(node: Node, ledger: Ledger, outcome: Outcome, counts: IngestCounts) -> None:
+    """Publish what `ingest_file` did: `video.new`, or an `alert.error` plus `video.quarantined`."""
+    if outcome.kind == "ingested":
+        await node.emit("video.new", outcome.data, subject=outcome.video_id)
+        ledger.commit(outcome.video_id)
+        counts.ingested += 1
+        log.info("ingested %s as %s", outcome.path.name, outcome.video_id, extra={"video": outcome.video_id})
+    elif outcome.kind == "duplicate":
+        counts.duplicates += 1
+        log.info(
+            "%s is video %s, already ingested: duplicate %s",
+            outcome.path.name,
+            outcome.video_id,
+            "left in place" if outcome.path.exists() else "removed",
+            extra={"video": outcome.video_id},
+        )
+    else:
+        counts.quarantined += 1
+        assert outcome.error is not None
+        context = {"video": outcome.video_id} if outcome.video_id else {"path": str(outcome.path)}
+        await node.raise_alert(
+            "ERROR",
+            "Unreadable video quarantined",
+            f"{outcome.path.name}: {outcome.error.error_type}: {outcome.error}; "
+            f"moved to {outcome.data['quarantine_path']}",
+            context={**context, "file": outcome.path.name},
+            actions=[
+                f"Inspect {outcome.data['meta_path']} for the reason",
+                "Re-export or re-record the video at its source, then drop the new file in input/",
+                "Delete the quarantined file once it is no longer needed",
+            ],
+        )
+        await node.emit("video.quarantined", outcome.data, subject=outcome.video_id or None)
+
+
+class DirWatch:
+    """inotify on one directory through libc: any event only means "look again" (no event parsing)."""
+
+    _MASK = 0x08 | 0x80 | 0x100 | 0x04  # IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ATTRIB
+
+    def __init__(self, directory: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        if libc.inotify_add_watch(fd, os.fsencode(directory), self._MASK) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"inotify_add_watch({directory}) failed")
+        self.fd: int = fd
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class _Look:
+    signature: tuple[int, int]  # (size, mtime_ns)
+    since: float  # monotonic time the signature was first seen
+
+
+class Ingest(Node):
+    """Watches `input/`; each complete file becomes a stored video (`video.new`) or a quarantined one."""
+
+    name = "ingest"
+
+    def __init__(self, settings: Settings, instance: str = "") -> None:
+        super().__init__(settings, instance)
+        self.ledger = ledger_for(self.paths)
+        self.counts = IngestCounts()
+        self.paused = False
+        self.pause_reason = ""
+        self.queued = 0  # candidate files seen in input/ at the last look
+        self.waiting_open = 0  # of those, complete-looking but still open for writing
+        self.watch_mode = "polling"
+        self._looks: dict[Path, _Look] = {}
+        self._failed: dict[Path, tuple[int, int]] = {}  # not retried until the file changes
+        self._wake = asyncio.Event()
+        self._pause_file = self.state_dir / "paused.json"
+
+    async def setup(self) -> None:
+        self.paths.input.mkdir(parents=True, exist_ok=True)
+        if self._pause_file.exists():  # a pause (disk full) outlives a restart
+            self._set_paused(True, json.loads(self._pause_file.read_text()).get("reason", ""))
+
+    @on("cmd.ingest.pause")
+    async def pause(self, event: Event) -> None:
+        reason = str(event.data.get("reason") or "by command")
+        atomic_write_json(self._pause_file, {"reason": reason, "since": utc_now()})
+        self._set_paused(True, reason)
+
+    @on("cmd.ingest.resume")
+    async def resume(self, event: Event) -> None:
+        self._pause_file.unlink(missing_ok=True)
+        self._set_paused(False, "")
+        self._wake.set()
+
+    def _set_paused(self, paused: bool, reason: str) -> None:
+        self.paused, self.pause_reason = paused, reason
+        log.info("ingest %s%s", "paused" if paused else "resumed", f": {reason}" if reason else "")
+        if paused:
+            self.set_status("degraded", f"paused ({reason}): new files wait in input/")
+        else:
+            self.set_status("online")
+
+    def health_details(self) -> dict[str, Any]:
+        return {
+            "paused": self.paused,
+            "pause_reason": self.pause_reason,
+            "watch": self.watch_mode,
+            "queued": self.queued,
+            "waiting_open": self.waiting_open,
+            "ingested": self.counts.ingested,
+            "duplicates": self.counts.duplicates,
+            "quarantined": self.counts.quarantined,
+            "failed": self.counts.failed,
+        }
+
+    async def background(self) -> None:
+        await self._recover()
+        watch = self._start_watch()
+        try:
+            while not self.stopping:
+                await self._look()
+                timeout = (
+                    self.settings.ingest.settle_s if self._looks else self.settings.ingest.poll_interval_s
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+        finally:
+            if watch is not None:
+                asyncio.get_running_loop().remove_reader(watch.fd)
+                watch.close()
+
+    def _start_watch(self) -> DirWatch | None:
+        if not self.settings.ingest.inotify:
+            return None
+        try:
+            watch = DirWatch(self.paths.input)
+        except (OSError, AttributeError) as exc:  # AttributeError: a libc without inotify
+            log.info(
+                "inotify unavailable (%s): polling input/ every %.1fs",
+                exc,
+                self.settings.ingest.poll_interval_s,
+            )
+            return None
+
+        def wake() -> None:
+            watch.drain()
+            self._wake.set()
+
+        asyncio.get_running_loop().add_reader(watch.fd, wake)
+        self.watch_mode = "inotify"
+        return watch
+
+    async def _recover(self) -> None:
+        """Finish what a crash interrupted between moving a file and announcing it."""
+        for data in self.ledger.pending():
+            video_id = data["video"]["id"]
+            if Path(data["video"]["path"]).exists():
+                log.warning("announcing %s, stored before a crash but not yet announced", video_id)
+                await self.emit("video.new", data, subject=video_id)
+                self.ledger.commit(video_id)
+            else:  # the move never happened: the file is still in input/ and is taken again
+                self.ledger.discard(video_id)
+
+    def _scan_input(self) -> dict[Path, tuple[int, int]]:
+        found: dict[Path, tuple[int, int]] = {}
+        with os.scandir(self.paths.input) as entries:
+            for entry in entries:
+                if is_candidate(entry.name) and entry.is_file(follow_symlinks=False):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    found[Path(entry.path)] = (st.st_size, st.st_mtime_ns)
+        return found
+
+    async def _look(self) -> None:
+        """One look at input/: remember new signatures, take the files whose two looks agree."""
+        files = self._scan_input()
+        self.queued = len(files)
+        if self.paused:
+            return
+        now = time.monotonic()
+        settle = self.settings.ingest.settle_s
+        looks: dict[Path, _Look] = {}
+        stable: list[Path] = []
+        for path, signature in sorted(files.items(), key=lambda item: item[1][1]):  # oldest first
+            if self._failed.get(path) == signature:
+                continue
+            look = self._looks.get(path)
+            if look is None or look.signature != signature:
+                looks[path] = _Look(signature, now)
+            elif now - look.since >= settle:
+                stable.append(path)
+            else:
+                looks[path] = look
+        self._failed = {p: s for p, s in self._failed.items() if p in files}
+        busy = await asyncio.to_thread(open_for_writing, stable) if stable else set()
+        self.waiting_open = len(busy)
+        for path in busy:
+            looks[path] = self._looks[path]
+        self._looks = looks
+        for path in (p for p in stable if p not in busy):
+            if self.paused or self.stopping:
+                self._looks[path] = _Look(files[path], now)
+                continue
+            await self._take(path, files[path])
+
+    async def _take(self, path: Path, signature: tuple[int, int]) -> None:
+        try:
+            outcome = await asyncio.to_thread(ingest_file, path, self.paths, self.ledger, component=self.name)
+        except FileNotFoundError:
+            return  # taken away meanwhile (by `vv ingest`, or its writer): nothing to do
+        except OSError as exc:
+            self.counts.failed += 1
+            self._failed[path] = signature
+            await self.raise_alert(
+                "ERROR",
+                "Cannot ingest file",
+                f"{path.name}: {type(exc).__name__}: {exc}; it stays in input/ and is retried when it changes",
+                context={"path": str(path)},
+                actions=[
+                    "Check the file's permissions and the free space of VV_HOME",
+                    "Restart ingest to retry",
+                ],
+            )
+            return
+        await announce(self, self.ledger, outcome, self.counts)

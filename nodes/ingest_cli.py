@@ -1,0 +1,110 @@
+"""Ingest video files now: store them (moved, or copied with --copy) and announce them on the bus.
+
+Each file gets exactly what a drop in input/ gets: a `video.new`, or quarantine in corrupted/ with an
+`alert.error` and `video.quarantined`. A file whose video was taken in before is reported as
+such and, unless --copy, removed (its bytes are already in storage).
+Exit status: 0 all ingested (or already there), 1 any quarantined or not delivered, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bus.client import MqttError
+from bus.config import Settings, load_settings
+from bus.logs import setup_logging
+from bus.node import Node
+from nodes.ingest import IngestCounts, Outcome, announce, ingest_file, ledger_for
+
+
+class IngestOnce(Node):
+    """A short-lived producer with the ingest node's name and no subscriptions (instance `cli`)."""
+
+    name = "ingest"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="video files to ingest")
+    parser.add_argument("--copy", action="store_true", help="copy the files instead of moving them")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per file")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the broker to take the events"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = [Path(name) for name in args.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"vv ingest: not a file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    setup_logging("ingest-cli", settings.device, settings.paths.logs, "WARNING")
+    return asyncio.run(_ingest(settings, paths, copy=args.copy, as_json=args.json, timeout=args.timeout))
+
+
+async def _ingest(settings: Settings, files: list[Path], *, copy: bool, as_json: bool, timeout: float) -> int:
+    node = IngestOnce(settings, instance="cli")
+    node.state_dir.mkdir(parents=True, exist_ok=True)
+    ledger = ledger_for(settings.paths)
+    counts = IngestCounts()
+    source = "vv ingest --copy" if copy else "vv ingest"
+    # One `vv ingest` at a time: two would share (and keep stealing) one MQTT client id.
+    with (node.state_dir / "cli.lock").open("w") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            async with node.running(timeout):
+                for path in files:
+                    try:
+                        outcome = await asyncio.to_thread(
+                            ingest_file, path, settings.paths, ledger, copy=copy, source=source
+                        )
+                    except OSError as exc:
+                        counts.failed += 1
+                        print(f"{path}: cannot ingest: {exc}", file=sys.stderr)
+                        continue
+                    await announce(node, ledger, outcome, counts)
+                    print(json.dumps(_report(outcome)) if as_json else _line(outcome))
+                delivered = await node.flush(timeout)
+        except MqttError as exc:
+            print(f"vv ingest: {exc}; no file was touched", file=sys.stderr)
+            return 1
+    if not delivered:
+        print(
+            f"vv ingest: the broker did not acknowledge every event within {timeout:.0f}s; "
+            "they stay queued and are sent by the next `vv ingest`",
+            file=sys.stderr,
+        )
+    return 0 if delivered and not (counts.quarantined or counts.failed) else 1
+
+
+def _report(outcome: Outcome) -> dict[str, Any]:
+    report: dict[str, Any] = {"file": str(outcome.path), "result": outcome.kind, "video": outcome.video_id}
+    if outcome.kind == "ingested":
+        report["path"] = outcome.data["video"]["path"]
+        report["duration_s"] = outcome.data["video"]["duration_s"]
+    elif outcome.kind == "quarantined":
+        report.update(
+            path=outcome.data["quarantine_path"],
+            error_type=outcome.data["error_type"],
+            error=outcome.data["error_message"],
+        )
+    return report
+
+
+def _line(outcome: Outcome) -> str:
+    report = _report(outcome)
+    if outcome.kind == "ingested":
+        return (
+            f"{outcome.path}: ingested as {outcome.video_id} ({report['duration_s']} s) -> {report['path']}"
+        )
+    if outcome.kind == "duplicate":
+        removed = "" if outcome.path.exists() else " (this copy removed)"
+        return f"{outcome.path}: already ingested as {outcome.video_id}{removed}"
+    return f"{outcome.path}: QUARANTINED ({report['error_type']}: {report['error']}) -> {report['path']}"
