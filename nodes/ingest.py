@@ -297,6 +297,7 @@ def quarantine(
     *,
     copy: bool = False,
     component: str = "ingest",
+    attempts: list[dict[str, str]] | None = None,
 ) -> Outcome:
     """Move the file to `corrupted/` beside a meta file saying where it came from and why."""
     target = reserve_quarantine_name(paths.corrupted, path.name)
@@ -315,6 +316,7 @@ def quarantine(
             "error_type": error.error_type,
             "error_message": str(error),
             "original_hash_sha256": digest,
+            **({"attempts": attempts} if attempts else {}),
         },
     )
     data = {
@@ -325,6 +327,7 @@ def quarantine(
         "error_message": str(error),
         "sha256": digest,
         "stage": component,
+        **({"attempts": attempts} if attempts else {}),
     }
     return Outcome("quarantined", path, video_id_of(digest) if digest else "", data, error)
 

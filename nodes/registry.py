@@ -8,6 +8,8 @@ from bus.node import Node
 
 NODES: dict[str, str] = {
     "journal": "nodes.journal.node:JournalNode",
+    "scan": "nodes.scan.node:Scan",
+    "summarize": "nodes.summarize.node:Summarize",
     "ingest": "nodes.ingest:Ingest",
     "dvr": "nodes.dvr:Dvr",
 }
