@@ -85,6 +85,16 @@ class ScanSettings:
 class SignSettings:
     alg: Literal["ed25519", "hmac-sha256"] = "ed25519"
     key_id: str = ""
+    failpoint: Literal["", "after-write"] = ""  # testing only: exit right after writing a LogLine
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    interval_s: float = 30.0
+    ingested_s: float = 900.0  # longest a video may wait for its scan before it is re-announced
+    scanned_s: float = 300.0
+    summarized_s: float = 120.0
+    max_attempts: int = 3  # re-announcements before the video is quarantined
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,76 @@ class DvrSettings:
 
 
 @dataclass(frozen=True)
+class AlerterSettings:
+    channels: str = ""  # a JSON list of channel tables, or the path of a .toml/.json file of them
+    window_s: float = 300.0  # repeats closer than this fold into one episode (counted, not re-sent)
+    group_wait_s: float = 30.0  # a new group waits this long to collect a burst before its first notification
+    group_interval_s: float = 300.0  # then at most one notification per group this often
+    repeat_interval_s: float = 4 * 3600.0  # a still-firing alert is notified again after this long
+    expire_s: float = 7 * 86400.0  # an unresolved alert not seen for this long is forgotten
+    inhibit_offline: bool = True  # mute a node's own alerts while its health says offline
+    queue_max: int = 10_000  # notifications kept on disk per channel while it is down
+    retry_min_s: float = 1.0
+    retry_max_s: float = 300.0
+    send_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class DiskSettings:
+    interval_s: float = 60.0
+    # a level is entered when EITHER the free percent or the free GB is below its threshold
+    warn_percent: float = 20.0
+    warn_free_gb: float = 50.0
+    critical_percent: float = 10.0
+    critical_free_gb: float = 10.0
+    # a level is left only once both figures are this far above its thresholds (no flapping)
+    hysteresis_percent: float = 2.0
+    hysteresis_gb: float = 2.0
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """`vv up`: which nodes run as its children and how crashed ones are restarted."""
+
+    # comma-separated names or module:Class specs; "": every registered node (dvr only with dvr.url)
+    nodes: str = ""
+    max_restarts: int = 5  # restarts within restart_window_s before the child is FATAL (not restarted)
+    restart_window_s: float = 300.0
+    stability_s: float = 60.0  # a child up this long has its restart count reset
+    startup_grace_s: float = 5.0  # a child is "starting" this long, then "running"
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 60.0
+    stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
+    log_lines: int = 50  # last lines of each child's output kept for status and alerts
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The monitor node: liveness, self-healing restarts, resources, stuck videos, storage, jobs."""
+
+    # who restarts a node: vv (`cmd.supervisor.restart` to `vv up`) or systemd (`systemctl restart vv-<node>`)
+    supervisor: Literal["vv", "systemd"] = "vv"
+    check_interval_s: float = 5.0
+    failure_threshold: int = 3  # missed beats before a node is unhealthy (HEALTHCHECK_FAILURE_THRESHOLD)
+    startup_grace_s: float = 30.0  # after a restart (or the monitor's start) a node is not judged this long
+    max_restart_attempts: int = 5  # within restart_window_s, then FATAL (CONTAINER_MAX_RESTART_ATTEMPTS)
+    restart_window_s: float = 600.0
+    stability_s: float = 300.0  # a node up this long has its restart count reset
+    backoff_min_s: float = 5.0
+    backoff_max_s: float = 300.0
+    cpu_percent: float = 90.0  # of one core, per node process; 0 turns the check off
+    memory_percent: float = 50.0  # resident memory as a share of RAM; 0 turns the check off
+    resource_sustain_s: float = 120.0  # above a threshold this long before the WARNING
+    journal_check_s: float = 60.0  # how often the journal is folded for stuck videos
+    stuck_ingested_s: float = 1800.0  # per stage: longer than this without moving on is stuck; 0: no limit
+    stuck_scanned_s: float = 900.0
+    stuck_summarized_s: float = 600.0
+    storage_probe: str = ""  # directory the write probe goes to; "": VV_HOME/storage
+    job_grace: float = 1.5  # a job is overdue when its last success is older than period_s x this
+    log_lines: int = 20  # last app.log lines of a node put in its FATAL alert
+
+
+@dataclass(frozen=True)
 class Settings:
     device: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     home: Path = Path("./var")
@@ -119,8 +199,13 @@ class Settings:
     journal: JournalSettings = field(default_factory=JournalSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
     sign: SignSettings = field(default_factory=SignSettings)
+    reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     dvr: DvrSettings = field(default_factory=DvrSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    alerter: AlerterSettings = field(default_factory=AlerterSettings)
+    disk: DiskSettings = field(default_factory=DiskSettings)
 
     @property
     def paths(self) -> VVPaths:

@@ -10,8 +10,13 @@ NODES: dict[str, str] = {
     "journal": "nodes.journal.node:JournalNode",
     "scan": "nodes.scan.node:Scan",
     "summarize": "nodes.summarize.node:Summarize",
+    "sign": "nodes.sign.node:Sign",
+    "reconciler": "nodes.reconciler:Reconciler",
     "ingest": "nodes.ingest:Ingest",
     "dvr": "nodes.dvr:Dvr",
+    "alerter": "nodes.alerter:Alerter",
+    "disk": "nodes.disk:DiskWatch",
+    "monitor": "nodes.monitor:Monitor",
 }
 
 

@@ -1,0 +1,125 @@
+"""The reconciler: nothing gets stuck. It folds the journal, and a video that has sat in a stage
+longer than its limit has that stage's last event re-announced (a new event, same data), up to
+`reconciler.max_attempts` times; then the video is quarantined with an alert listing the attempts.
+
+Every stage is idempotent (dedupe by id, by (type, subject), and artifacts written atomically), so
+re-announcing turns at-least-once delivery into exactly-once in effect, even when the broker lost
+queued messages in a crash. The journal is the only state: attempts are the announcements it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bus.envelope import Event
+from bus.node import Node
+from nodes.ingest import UnreadableVideo, quarantine
+from nodes.journal.fold import STAGE_OF_TYPE, Fold, VideoState, format_time, stuck
+from nodes.journal.store import JournalError, iter_records
+
+log = logging.getLogger("vv.reconciler")
+TYPE_OF_STAGE = {stage: event_type for event_type, stage in STAGE_OF_TYPE.items()}
+
+
+class Reconciler(Node):
+    name = "reconciler"
+
+    def limits(self) -> dict[str, float]:
+        s = self.settings.reconciler
+        return {"ingested": s.ingested_s, "scanned": s.scanned_s, "summarized": s.summarized_s}
+
+    async def background(self) -> None:
+        await self.wait_connected()
+        while not await self.sleep(self.settings.reconciler.interval_s):
+            try:
+                await self.reconcile()
+            except (JournalError, OSError) as exc:
+                self.set_status("degraded", f"cannot read the journal: {exc}")
+
+    def _fold(self, now: datetime) -> tuple[dict[str, VideoState], dict[tuple[str, str], dict[str, Any]]]:
+        """Fold the recent journal; remember each video's last event per pipeline type."""
+        s = self.settings.reconciler
+        horizon = max(self.limits().values()) * (s.max_attempts + 2)
+        since = format_time(now - timedelta(seconds=horizon))
+        folder = Fold()
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        journal = self.paths.journal
+        if not journal.is_dir():
+            return {}, {}
+        for record in iter_records(journal, since=since):
+            event = record.get("event")
+            if (
+                isinstance(event, dict)
+                and folder.add(event) is not None
+                and event.get("type") in STAGE_OF_TYPE
+            ):
+                latest[(event["subject"], event["type"])] = event
+        return folder.states, latest
+
+    async def reconcile(self, now: datetime | None = None) -> int:
+        """One pass; returns how many videos were re-announced or quarantined."""
+        now = now or datetime.now(UTC)
+        states, latest = await asyncio.to_thread(self._fold, now)
+        acted = 0
+        for state in stuck(states, self.limits(), now):
+            assert state.stage is not None
+            last = latest.get((state.video_id, TYPE_OF_STAGE[state.stage]))
+            if last is None:
+                continue  # the stage's event is older than the fold horizon
+            announced = state.attempts.get(state.stage, 1)
+            if announced > self.settings.reconciler.max_attempts:
+                await self._quarantine(state, last)
+            else:
+                log.warning(
+                    "re-announcing %s of %s (attempt %d)", last["type"], state.video_id, announced + 1
+                )
+                await self.emit(
+                    last["type"], last["data"], subject=state.video_id, cause=Event.from_dict(last)
+                )
+            acted += 1
+        return acted
+
+    async def _quarantine(self, state: VideoState, last: dict[str, Any]) -> None:
+        assert state.stage is not None
+        video = last["data"]["video"]
+        times = [format_time(entry["time"]) for entry in state.timeline if entry["type"] == last["type"]]
+        reason = f"stuck in stage {state.stage} after {len(times)} announcements"
+        attempts = [
+            {"time": t, "reason": f"{last['type']} announced, no next stage within the limit"} for t in times
+        ]
+        path = Path(video["path"])
+        try:
+            data = quarantine(
+                path,
+                self.paths,
+                UnreadableVideo("StuckInStage", reason),
+                video["sha256"],
+                component=self.name,
+                attempts=attempts,
+            ).data
+        except OSError as exc:
+            data = {
+                "original_path": str(path),
+                "quarantine_path": "",
+                "meta_path": "",
+                "error_type": "StuckInStage",
+                "error_message": f"{reason}; the file could not be moved: {exc}",
+                "sha256": video["sha256"],
+                "stage": self.name,
+                "attempts": attempts,
+            }
+        await self.raise_alert(
+            "ERROR",
+            "Video stuck in the pipeline quarantined",
+            f"video {state.video_id}: {reason}: " + ", ".join(times),
+            context={"video": state.video_id, "stage": state.stage},
+            actions=[
+                f"Check the health and logs of the node after stage {state.stage}",
+                "Re-ingest the file from corrupted/ once fixed",
+            ],
+        )
+        await self.emit("video.quarantined", data, subject=state.video_id, cause=Event.from_dict(last))

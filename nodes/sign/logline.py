@@ -1,0 +1,345 @@
+"""LogLines: build, canonicalise, sign, hash, check, and recover the chain head (pure functions).
+
+The canonical form is the public contract of ARCHITECTURE.md: the LogLine without
+`signature_details` as `json.dumps(sort_keys, compact, ensure_ascii=False)` in UTF-8, no NaN. The
+same form of the *whole* object (signature included) is what the next LogLine's `prev` hashes, so
+changing any byte of a LogLine, its signature included, breaks the link to its successor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from bus.envelope import utc_now, uuid7
+from bus.fsutil import atomic_write_bytes, sha256_bytes
+from bus.schemas import SchemaError, load_schema, validate
+from nodes.sign.keys import Signer, Verifier
+
+LOGLINE_VERSION = 1
+SCHEMA = "logline"
+GENESIS_PREV = "0" * 64  # `prev` of seq 1
+SUFFIX = ".logline.json"
+SIGNATURE_FIELD = "signature_details"
+_SUMMARY_MEMBER = b',"summary":'
+VIDEO_FIELDS = ("id", "path", "sha256", "bytes", "duration_s", "fps", "frames", "width", "height")
+ARTIFACT_FIELDS = ("path", "sha256")
+SUMMARY_FIELDS = ("path", "sha256", "text", "counts")
+
+
+class LogLineError(ValueError):
+    """A LogLine cannot be signed or the chain head cannot be recovered; the message says why."""
+
+
+def _pick(source: Mapping[str, Any], fields: tuple[str, ...], base_dir: Path | None) -> dict[str, Any]:
+    picked = {name: source[name] for name in fields if name in source}
+    if base_dir is not None and "path" in picked:
+        picked["path"] = _relative_to(str(picked["path"]), base_dir)
+    return picked
+
+
+def _relative_to(path: str, base_dir: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base_dir.resolve()))
+    except ValueError:
+        return path
+
+
+def build_logline(
+    *,
+    device: str,
+    seq: int,
+    prev: str,
+    video: Mapping[str, Any],
+    analytic: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    created_at: str | None = None,
+    logline_id: str | None = None,
+    base_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The unsigned LogLine. Only the contract's fields are taken from `video`/`analytic`/`summary`.
+
+    With `base_dir` (the directory the LogLine will be written to), artifact paths under it are stored
+    relative to it, so a storage tree stays verifiable after it is copied elsewhere.
+    """
+    return {
+        "logline_version": LOGLINE_VERSION,
+        "id": logline_id or uuid7(),
+        "device": device,
+        "seq": seq,
+        "prev": prev,
+        "created_at": created_at or utc_now(),
+        "video": _pick(video, VIDEO_FIELDS, base_dir),
+        "analytic": _pick(analytic, ARTIFACT_FIELDS, base_dir),
+        "summary": _pick(summary, SUMMARY_FIELDS, base_dir),
+    }
+
+
+# bus.fsutil.canonical_json's form, with the encoder built once: verification serialises every LogLine.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def canonical_bytes(logline: Mapping[str, Any]) -> bytes:
+    """The signed bytes: the LogLine without `signature_details` (raises ValueError on NaN)."""
+    return _CANONICAL.encode(
+        {key: value for key, value in logline.items() if key != SIGNATURE_FIELD}
+    ).encode()
+
+
+def whole_canonical_bytes(logline: Mapping[str, Any]) -> bytes:
+    """The canonical form of the whole LogLine, signature included (what `write_logline` writes)."""
+    return _CANONICAL.encode(logline).encode()
+
+
+def logline_hash(logline: Mapping[str, Any]) -> str:
+    """Hex sha256 of the canonical form of the whole LogLine, signature included: the next `prev`."""
+    return sha256_bytes(whole_canonical_bytes(logline))
+
+
+def sign_logline(logline: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
+    """A signed copy of `logline`; raises LogLineError (and signs nothing) if it breaks the schema."""
+    try:
+        data = canonical_bytes(logline)
+    except ValueError as exc:
+        raise LogLineError(f"LogLine is not canonical JSON: {exc}") from None
+    details = {"alg": signer.alg, "key_id": signer.key_id, "signature": signer.sign(data)}
+    signed = {**logline, SIGNATURE_FIELD: details}
+    reason = schema_error(signed)
+    if reason is not None:
+        raise LogLineError(f"LogLine does not match its schema: {reason}")
+    return signed
+
+
+def check_signature(details: Mapping[str, Any], data: bytes, keys: Mapping[str, Verifier]) -> str | None:
+    """Why the signature in `details` over `data` is not acceptable, or None if it is."""
+    key_id = details.get("key_id")
+    verifier = keys.get(key_id) if isinstance(key_id, str) else None
+    if verifier is None:
+        return f"unknown key id {key_id!r} (not in the keys given to verify)"
+    alg = details.get("alg")
+    if alg != verifier.alg:
+        return f"alg {alg!r} does not match key {key_id}, which is {verifier.alg}"
+    encoded = str(details.get("signature"))
+    try:
+        signature = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        return "signature is not base64"
+    if base64.b64encode(signature).decode() != encoded:  # spare bits set: same bytes, another hash
+        return "signature is not in canonical base64"
+    if not verifier.verify(data, signature):
+        return f"signature does not verify with key {key_id}: the LogLine was changed after signing"
+    return None
+
+
+def verify_signature(logline: Mapping[str, Any], keys: Mapping[str, Verifier]) -> str | None:
+    """None if `logline` is signed by one of `keys`, else the reason it is not."""
+    details = logline.get(SIGNATURE_FIELD)
+    if not isinstance(details, Mapping):
+        return f"no {SIGNATURE_FIELD}"
+    try:
+        data = canonical_bytes(logline)
+    except ValueError as exc:
+        return f"not canonical JSON: {exc}"
+    return check_signature(details, data, keys)
+
+
+# --- schema: a compiled fast path that only accepts, jsonschema decides everything else -------------
+
+Check = Callable[[Any], bool]
+_ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "format", "examples"})
+_TYPES = {"object": "dict", "string": "str", "integer": "int", "number": "(int, float)"}
+_SKIP = _ANNOTATIONS | {"type"}  # `type` is the binding first term of every expression
+_ORDER = {"required": 0, "additionalProperties": 1, "properties": 2}
+
+
+class _FastPath:
+    """Compile the keywords the LogLine schema uses into one Python expression, evaluated once.
+
+    jsonschema takes ~150 us per LogLine, more than the signature check; this takes a few. It may
+    be stricter than JSON Schema (1.0 is not an integer here), never looser: a document it accepts
+    is valid, anything else goes to jsonschema for the verdict and the message. An unknown keyword
+    raises, so a schema change cannot silently widen the fast path.
+    """
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.names: dict[str, Any] = {}
+        self.check: Check = eval(f"lambda x: {self.expr(schema, 'x')}", self.names)
+
+    def name(self, value: Any) -> str:
+        name = f"_c{len(self.names)}"
+        self.names[name] = value
+        return name
+
+    def expr(self, schema: Mapping[str, Any], x: str) -> str:
+        """A boolean expression for `x`; with a `type`, its check binds `x` to a local name first."""
+        kind = schema.get("type")
+        terms = []
+        if kind is not None:
+            var = f"_v{len(self.names)}"
+            self.names[var] = None
+            is_kind = f"in {_TYPES[kind]}" if kind == "number" else f"is {_TYPES[kind]}"
+            terms.append(f"type({var} := {x}) {is_kind}")
+            x = var
+        keywords = sorted(schema, key=lambda key: _ORDER.get(key, len(_ORDER)))  # required before properties
+        terms += [self.keyword(key, schema[key], schema, x, kind) for key in keywords if key not in _SKIP]
+        return f"({' and '.join(terms) or 'True'})"
+
+    def keyword(self, keyword: str, value: Any, schema: Mapping[str, Any], x: str, kind: str | None) -> str:
+        """One keyword's check; the type guard JSON Schema implies is left out when `kind` settles it."""
+        is_dict = "" if kind == "object" else f"type({x}) is not dict or "
+        is_str = "" if kind == "string" else f"type({x}) is not str or "
+        is_num = "" if kind in ("number", "integer") else f"type({x}) not in (int, float) or "
+        if keyword in ("const", "enum"):
+            allowed = [(type(v), v) for v in ([value] if keyword == "const" else value)]
+            return f"(type({x}), {x}) in {self.name(allowed)}"
+        if keyword == "required":
+            return f"({is_dict}{self.name(frozenset(value))} <= {x}.keys())"
+        if keyword == "properties":  # `required` was checked first: its keys need no presence test
+            required = set(schema.get("required", ()))
+            subs = [
+                self.expr(sub, f"{x}[{key!r}]")
+                if key in required
+                else f"({key!r} not in {x} or {self.expr(sub, f'{x}[{key!r}]')})"
+                for key, sub in value.items()
+            ]
+            return f"({is_dict}({' and '.join(subs) or 'True'}))"
+        if keyword == "additionalProperties":
+            known = self.name(frozenset(schema.get("properties", {})))
+            if value is False:
+                return f"({is_dict}{x}.keys() <= {known})"
+            item = f"_i{len(self.names)}"
+            extra = self.expr(value, item)
+            return f"({is_dict}all({extra} for _k, {item} in {x}.items() if _k not in {known}))"
+        if keyword == "pattern":
+            return f"({is_str}{self.name(re.compile(value).search)}({x}) is not None)"
+        if keyword == "minimum":
+            return f"({is_num}{x} >= {self.name(value)})"
+        if keyword == "minLength":
+            return f"({is_str}len({x}) >= {self.name(value)})"
+        if keyword == "maxLength":
+            return f"({is_str}len({x}) <= {self.name(value)})"
+        raise NotImplementedError(f"schema keyword {keyword!r} has no fast path")
+
+
+@functools.cache
+def _fast_check() -> Check:
+    return _FastPath(load_schema(SCHEMA)).check
+
+
+def schema_error(document: Any) -> str | None:
+    """None if `document` matches schemas/logline.schema.json, else where and why it does not."""
+    if _fast_check()(document):
+        return None
+    try:
+        validate(SCHEMA, document)
+    except SchemaError as exc:
+        return str(exc).removeprefix(f"{SCHEMA}: ")
+    return None
+
+
+# --- files and the chain head ------------------------------------------------------------------------
+
+
+def logline_path(directory: Path, video_id: str) -> Path:
+    return directory / f"{video_id}{SUFFIX}"
+
+
+def write_logline(directory: Path, logline: Mapping[str, Any]) -> Path:
+    """Write `<video_id>.logline.json` atomically next to the video's artifacts, in canonical form.
+
+    The file is the canonical form of the whole LogLine (one line, no trailing newline), so its
+    sha256 is the LogLine's hash, the next `prev` (`sha256sum` checks a link), and `vv verify` can
+    take the signed bytes straight from the file (see `signed_bytes_in`).
+    """
+    path = logline_path(directory, str(logline["video"]["id"]))
+    atomic_write_bytes(path, whole_canonical_bytes(logline))
+    return path
+
+
+def signature_member(details: Mapping[str, Any]) -> bytes:
+    """`,"signature_details":{...}` in canonical form. The schema's patterns leave nothing to escape
+    in it, so for a schema-valid LogLine this is the exact text json.dumps would produce."""
+    alg, key_id, signature = details["alg"], details["key_id"], details["signature"]
+    return f',"{SIGNATURE_FIELD}":{{"alg":"{alg}","key_id":"{key_id}","signature":"{signature}"}}'.encode()
+
+
+def hash_with_signature(unsigned: bytes, details: Mapping[str, Any]) -> str:
+    """`logline_hash` from the canonical unsigned bytes already built (the inverse of
+    `signed_bytes_in`): the signature member goes in before `,"summary":`, no second serialisation."""
+    cut = unsigned.find(_SUMMARY_MEMBER)
+    digest = hashlib.sha256(unsigned[:cut])
+    digest.update(signature_member(details))
+    digest.update(unsigned[cut:])
+    return digest.hexdigest()
+
+
+def signed_bytes_in(data: bytes, details: Mapping[str, Any]) -> bytes | None:
+    """The signed bytes inside a file written by `write_logline`, or None if `data` is not in that form.
+
+    In sorted order `signature_details` comes right before `summary`, a key nothing earlier can hold
+    structurally (analytic is closed, strings escape their quotes), so removing that one member
+    leaves the canonical bytes that were signed. A caller that checks the signature over the result
+    skips re-serialising the LogLine; bytes that are not what the key signed simply fail that check.
+    """
+    member = signature_member(details)
+    cut = data.find(member)
+    if cut < 0 or not data.startswith(_SUMMARY_MEMBER, cut + len(member)):
+        return None
+    return data[:cut] + data[cut + len(member) :]
+
+
+def iter_logline_files(root: Path) -> Iterator[str]:
+    """Every `*.logline.json` under `root`, depth first in name order, not following directory links.
+
+    Plain strings from one scandir per directory: half the cost of os.walk, which matters when
+    storage holds one directory per video and verification walks thousands of them.
+    """
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
+            elif entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+                yield entry.path
+        stack.extend(reversed(subdirs))
+
+
+def recover_chain_head(storage_root: Path, device: str) -> tuple[int, str]:
+    """(seq, hash) of `device`'s newest LogLine on disk, or (0, GENESIS_PREV) when there is none.
+
+    The sign node calls this at start: a LogLine written just before a crash is on disk even if its
+    event never left, so its seq is never reused. A LogLine that cannot be read could be the head, so
+    it raises LogLineError instead of guessing, and so do two different LogLines at the top seq.
+    """
+    head = (0, GENESIS_PREV, str(storage_root))
+    unreadable: list[str] = []
+    for path in iter_logline_files(storage_root):
+        try:
+            doc = json.loads(Path(path).read_bytes())
+            if doc["device"] != device:
+                continue
+            seq, digest = int(doc["seq"]), logline_hash(doc)
+        except (OSError, ValueError, KeyError, TypeError):
+            unreadable.append(path)
+            continue
+        if seq > head[0]:
+            head = (seq, digest, path)
+        elif seq == head[0] and digest != head[1]:
+            raise LogLineError(f"two different LogLines claim seq {seq}: {head[2]} and {path}")
+    if unreadable:
+        raise LogLineError(f"cannot recover the chain head, unreadable LogLines: {', '.join(unreadable)}")
+    return head[0], head[1]

@@ -1,0 +1,526 @@
+"""`vv verify PATH...`: check LogLines offline (schema, signature, known key, chain, artifact hashes).
+
+`verify_paths` is the whole verification as a plain function shared by the CLI and bench/sign.py.
+Every problem becomes a reason on the LogLine where it is detected, never a traceback: a chain break
+is reported on the LogLine whose link is broken ("seq 5 missing (gap after 4)"), not on its
+neighbours, and a LogLine whose predecessor is itself invalid is not blamed for that predecessor.
+Identical copies of one LogLine (the same bytes found twice, e.g. in storage and an export) are one
+link, not a duplicate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import stat
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from bus.alerts import build_alert
+from bus.config import ConfigError, load_settings
+from bus.fsutil import sha256_bytes, sha256_file
+from nodes.sign.keys import KeyStore, KeyStoreError, Verifier, load_public_keys
+from nodes.sign.logline import (
+    GENESIS_PREV,
+    SIGNATURE_FIELD,
+    SUFFIX,
+    canonical_bytes,
+    check_signature,
+    hash_with_signature,
+    iter_logline_files,
+    logline_hash,
+    schema_error,
+    signed_bytes_in,
+)
+
+PROGRESS_THRESHOLD = 200  # files; below this verification is too quick to need progress output
+BATCH = 64  # files checked stage by stage together
+MAX_LOGLINE_BYTES = 1 << 20  # a LogLine is about 1 KiB; anything far larger is not one
+_VIDEO_ID_NAME = re.compile(r"^[0-9a-f]{32}$")
+
+
+class VerifyUsageError(Exception):
+    """The command line names something that does not exist or cannot be used (exit code 2)."""
+
+
+@dataclass
+class LogLineResult:
+    path: str  # as found (a string: thousands of Path objects would cost more than the checks)
+    reasons: list[str] = field(default_factory=list)
+    device: str | None = None
+    seq: int | None = None
+    key_id: str | None = None
+    video_id: str | None = None
+    prev: str | None = None
+    hash: str | None = None  # sha256 of the canonical form with signature: what the next `prev` holds
+    authentic: bool = False  # schema and signature good: its chain links can be judged
+
+    @property
+    def valid(self) -> bool:
+        return not self.reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "valid": self.valid,
+            "reasons": list(self.reasons),
+            "device": self.device,
+            "seq": self.seq,
+            "key_id": self.key_id,
+            "video_id": self.video_id,
+            "hash": self.hash,
+        }
+
+
+@dataclass
+class ChainSummary:
+    device: str
+    count: int
+    first_seq: int
+    last_seq: int
+    head: str  # hash of the LogLine at last_seq: compare with the sign node's health
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "count": self.count,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "head": self.head,
+            "starts_at_genesis": self.first_seq == 1,
+        }
+
+
+@dataclass
+class Report:
+    results: list[LogLineResult]
+    chains: dict[str, ChainSummary]
+    artifacts_checked: int = 0
+    artifacts_absent: int = 0
+
+    @property
+    def invalid(self) -> list[LogLineResult]:
+        return [result for result in self.results if not result.valid]
+
+    @property
+    def valid(self) -> bool:
+        """Something was verified and all of it is valid."""
+        return bool(self.results) and not self.invalid
+
+    def summary_line(self) -> str:
+        invalid = len(self.invalid)
+        chains = ", ".join(
+            f"{c.device} seq {c.first_seq}..{c.last_seq}"
+            for c in sorted(self.chains.values(), key=lambda c: c.device)
+        )
+        return (
+            f"{len(self.results)} LogLines: {len(self.results) - invalid} valid, {invalid} invalid; "
+            f"artifacts: {self.artifacts_checked} checked, {self.artifacts_absent} not present"
+            + (f"; chains: {chains}" if chains else "")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "total": len(self.results),
+            "invalid": len(self.invalid),
+            "artifacts": {"checked": self.artifacts_checked, "absent": self.artifacts_absent},
+            "chains": {device: chain.to_dict() for device, chain in sorted(self.chains.items())},
+            "loglines": [result.to_dict() for result in self.results],
+        }
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a LogLine")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # built once, not per file
+
+
+class _ArtifactChecker:
+    """Hashes each artifact file once per run, whichever LogLines name it.
+
+    Where artifacts are looked for is answered from one listing per directory: an auditor holding
+    only the LogLines would otherwise pay for a failing stat per place per artifact per LogLine.
+    """
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.absent = 0
+        self._hashes: dict[str, str] = {}
+        self._listings: dict[str, frozenset[str]] = {}
+
+    def check(self, logline_path: str, doc: Mapping[str, Any]) -> list[str]:
+        reasons = []
+        base = os.path.dirname(logline_path) or "."
+        for name in ("video", "analytic", "summary"):
+            ref = doc[name]
+            found = self._locate(base, ref["path"])
+            if found is None:
+                self.absent += 1
+                continue
+            self.checked += 1
+            path, size = found
+            if ref.get("bytes", size) != size:
+                reasons.append(f"{name} file {path} has {size} bytes, the LogLine says {ref['bytes']}")
+                continue
+            try:
+                actual = self._hashes.get(path) or self._hashes.setdefault(path, sha256_file(Path(path)))
+            except OSError as exc:
+                reasons.append(f"{name} file {path} is unreadable: {exc.strerror or exc}")
+                continue
+            if actual != ref["sha256"]:
+                reasons.append(
+                    f"{name} file {path} changed: sha256 {actual}, the LogLine says {ref['sha256']}"
+                )
+        return reasons
+
+    def _listing(self, directory: str) -> frozenset[str]:
+        listing = self._listings.get(directory)
+        if listing is None:
+            try:
+                listing = frozenset(os.listdir(directory))
+            except (OSError, ValueError):
+                listing = frozenset()
+            self._listings[directory] = listing
+        return listing
+
+    def _locate(self, base: str, recorded: str) -> tuple[str, int] | None:
+        """(path, size) of the artifact: relative to the LogLine, as recorded, or beside the LogLine
+        (a storage tree copied elsewhere); None when it is in none of these places."""
+        if "/" not in recorded:  # the usual case, a name beside the LogLine: no path arithmetic
+            places: tuple[tuple[str, str], ...] = ((base, recorded), (".", recorded))
+        else:
+            directory, name = os.path.split(recorded)
+            places = ((os.path.join(base, directory), name), (directory, name), (base, name))
+        for directory, name in places:
+            if name not in self._listing(directory):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                info = os.stat(path)
+            except (OSError, ValueError):
+                continue
+            if stat.S_ISREG(info.st_mode):
+                return os.path.abspath(path), info.st_size
+        return None
+
+
+def _read(path: str) -> bytes:
+    """The file's bytes through the bare syscalls (a third of the cost of Path.read_bytes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_LOGLINE_BYTES:
+            raise ValueError(f"{size} bytes, too large for a LogLine (limit {MAX_LOGLINE_BYTES})")
+        chunks = []
+        while chunk := os.read(fd, size + 1):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_batch(
+    paths: list[str], keys: Mapping[str, Verifier], artifacts: _ArtifactChecker | None
+) -> list[LogLineResult]:
+    """Everything that can be judged from each file alone (chain links come later), stage by stage.
+
+    Running one stage over a whole batch before the next keeps each stage's code and data hot:
+    measured ~20% faster per LogLine than taking the files one at a time.
+    """
+    results = [LogLineResult(path) for path in paths]
+    read: list[tuple[LogLineResult, bytes]] = []
+    for result in results:
+        try:
+            read.append((result, _read(result.path)))
+        except OSError as exc:
+            result.reasons.append(f"unreadable: {exc.strerror or exc}")
+        except ValueError as exc:
+            result.reasons.append(f"unreadable: {exc}")
+    parsed: list[tuple[LogLineResult, bytes, Any]] = []
+    for result, data in read:
+        try:
+            parsed.append((result, data, _DECODER.decode(data.decode())))
+        except (ValueError, RecursionError) as exc:
+            result.reasons.append(f"malformed JSON: {exc}")
+    conforming: list[tuple[LogLineResult, bytes, dict[str, Any]]] = []
+    for result, data, doc in parsed:
+        reason = schema_error(doc)
+        if reason is None:
+            conforming.append((result, data, doc))
+        else:
+            result.reasons.append(f"schema: {reason}")
+            _place_in_chain(result, doc)
+    for result, data, doc in conforming:
+        _check_signature(result, data, doc, keys)
+    for result, _, doc in conforming:
+        name = os.path.basename(result.path)
+        stem = name.removesuffix(SUFFIX)
+        if name.endswith(SUFFIX) and _VIDEO_ID_NAME.match(stem) and stem != result.video_id:
+            result.reasons.append(
+                f"file is named for video {stem} but the LogLine is for video {result.video_id}"
+            )
+        if artifacts is not None:
+            result.reasons.extend(artifacts.check(result.path, doc))
+    return results
+
+
+def _check_signature(
+    result: LogLineResult, data: bytes, doc: dict[str, Any], keys: Mapping[str, Verifier]
+) -> None:
+    """Fill in the chain fields and judge the signature of a schema-valid LogLine."""
+    details = doc[SIGNATURE_FIELD]
+    result.device, result.seq, result.prev = doc["device"], doc["seq"], doc["prev"]
+    result.key_id, result.video_id = details["key_id"], doc["video"]["id"]
+    signed = signed_bytes_in(data, details)
+    if signed is not None and check_signature(details, signed, keys) is None:
+        result.hash, result.authentic = sha256_bytes(data), True  # the file is the canonical form
+        return
+    unsigned = canonical_bytes(doc)  # written in another form, or changed: judge what it holds
+    result.hash = hash_with_signature(unsigned, details)
+    reason = check_signature(details, unsigned, keys)
+    if reason is None:
+        result.authentic = True
+    else:
+        result.reasons.append(reason)
+
+
+def _place_in_chain(result: LogLineResult, doc: Any) -> None:
+    """Give a schema-invalid LogLine its place in the chain where it still names one, so that its
+    successor is not reported for a gap that is really this INVALID LogLine."""
+    if not isinstance(doc, dict) or type(doc.get("seq")) is not int or not isinstance(doc.get("device"), str):
+        return
+    result.device, result.seq = doc["device"], doc["seq"]
+    try:
+        result.hash = logline_hash(doc)
+    except (ValueError, TypeError):
+        result.hash = None
+
+
+def _check_chain(device: str, results: list[LogLineResult], unplaced: int) -> ChainSummary:
+    """Add chain reasons to one device's LogLines: gaps, duplicates, reordering, prev mismatch.
+
+    `unplaced` counts the LogLines too broken to name their seq: a gap may be one of them.
+    """
+    by_seq: dict[int, list[LogLineResult]] = defaultdict(list)
+    by_hash: dict[str, LogLineResult] = {}
+    for result in sorted(results, key=lambda r: (r.seq or 0, r.path)):
+        by_seq[result.seq or 0].append(result)
+        if result.hash is not None:
+            by_hash.setdefault(result.hash, result)
+    seqs = sorted(by_seq)
+    for index, seq in enumerate(seqs):
+        group = by_seq[seq]
+        if len({r.hash for r in group}) > 1:
+            followers = {r.prev for r in by_seq.get(seq + 1, [])}
+            keep = next((r for r in group if r.hash in followers), group[0])
+            for result in group:
+                if result.hash != keep.hash:
+                    result.reasons.append(f"duplicate seq {seq} (also in {keep.path})")
+        before = seqs[index - 1] if index else None
+        for result in group:
+            reason = _link_reason(result, before, by_seq, by_hash, unplaced)
+            if reason is not None:
+                result.reasons.append(reason)
+    last = by_seq[seqs[-1]][0]
+    return ChainSummary(device, len(results), seqs[0], seqs[-1], last.hash or "")
+
+
+def _link_reason(
+    result: LogLineResult,
+    before: int | None,
+    by_seq: Mapping[int, list[LogLineResult]],
+    by_hash: Mapping[str, LogLineResult],
+    unplaced: int,
+) -> str | None:
+    """Why `result` does not follow the LogLine(s) at seq `before`, or None."""
+    seq = result.seq or 0
+    if result.prev is None:  # schema-invalid: already INVALID, its links cannot be judged
+        return None
+    if before is None:  # first LogLine given; earlier ones may simply not be part of this audit
+        return None if seq > 1 or result.prev == GENESIS_PREV else "seq 1 must have prev of 64 zeros"
+    if seq != before + 1:
+        missing = f"seq {before + 1}" if seq == before + 2 else f"seqs {before + 1}-{seq - 1}"
+        maybe = f"; or among the {unplaced} LogLines without a readable seq" if unplaced else ""
+        return f"{missing} missing (gap after {before}{maybe})"
+    predecessors = by_seq[before]
+    if result.prev in {p.hash for p in predecessors}:
+        return None
+    other = by_hash.get(result.prev or "")
+    if other is not None:
+        return f"out of order: prev is the hash of seq {other.seq} ({other.path}), not of seq {before}"
+    if not all(p.authentic for p in predecessors):
+        return None  # the predecessor is already INVALID: the break is reported there
+    return f"prev does not match hash of seq {before}"
+
+
+def collect_files(paths: Iterable[Path]) -> list[str]:
+    """The LogLine files named by `paths` (directories searched recursively), each once."""
+    files: dict[str, str] = {}
+    for path in paths:
+        if path.is_dir():
+            found: Iterable[str] = iter_logline_files(path)
+        elif path.is_file():
+            found = [str(path)]
+        else:
+            raise VerifyUsageError(f"{path}: no such file or directory")
+        for file in found:
+            files.setdefault(os.path.abspath(file), file)
+    return list(files.values())
+
+
+def verify_paths(
+    paths: Iterable[Path],
+    keys: Mapping[str, Verifier],
+    check_artifacts: bool = True,
+    *,
+    on_invalid: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Verify every LogLine under `paths`; `on_invalid` gets each INVALID result (as a dict) at the end."""
+    files = collect_files(paths)
+    artifacts = _ArtifactChecker() if check_artifacts else None
+    results: list[LogLineResult] = []
+    for start in range(0, len(files), BATCH):
+        results.extend(_check_batch(files[start : start + BATCH], keys, artifacts))
+        if progress is not None:
+            progress(len(results), len(files))
+    per_device: dict[str, list[LogLineResult]] = defaultdict(list)
+    for result in results:
+        if result.device is not None:
+            per_device[result.device].append(result)
+    unplaced = sum(1 for result in results if result.device is None)
+    chains = {device: _check_chain(device, members, unplaced) for device, members in per_device.items()}
+    report = Report(results, chains)
+    if artifacts is not None:
+        report.artifacts_checked, report.artifacts_absent = artifacts.checked, artifacts.absent
+    if on_invalid is not None:
+        for result in report.invalid:
+            on_invalid(result.to_dict())
+    return report
+
+
+def invalid_alert(result: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """The `alert.critical` document for one INVALID LogLine (what `--alert` publishes)."""
+    return build_alert(
+        severity="CRITICAL",
+        title="LogLine failed verification",
+        details=f"{result['path']}: {'; '.join(result['reasons'])}",
+        source="verify",
+        device=device,
+        context={"path": result["path"], "video": result.get("video_id"), "seq": result.get("seq")},
+        actions=[
+            "Compare the file with its backup or the central copy",
+            "Check who had write access to the storage directory",
+        ],
+    )
+
+
+class _Progress:
+    """A bar on a terminal, else a line every 10%: long audits show they are alive."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+        self.step = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= PROGRESS_THRESHOLD:
+            return
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last < 0.1 and done < total:
+                return
+            self.last = now
+            filled = 30 * done // total
+            end = "\n" if done == total else ""
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} LogLines{end}")
+        else:
+            step = 10 * done // total
+            if step == self.step:
+                return
+            self.step = step
+            self.stream.write(f"verified {done}/{total} LogLines ({10 * step}%)\n")
+        self.stream.flush()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="LogLine files or directories")
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        help="public keys: the JSON of `vv keys export`, or a directory of such files / a key store "
+        "(default: the local key store, VV_HOME/keys)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a machine-readable report")
+    parser.add_argument(
+        "--alert", action="store_true", help="raise alert.critical on the bus for each INVALID"
+    )
+    parser.add_argument(
+        "--no-artifacts",
+        action="store_true",
+        help="do not check video/analytic/summary files against their sha256",
+    )
+
+
+def _load_keys(path: Path | None) -> Mapping[str, Verifier]:
+    if path is not None:
+        return load_public_keys(path)
+    store = KeyStore(load_settings().paths.keys)
+    keys = store.verifiers()
+    if not keys:
+        raise VerifyUsageError(f"no keys in {store.directory}: pass --keys FILE (from `vv keys export`)")
+    return keys
+
+
+def alert_sink(device: str) -> Callable[[dict[str, Any]], None]:
+    """Where `--alert` sends each INVALID result: the bus publish is wired by the `vv` integration."""
+    raise VerifyUsageError("--alert needs the bus, which this build of `vv verify` cannot reach yet")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        keys = _load_keys(args.keys)
+        on_invalid = alert_sink(load_settings().device) if args.alert else None
+        report = verify_paths(
+            args.paths,
+            keys,
+            check_artifacts=not args.no_artifacts,
+            on_invalid=on_invalid,
+            progress=_Progress(sys.stderr),
+        )
+    except (VerifyUsageError, KeyStoreError, ConfigError) as exc:
+        print(f"vv verify: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for result in report.results:
+            print(
+                f"VALID {result.path}"
+                if result.valid
+                else f"INVALID {result.path}: {'; '.join(result.reasons)}"
+            )
+        print(report.summary_line() if report.results else "no LogLines found: nothing verified")
+    return 0 if report.valid else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vv verify", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

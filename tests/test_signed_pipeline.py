@@ -1,0 +1,112 @@
+"""From a dropped video to a LogLine anyone can verify, through broker crashes and a signer crash."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+
+import pytest
+from clips import Scene, require_shared, write_clip
+from conftest import VV, Probe, wait_until
+from test_pipeline import drop
+
+ALL = ("journal", "ingest", "scan", "summarize", "sign", "reconciler")
+
+
+@pytest.fixture
+def pipeline_env() -> dict[str, str]:
+    root = require_shared("models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights")
+    return {
+        "VV_SCAN_MODEL": str(root / "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"),
+        "VV_SCAN_THREADS": "1",
+        "VV_INGEST_SETTLE_S": "0.2",
+        "VV_INGEST_POLL_INTERVAL_S": "0.3",
+        "VV_RECONCILER_INTERVAL_S": "1",
+        "VV_RECONCILER_INGESTED_S": "8",
+        "VV_RECONCILER_SCANNED_S": "5",
+        "VV_RECONCILER_SUMMARIZED_S": "5",
+        "VV_RECONCILER_MAX_ATTEMPTS": "5",
+    }
+
+
+def start(vv: VV, probe: Probe, env: dict[str, str], nodes: tuple[str, ...] = ALL) -> None:
+    assert vv.vv("keys", "generate").returncode == 0
+    for node in nodes:
+        vv.spawn("run", node, extra_env=env)
+    for node in nodes:
+        probe.wait_health(node, "online", timeout=30)
+
+
+def loglines(vv: VV) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((vv.home / "storage").rglob("*.logline.json"))]
+
+
+def verify(vv: VV) -> tuple[int, str]:
+    result = vv.vv("verify", str(vv.home / "storage"))
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_dropped_video_ends_as_a_verified_logline(vv: VV, probe: Probe, pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    start(vv, probe, pipeline_env)
+    drop(vv, write_clip(tmp_path / "yard.mp4", [Scene("person", 1.5), Scene("dog", 1.5)]))
+    signed = probe.wait_event("logline.signed", timeout=60)[0]["data"]
+    assert signed["seq"] == 1 and signed["prev"] == "0" * 64
+    (line,) = loglines(vv)
+    assert line["summary"]["counts"].get("dog", 0) >= 1
+    code, output = verify(vv)
+    assert code == 0, output
+    sign_health = probe.wait_health("sign", "online", after=len(probe.health("sign")))
+    assert sign_health["details"]["chain_head"] == {"seq": 1, "hash": signed["hash"]}
+    exported = vv.vv("keys", "export")
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(exported.stdout)
+    assert vv.vv("verify", "--keys", str(keys_file), str(vv.home / "storage")).returncode == 0
+
+
+def test_sign_killed_between_write_and_publish_neither_loses_nor_repeats_a_seq(
+    vv: VV, probe: Probe, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    start(vv, probe, pipeline_env, tuple(n for n in ALL if n != "sign"))
+    sign = vv.spawn("run", "sign", extra_env={**pipeline_env, "VV_SIGN_FAILPOINT": "after-write"})
+    probe.wait_health("sign", "online")
+    drop(vv, write_clip(tmp_path / "a.mp4", [Scene("person", 1.0)]))
+    assert sign.wait(60) == 137  # it wrote LogLine seq 1 and died before announcing it
+    assert [line["seq"] for line in loglines(vv)] == [1]
+    vv.spawn("run", "sign", extra_env=pipeline_env, log_name="sign-2")
+    first = probe.wait_event("logline.signed", timeout=60)[0]["data"]
+    assert first["seq"] == 1  # the redelivered summary.done re-announced the written LogLine
+    drop(vv, write_clip(tmp_path / "b.mp4", [Scene("horses", 1.0)]))
+    second = probe.wait_event("logline.signed", count=2, timeout=60)[1]["data"]
+    assert second["seq"] == 2 and second["prev"] == first["hash"]
+    assert sorted(line["seq"] for line in loglines(vv)) == [1, 2]
+    code, output = verify(vv)
+    assert code == 0, output
+
+
+def test_twenty_videos_through_two_broker_crashes_end_with_one_valid_logline_each(
+    vv: VV, probe: Probe, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    start(vv, probe, pipeline_env)
+    rng = random.Random(20)
+    photos = ["person", "dog", "horses", "giraffe"]
+    clips = [write_clip(tmp_path / f"v{n:02d}.mp4", [Scene(photos[n % 4], 0.6 + n * 0.05)]) for n in range(20)]
+    crash_after = sorted(rng.sample(range(2, 18), 2))
+    probe.close()
+    for n, clip in enumerate(clips):
+        drop(vv, clip)
+        if n in crash_after:
+            wait_until(lambda: not (vv.home / "input" / clip.name).exists(), 20, "file picked up")
+            vv.broker.kill()
+            vv.broker.start()
+    watcher = vv.probe()
+    try:
+        wait_until(lambda: len(loglines(vv)) == 20, 240, "20 LogLines")
+    finally:
+        watcher.close()
+    lines = loglines(vv)
+    assert sorted(line["seq"] for line in lines) == list(range(1, 21))
+    assert len({line["video"]["id"] for line in lines}) == 20
+    code, output = verify(vv)
+    assert code == 0, output
