@@ -11,6 +11,7 @@ link, not a duplicate.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -23,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bus.alerts import build_alert
-from bus.config import ConfigError, load_settings
+from bus.client import MqttError
+from bus.config import ConfigError, Settings, load_settings
 from bus.fsutil import sha256_bytes, sha256_file
+from bus.node import Node
 from nodes.sign.keys import KeyStore, KeyStoreError, Verifier, load_public_keys
 from nodes.sign.logline import (
     GENESIS_PREV,
@@ -408,20 +410,26 @@ def verify_paths(
     return report
 
 
-def invalid_alert(result: Mapping[str, Any], device: str) -> dict[str, Any]:
-    """The `alert.critical` document for one INVALID LogLine (what `--alert` publishes)."""
-    return build_alert(
-        severity="CRITICAL",
-        title="LogLine failed verification",
-        details=f"{result['path']}: {'; '.join(result['reasons'])}",
-        source="verify",
-        device=device,
-        context={"path": result["path"], "video": result.get("video_id"), "seq": result.get("seq")},
-        actions=[
-            "Compare the file with its backup or the central copy",
-            "Check who had write access to the storage directory",
-        ],
-    )
+class Audit(Node):
+    """The producer of `vv verify --alert`: a short-lived node that raises one CRITICAL per INVALID."""
+
+    name = "verify"
+
+
+async def raise_invalid_alerts(settings: Settings, invalid: list[dict[str, Any]]) -> None:
+    """Publish `alert.critical` for each INVALID LogLine (scheduled audits page someone)."""
+    async with Audit(settings, instance="cli").running() as node:
+        for result in invalid:
+            await node.raise_alert(
+                "CRITICAL",
+                "LogLine failed verification",
+                f"{result['path']}: {'; '.join(result['reasons'])}",
+                context={"path": result["path"], "video": result.get("video_id"), "seq": result.get("seq")},
+                actions=[
+                    "Compare the file with its backup or the central copy",
+                    "Check who had write access to the storage directory",
+                ],
+            )
 
 
 class _Progress:
@@ -482,25 +490,27 @@ def _load_keys(path: Path | None) -> Mapping[str, Verifier]:
     return keys
 
 
-def alert_sink(device: str) -> Callable[[dict[str, Any]], None]:
-    """Where `--alert` sends each INVALID result: the bus publish is wired by the `vv` integration."""
-    raise VerifyUsageError("--alert needs the bus, which this build of `vv verify` cannot reach yet")
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         keys = _load_keys(args.keys)
-        on_invalid = alert_sink(load_settings().device) if args.alert else None
+        settings = load_settings() if args.alert else None
+        invalid: list[dict[str, Any]] = []
         report = verify_paths(
             args.paths,
             keys,
             check_artifacts=not args.no_artifacts,
-            on_invalid=on_invalid,
+            on_invalid=invalid.append,
             progress=_Progress(sys.stderr),
         )
     except (VerifyUsageError, KeyStoreError, ConfigError) as exc:
         print(f"vv verify: {exc}", file=sys.stderr)
         return 2
+    if settings is not None and invalid:
+        try:
+            asyncio.run(raise_invalid_alerts(settings, invalid))
+        except MqttError as exc:
+            print(f"vv verify: could not raise alerts: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

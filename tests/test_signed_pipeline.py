@@ -110,3 +110,17 @@ def test_twenty_videos_through_two_broker_crashes_end_with_one_valid_logline_eac
     assert len({line["video"]["id"] for line in lines}) == 20
     code, output = verify(vv)
     assert code == 0, output
+
+
+def test_verify_alert_raises_critical_for_a_tampered_logline(
+    vv: VV, probe: Probe, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    start(vv, probe, pipeline_env)
+    drop(vv, write_clip(tmp_path / "a.mp4", [Scene("giraffe", 1.0)]))
+    probe.wait_event("logline.signed", timeout=60)
+    (path,) = (vv.home / "storage").rglob("*.logline.json")
+    path.write_bytes(path.read_bytes().replace(b'"seq":1', b'"seq":7'))
+    result = vv.vv("verify", "--alert", str(vv.home / "storage"))
+    assert result.returncode == 1 and "INVALID" in result.stdout
+    alert = probe.wait_event("alert.critical")[0]["data"]
+    assert alert["title"] == "LogLine failed verification" and alert["context"]["path"] == str(path)

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import json
 import os
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from bus.envelope import utc_now, uuid7
 from bus.fsutil import atomic_write_bytes, sha256_bytes
-from bus.schemas import SchemaError, load_schema, validate
+from bus.schemas import SchemaError, validate
 from nodes.sign.keys import Signer, Verifier
 
 LOGLINE_VERSION = 1
@@ -151,93 +149,11 @@ def verify_signature(logline: Mapping[str, Any], keys: Mapping[str, Verifier]) -
     return check_signature(details, data, keys)
 
 
-# --- schema: a compiled fast path that only accepts, jsonschema decides everything else -------------
-
-Check = Callable[[Any], bool]
-_ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "format", "examples"})
-_TYPES = {"object": "dict", "string": "str", "integer": "int", "number": "(int, float)"}
-_SKIP = _ANNOTATIONS | {"type"}  # `type` is the binding first term of every expression
-_ORDER = {"required": 0, "additionalProperties": 1, "properties": 2}
-
-
-class _FastPath:
-    """Compile the keywords the LogLine schema uses into one Python expression, evaluated once.
-
-    jsonschema takes ~150 us per LogLine, more than the signature check; this takes a few. It may
-    be stricter than JSON Schema (1.0 is not an integer here), never looser: a document it accepts
-    is valid, anything else goes to jsonschema for the verdict and the message. An unknown keyword
-    raises, so a schema change cannot silently widen the fast path.
-    """
-
-    def __init__(self, schema: Mapping[str, Any]) -> None:
-        self.names: dict[str, Any] = {}
-        self.check: Check = eval(f"lambda x: {self.expr(schema, 'x')}", self.names)
-
-    def name(self, value: Any) -> str:
-        name = f"_c{len(self.names)}"
-        self.names[name] = value
-        return name
-
-    def expr(self, schema: Mapping[str, Any], x: str) -> str:
-        """A boolean expression for `x`; with a `type`, its check binds `x` to a local name first."""
-        kind = schema.get("type")
-        terms = []
-        if kind is not None:
-            var = f"_v{len(self.names)}"
-            self.names[var] = None
-            is_kind = f"in {_TYPES[kind]}" if kind == "number" else f"is {_TYPES[kind]}"
-            terms.append(f"type({var} := {x}) {is_kind}")
-            x = var
-        keywords = sorted(schema, key=lambda key: _ORDER.get(key, len(_ORDER)))  # required before properties
-        terms += [self.keyword(key, schema[key], schema, x, kind) for key in keywords if key not in _SKIP]
-        return f"({' and '.join(terms) or 'True'})"
-
-    def keyword(self, keyword: str, value: Any, schema: Mapping[str, Any], x: str, kind: str | None) -> str:
-        """One keyword's check; the type guard JSON Schema implies is left out when `kind` settles it."""
-        is_dict = "" if kind == "object" else f"type({x}) is not dict or "
-        is_str = "" if kind == "string" else f"type({x}) is not str or "
-        is_num = "" if kind in ("number", "integer") else f"type({x}) not in (int, float) or "
-        if keyword in ("const", "enum"):
-            allowed = [(type(v), v) for v in ([value] if keyword == "const" else value)]
-            return f"(type({x}), {x}) in {self.name(allowed)}"
-        if keyword == "required":
-            return f"({is_dict}{self.name(frozenset(value))} <= {x}.keys())"
-        if keyword == "properties":  # `required` was checked first: its keys need no presence test
-            required = set(schema.get("required", ()))
-            subs = [
-                self.expr(sub, f"{x}[{key!r}]")
-                if key in required
-                else f"({key!r} not in {x} or {self.expr(sub, f'{x}[{key!r}]')})"
-                for key, sub in value.items()
-            ]
-            return f"({is_dict}({' and '.join(subs) or 'True'}))"
-        if keyword == "additionalProperties":
-            known = self.name(frozenset(schema.get("properties", {})))
-            if value is False:
-                return f"({is_dict}{x}.keys() <= {known})"
-            item = f"_i{len(self.names)}"
-            extra = self.expr(value, item)
-            return f"({is_dict}all({extra} for _k, {item} in {x}.items() if _k not in {known}))"
-        if keyword == "pattern":
-            return f"({is_str}{self.name(re.compile(value).search)}({x}) is not None)"
-        if keyword == "minimum":
-            return f"({is_num}{x} >= {self.name(value)})"
-        if keyword == "minLength":
-            return f"({is_str}len({x}) >= {self.name(value)})"
-        if keyword == "maxLength":
-            return f"({is_str}len({x}) <= {self.name(value)})"
-        raise NotImplementedError(f"schema keyword {keyword!r} has no fast path")
-
-
-@functools.cache
-def _fast_check() -> Check:
-    return _FastPath(load_schema(SCHEMA)).check
+# --- schema ---------------------------------------------------------------------------------------
 
 
 def schema_error(document: Any) -> str | None:
     """None if `document` matches schemas/logline.schema.json, else where and why it does not."""
-    if _fast_check()(document):
-        return None
     try:
         validate(SCHEMA, document)
     except SchemaError as exc:
