@@ -11,6 +11,7 @@ from bus.config import ConfigError
 
 # verb -> (module with add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("nodes.up", "start the broker and every node of the device, supervised"),
     "run": ("nodes.run", "run one node in the foreground (a process of the mesh)"),
     "broker": ("nodes.broker_cli", "run the edge mosquitto broker configured for VV_HOME"),
     "ingest": ("nodes.ingest_cli", "ingest video files now (moved, or copied with --copy) and announce them"),
@@ -21,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("nodes.keys_cli", "generate, list and export signing keys"),
     "cleanup": ("nodes.cleanup", "remove old files under given roots, safely"),
     "export": ("nodes.export", "export logs as a signed tarball, or verify one"),
+    "demo": ("nodes.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
     "model": ("nodes.model_export", "export a YOLO model to ONNX for lean edge boxes"),
 }
 

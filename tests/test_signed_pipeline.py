@@ -124,3 +124,24 @@ def test_verify_alert_raises_critical_for_a_tampered_logline(
     assert result.returncode == 1 and "INVALID" in result.stdout
     alert = probe.wait_event("alert.critical")[0]["data"]
     assert alert["title"] == "LogLine failed verification" and alert["context"]["path"] == str(path)
+
+
+def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, SHARED
+
+    from nodes.demo import sample_photos
+
+    if not sample_photos():
+        pytest.skip("the [yolo] extra (ultralytics, which ships the demo's sample photos) is not installed")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("VV_")}, "VV_SHARED": str(SHARED)}
+    result = subprocess.run(
+        [sys.executable, "-m", "nodes.cli", "demo", "--home", str(tmp_path / "demo")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "logline.signed" in result.stdout and "\nVALID " in result.stdout
+    assert "everything stopped cleanly" in result.stdout

@@ -1,0 +1,182 @@
+"""Run the whole pipeline once on a sample video: broker, every node, live events, a verified LogLine.
+
+Builds a short clip from sample photos that a dependency ships (ultralytics' bus.jpg and zidane.jpg,
+or --video FILE), drops it into input/, prints the bus traffic as it happens, verifies the LogLine
+that comes out, then stops everything. Exit codes: 0 done and verified, 1 failed, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bus.broker import ADMIN_USER, broker_command, render_broker, secret_for
+from bus.client import MqttError, stream
+from bus.config import Settings, load_settings
+from nodes.sign.keys import KeyStore
+from nodes.tail import format_line
+from nodes.verify import verify_paths
+
+NODES = ("journal", "ingest", "scan", "summarize", "sign", "reconciler")
+SHARED_MODEL = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home", type=Path, default=Path("var/demo"), help="VV_HOME for the demo (default: var/demo)"
+    )
+    parser.add_argument("--video", type=Path, help="use this video instead of building the sample clip")
+    parser.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
+
+
+def sample_photos() -> list[Path]:
+    """Photos shipped inside the ultralytics wheel (the `[yolo]` extra), found without importing it."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
+    return [p for p in (assets / "bus.jpg", assets / "zidane.jpg") if p.exists()]
+
+
+def build_clip(photos: list[Path], out: Path, seconds: float = 3.0, fps: float = 10.0) -> Path:
+    """A 640x480 mp4v clip showing each photo in turn, slowly panning so there is motion."""
+    size = (640, 480)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    for photo in photos:
+        image = cv2.imread(str(photo))
+        if image is None:
+            raise OSError(f"cannot read {photo}")
+        scale = max(size[0] / image.shape[1], size[1] / image.shape[0]) * 1.1
+        image = cv2.resize(image, (int(image.shape[1] * scale), int(image.shape[0] * scale)))
+        frames = int(seconds * fps)
+        for i in range(frames):
+            x = int((image.shape[1] - size[0]) * i / max(frames - 1, 1))
+            writer.write(np.ascontiguousarray(image[: size[1], x : x + size[0]]))
+    writer.release()
+    return out
+
+
+def model_env() -> dict[str, str]:
+    """The detector: VV_SCAN_MODEL if set, else the shared Yolo-Fastest beside the repo, else
+    ultralytics' yolo11n.pt (needs the internet once; offline, scan falls back to HOG and says so)."""
+    if os.environ.get("VV_SCAN_MODEL"):
+        return {}
+    shared = Path(os.environ.get("VV_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    if (shared / SHARED_MODEL).exists():
+        return {"VV_SCAN_MODEL": str(shared / SHARED_MODEL)}
+    return {"VV_SCAN_MODEL": "yolo11n.pt"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def processes(
+    commands: dict[str, list[str]], env: dict[str, str], logs: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Start child processes; on exit stop them with SIGTERM (then SIGKILL) in reverse order."""
+    logs.mkdir(parents=True, exist_ok=True)
+    started: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, command in commands.items():
+            with (logs / f"{name}.out").open("ab") as out:
+                started[name] = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        yield started
+    finally:
+        for proc in reversed(list(started.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(list(started.items())):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                print(f"demo: {name} did not stop in time; killing it", file=sys.stderr)
+                proc.kill()
+
+
+async def watch(settings: Settings, deadline: float) -> str | None:
+    """Print every event until a LogLine is signed; return its path."""
+    async for topic, document, _ in stream(settings, [f"vv/{settings.device}/#"], f"vv-demo-{os.getpid()}"):
+        if "/health/" in topic and isinstance(document, dict) and document.get("status") == "online":
+            continue  # heartbeats: too chatty for a demo
+        print("  " + format_line(topic, document), flush=True)
+        if isinstance(document, dict) and document.get("type") == "logline.signed":
+            return str(document["data"]["logline"]["path"])
+        if time.monotonic() > deadline:
+            return None
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    home = args.home.resolve()
+    if args.video is not None and not args.video.is_file():
+        print(f"vv demo: {args.video}: no such file", file=sys.stderr)
+        return 2
+    photos = sample_photos()
+    if args.video is None and not photos:
+        print("vv demo: no sample photos: install the [yolo] extra, or pass --video FILE", file=sys.stderr)
+        return 2
+    shutil.rmtree(home, ignore_errors=True)
+    port = free_port()
+    env = {**os.environ, "VV_HOME": str(home), "VV_DEVICE": "demo", "VV_MQTT_PORT": str(port), **model_env()}
+    settings = load_settings(env)
+    key = KeyStore(settings.paths.keys).generate()
+    print(
+        f"demo: VV_HOME={home}, broker on 127.0.0.1:{port}, signing key {key.key_id}, model {env['VV_SCAN_MODEL']}"
+    )
+    files = render_broker(settings)
+    vv = [sys.executable, "-m", "nodes.cli"]
+    commands = {"broker": broker_command(files)} | {node: [*vv, "run", node] for node in NODES}
+    deadline = time.monotonic() + args.timeout
+    with processes(commands, env, settings.paths.logs / "demo"):
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if time.monotonic() > deadline:
+                print("demo: the broker did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        admin = load_settings(
+            {**env, "VV_MQTT_USERNAME": ADMIN_USER, "VV_MQTT_PASSWORD": secret_for(settings, ADMIN_USER)}
+        )
+        settings.paths.input.mkdir(parents=True, exist_ok=True)
+        source = args.video or build_clip(photos, home / "sample.mp4")
+        staged = settings.paths.input / f".{source.name}.part"
+        shutil.copyfile(source, staged)
+        os.replace(staged, settings.paths.input / source.name)
+        print(f"demo: dropped {source.name} into {settings.paths.input}; live events:")
+        try:
+            logline = asyncio.run(watch(admin, deadline))
+        except MqttError as exc:
+            print(f"demo: broker: {exc}", file=sys.stderr)
+            return 1
+    if logline is None:
+        print(f"demo: no LogLine within {args.timeout:.0f}s; see {settings.paths.logs}", file=sys.stderr)
+        return 1
+    print(f"\ndemo: the signed LogLine ({logline}):")
+    print(json.dumps(json.loads(Path(logline).read_text()), indent=2))
+    report = verify_paths([Path(logline)], KeyStore(settings.paths.keys).verifiers())
+    for result in report.results:
+        print(
+            ("VALID " if result.valid else "INVALID ")
+            + str(result.path)
+            + ("" if result.valid else ": " + "; ".join(result.reasons))
+        )
+    print("demo: everything stopped cleanly")
+    return 0 if report.valid else 1
