@@ -1,0 +1,102 @@
+"""The bus's small parts: ids, codecs, topics, backoff, the outbox store, the broker config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+from conftest import REPO
+
+from bus import codec
+from bus.backoff import Backoff
+from bus.broker import render_broker
+from bus.config import load_settings
+from bus.envelope import JSON, MSGPACK, uuid7
+from bus.store import SEQ_BLOCK, NodeStore
+from bus.topics import parse_topic, subscription, topic_for
+
+
+def test_uuid7_ids_are_version_7_and_time_ordered() -> None:
+    ids = [uuid7() for _ in range(10_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(i[14] == "7" and i[19] in "89ab" for i in ids)
+
+
+def test_codecs_round_trip_and_follow_the_content_type() -> None:
+    doc = {"a": 1, "b": [1.5, "x"], "c": {"d": None}}
+    for content_type in (JSON, MSGPACK):
+        assert codec.decode(codec.encode(doc, content_type), content_type) == doc
+    assert codec.decode(b'{"a":1}', None) == {"a": 1}  # no content type: JSON is sniffed
+    assert codec.decode(msgpack.packb(doc), None) == doc
+    with pytest.raises(codec.DecodeError):
+        codec.decode(b"\xc1\xc1", MSGPACK)
+    with pytest.raises(codec.DecodeError):
+        codec.decode(b"{", JSON)
+    with pytest.raises(ValueError):
+        codec.encode({"x": float("nan")}, JSON)
+
+
+def test_topics() -> None:
+    assert topic_for("edge1", "video.new") == "vv/edge1/video/new"
+    assert parse_topic("vv/edge1/alert/critical") == ("edge1", "alert.critical")
+    assert subscription("edge1", "alert.*") == "vv/edge1/alert/+"
+    assert subscription("edge1", "video.new", "scan") == "$share/scan/vv/edge1/video/new"
+    for bad in ("other/edge1/x", "vv/edge1", "vv//video/new"):
+        with pytest.raises(ValueError):
+            parse_topic(bad)
+
+
+def test_backoff_is_capped_jittered_and_resets() -> None:
+    backoff = Backoff(0.5, 8.0)
+    delays = [backoff.next_delay() for _ in range(12)]
+    assert all(0.5 <= d <= 8.0 for d in delays)
+    assert max(delays[6:]) > 2.0  # it grows
+    backoff.reset()
+    assert backoff.next_delay() == 0.5  # the first retry after a reset is the minimum again
+
+
+def test_store_never_reuses_a_seq_across_restarts_and_rolls_back(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.sqlite")
+    with store.transaction():
+        first = [store.next_seq() for _ in range(3)]
+        store.add_outbox("e1", "t", b"p", JSON, False)
+    assert first == [1, 2, 3]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.next_seq()
+        store.add_outbox("e2", "t", b"p", JSON, False)
+        raise RuntimeError("handler failed")
+    assert [row.event_id for row in store.pending()] == ["e1"]
+    store.close()
+    again = NodeStore(tmp_path / "n.sqlite")
+    with again.transaction():
+        assert again.next_seq() > SEQ_BLOCK  # past the whole reserved block: never a reused seq
+    assert again.bump_epoch() == 1 and again.bump_epoch() == 2
+
+
+def test_rendered_broker_config_has_the_safety_settings(tmp_path: Path) -> None:
+    settings = load_settings({"VV_HOME": str(tmp_path), "VV_DEVICE": "edge9"})
+    files = render_broker(settings)
+    conf = files.conf.read_text()
+    for line in ("allow_anonymous false", "persistence true", "autosave_on_changes true", "autosave_interval 1", "message_size_limit", "max_queued_messages", f"acl_file {files.acl}"):
+        assert line in conf, line
+    assert "pattern readwrite vv/%u/#" in files.acl.read_text()
+    assert files.passwd is not None and (files.passwd.stat().st_mode & 0o777) == 0o600
+    assert "edge9:" in files.passwd.read_text() and "vv-admin:" in files.passwd.read_text()
+    dev = render_broker(settings, dev=True, directory=tmp_path / "dev").conf.read_text()
+    assert "allow_anonymous true" in dev and "listener 1883 127.0.0.1" in dev
+
+
+def test_vv_broker_dev_says_so_loudly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nodes.cli", "broker", "--dev", "--print-config"],
+        env={"PATH": "/usr/bin:/bin:/usr/sbin", "VV_HOME": str(tmp_path)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0 and "DEVELOPMENT MODE" in result.stderr
+    assert Path(result.stdout.strip()).exists()
