@@ -150,3 +150,16 @@ def test_without_weights_scan_degrades_to_hog_and_says_which_setting(vv: VV, pro
     drop(vv, write_clip(tmp_path / "p.mp4", [Scene("person", 1.0)]))
     done = probe.wait_event("scan.done", timeout=60)[0]["data"]
     assert done["backend"] == "hog" and "scan.model" in done["degraded"]
+
+
+def test_a_scan_over_its_time_budget_warns_then_quarantines(
+    vv: VV, probe: Probe, detector_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**detector_env, "VV_SCAN_MAX_PROCESSING_S": "0.001", "VV_SCAN_MAX_ATTEMPTS": "2"}
+    start(vv, probe, env, "ingest", "scan")
+    drop(vv, write_clip(tmp_path / "slow.mp4", [Scene("person", 2.0)]))
+    warnings = probe.wait_event("alert.warning", count=2, timeout=60, where=lambda e: e["data"]["title"] == "Scan took longer than its budget")
+    assert all(w["data"]["context"]["video"] == warnings[0]["subject"] for w in warnings)
+    quarantined = probe.wait_event("video.quarantined", timeout=30)[0]["data"]
+    assert [a["reason"].split(":")[0] for a in quarantined["attempts"]] == ["ScanTimeout", "ScanTimeout"]
+    assert not probe.events("scan.done")
