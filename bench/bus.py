@@ -111,7 +111,9 @@ def node_run(port: int, creds: tuple[str, str], n: int, rate: float | None) -> t
     props = mqtt_properties(PacketTypes.PUBLISH)
     props.ContentType = MSGPACK
     events = [
-        Event(type="video.new", source=f"vv://{DEVICE}/bench", device=DEVICE, epoch=1, seq=i + 1, data=fixture)
+        Event(
+            type="video.new", source=f"vv://{DEVICE}/bench", device=DEVICE, epoch=1, seq=i + 1, data=fixture
+        )
         for i in range(n)
     ]
     payloads = [(e.id, codec.encode(e.to_dict(), MSGPACK)) for e in events]
@@ -153,7 +155,14 @@ def measure(args: argparse.Namespace, autosave: int) -> None:
             raw1 = raw_paho(port, creds, args.events, 1)
             raw0 = raw_paho(port, creds, args.events, 0)
             node = subprocess.Popen(
-                [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "nodes.cli", "run", "bench.relay_node:Relay"],
+                [
+                    sys.executable,
+                    *(["-m", "cProfile", "-o", args.profile] if args.profile else []),
+                    "-m",
+                    "nodes.cli",
+                    "run",
+                    "bench.relay_node:Relay",
+                ],
                 env=env,
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
@@ -174,16 +183,27 @@ def measure(args: argparse.Namespace, autosave: int) -> None:
     print(f"\nbroker autosave_on_changes, autosave_interval {autosave}:")
     print(f"  {'raw paho QoS 1 (300 B, 1 pub + 1 sub)':<48} {raw1:>9.0f} msg/s")
     print(f"  {'raw paho QoS 0':<48} {raw0:>9.0f} msg/s")
-    print(f"  {'node: publish > validate > handle > publish':<48} {rate:>9.0f} events/s  ({rate / raw1:.0%} of raw QoS 1)")
-    print(f"  {'  latency at full load':<48} p50 {pct(flood_lat, 50):7.1f} ms   p99 {pct(flood_lat, 99):7.1f} ms")
-    print(f"  {f'  latency paced at {paced:.0f} events/s':<48} p50 {pct(paced_lat, 50):7.1f} ms   p99 {pct(paced_lat, 99):7.1f} ms")
+    print(
+        f"  {'node: publish > validate > handle > publish':<48} {rate:>9.0f} events/s  ({rate / raw1:.0%} of raw QoS 1)"
+    )
+    print(
+        f"  {'  latency at full load':<48} p50 {pct(flood_lat, 50):7.1f} ms   p99 {pct(flood_lat, 99):7.1f} ms"
+    )
+    print(
+        f"  {f'  latency paced at {paced:.0f} events/s':<48} p50 {pct(paced_lat, 50):7.1f} ms   p99 {pct(paced_lat, 99):7.1f} ms"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="paced rate for the latency run")
-    parser.add_argument("--autosave", type=int, action="append", help="broker autosave_interval(s) to compare (default: 1 and 1000)")
+    parser.add_argument(
+        "--autosave",
+        type=int,
+        action="append",
+        help="broker autosave_interval(s) to compare (default: 1 and 1000)",
+    )
     parser.add_argument("--node-log", help="append the node's stderr to this file")
     parser.add_argument("--profile", help="write a cProfile of the node process to this file")
     args = parser.parse_args()

@@ -15,6 +15,12 @@ class Relay(Node):
         analytic = {"path": video["path"] + ".analytic.json", "sha256": video["sha256"]}
         await self.emit(
             "scan.done",
-            {"video": video, "analytic": analytic, "counts": {"person": 1}, "backend": "bench", "model": "none"},
+            {
+                "video": video,
+                "analytic": analytic,
+                "counts": {"person": 1},
+                "backend": "bench",
+                "model": "none",
+            },
             cause=event,
         )

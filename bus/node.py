@@ -258,7 +258,9 @@ class Node:
         except TimeoutError:
             self.stop()
             await task
-            raise MqttError(f"broker {self.settings.mqtt.host}:{self.settings.mqtt.port} not reachable") from None
+            raise MqttError(
+                f"broker {self.settings.mqtt.host}:{self.settings.mqtt.port} not reachable"
+            ) from None
         try:
             yield self
         finally:

@@ -54,7 +54,7 @@ def _compiled(name: str) -> Callable[[Any], Any]:
     _validator(name)  # the schema must be valid draft 2020-12 first
     schema = {**load_schema(name), "$schema": "http://json-schema.org/draft-07/schema#"}
     # Formats are annotations in 2020-12 (jsonschema does not assert them): the same here.
-    return fastjsonschema.compile(schema, use_formats=False)  # type: ignore[no-any-return]
+    return fastjsonschema.compile(schema, use_formats=False)
 
 
 def schema_id(name: str) -> str:

@@ -81,8 +81,12 @@ def test_acl_refuses_publishing_under_another_device(vv: VV) -> None:
     watcher = vv.probe("vv/#")
     intruder = Publisher(vv.broker.port, "edge2", "edge2-secret", device="edge1", node="intruder")
     rc_received: list[int] = []
-    intruder.client.on_publish = lambda client, userdata, mid, reason_code, props: rc_received.append(reason_code.value)
-    forged = intruder.event("video.quarantined", json.loads((FIXTURES_DIR / "video.quarantined" / "valid-1.json").read_text()))
+    intruder.client.on_publish = lambda client, userdata, mid, reason_code, props: rc_received.append(
+        reason_code.value
+    )
+    forged = intruder.event(
+        "video.quarantined", json.loads((FIXTURES_DIR / "video.quarantined" / "valid-1.json").read_text())
+    )
     intruder.publish(forged)
     own = Publisher(vv.broker.port, "edge2", "edge2-secret", device="edge2", node="ingest")
     allowed = own.event("video.quarantined", forged.data)

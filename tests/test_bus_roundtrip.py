@@ -42,7 +42,11 @@ def test_every_event_type_round_trips(vv: VV, probe: Probe, publisher: Publisher
 def wait_lines(vv: VV, predicate, timeout: float = 15.0) -> list[dict]:
     from conftest import wait_until
 
-    return wait_until(lambda: (lines := read_lines(vv.home / "echo.log")) and predicate(lines) and lines, timeout, "echo.log lines")
+    return wait_until(
+        lambda: (lines := read_lines(vv.home / "echo.log")) and predicate(lines) and lines,
+        timeout,
+        "echo.log lines",
+    )
 
 
 @pytest.mark.parametrize(
@@ -56,7 +60,13 @@ def wait_lines(vv: VV, predicate, timeout: float = 15.0) -> list[dict]:
     ],
 )
 def test_invalid_payloads_are_dead_lettered_and_node_keeps_working(
-    vv: VV, probe: Probe, publisher: Publisher, label: str, payload: bytes | None, content_type: str | None, reason: str
+    vv: VV,
+    probe: Probe,
+    publisher: Publisher,
+    label: str,
+    payload: bytes | None,
+    content_type: str | None,
+    reason: str,
 ) -> None:
     vv.spawn("run", "echo_node:Echo")
     probe.wait_health("echo", "online")

@@ -80,7 +80,15 @@ def test_rendered_broker_config_has_the_safety_settings(tmp_path: Path) -> None:
     settings = load_settings({"VV_HOME": str(tmp_path), "VV_DEVICE": "edge9"})
     files = render_broker(settings)
     conf = files.conf.read_text()
-    for line in ("allow_anonymous false", "persistence true", "autosave_on_changes true", "autosave_interval 1", "message_size_limit", "max_queued_messages", f"acl_file {files.acl}"):
+    for line in (
+        "allow_anonymous false",
+        "persistence true",
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        "message_size_limit",
+        "max_queued_messages",
+        f"acl_file {files.acl}",
+    ):
         assert line in conf, line
     assert "pattern readwrite vv/%u/#" in files.acl.read_text()
     assert files.passwd is not None and (files.passwd.stat().st_mode & 0o777) == 0o600

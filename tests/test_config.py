@@ -14,7 +14,9 @@ from bus.config import ConfigError, load_settings
 
 def test_defaults_toml_and_env_overrides(tmp_path: Path) -> None:
     config = tmp_path / "vv.toml"
-    config.write_text('device = "cam-01"\nhome = "/srv/vv"\n[mqtt]\nport = 1884\n[scan]\ndetect_fps = 2.5\nmotion_gating = false\n')
+    config.write_text(
+        'device = "cam-01"\nhome = "/srv/vv"\n[mqtt]\nport = 1884\n[scan]\ndetect_fps = 2.5\nmotion_gating = false\n'
+    )
     settings = load_settings({"VV_CONFIG": str(config), "VV_MQTT_PORT": "1999", "VV_BUS_CODEC": "json"})
     assert settings.device == "cam-01" and settings.home == Path("/srv/vv")
     assert settings.mqtt.port == 1999  # the environment wins over the file
@@ -56,7 +58,9 @@ def test_a_node_with_a_bad_setting_stops_at_start_with_one_line() -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["vv: configuration error: journal.fsync: 'sometimes' is not one of always, interval, never"]
+    assert result.stderr.strip().splitlines() == [
+        "vv: configuration error: journal.fsync: 'sometimes' is not one of always, interval, never"
+    ]
 
 
 def test_every_verb_has_help() -> None:
@@ -64,6 +68,8 @@ def test_every_verb_has_help() -> None:
 
     for verb in ["--help", *COMMANDS]:
         args = [verb] if verb == "--help" else [verb, "--help"]
-        result = subprocess.run([sys.executable, "-m", "nodes.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "nodes.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, (verb, result.stderr)
         assert "usage: vv" in result.stdout

@@ -30,11 +30,19 @@ def status_json(vv: VV, video: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_journal_survives_a_torn_write_and_status_reads_it(vv: VV, probe: Probe, publisher: Publisher) -> None:
+def test_journal_survives_a_torn_write_and_status_reads_it(
+    vv: VV, probe: Probe, publisher: Publisher
+) -> None:
     journal = vv.spawn("run", "journal")
     probe.wait_health("journal", "online")
     publish_pipeline(publisher, ["video.new", "scan.done"])
-    wait_until(lambda: vv.vv("status", VIDEO, "--json").returncode == 0 and status_json(vv, VIDEO)["stage"] == "scanned", 15, "scanned in journal")
+    wait_until(
+        lambda: (
+            vv.vv("status", VIDEO, "--json").returncode == 0 and status_json(vv, VIDEO)["stage"] == "scanned"
+        ),
+        15,
+        "scanned in journal",
+    )
 
     journal.send_signal(signal.SIGKILL)
     journal.wait(10)
@@ -47,7 +55,9 @@ def test_journal_survives_a_torn_write_and_status_reads_it(vv: VV, probe: Probe,
     assert status_json(vv, VIDEO)["stage"] == "scanned"
 
     vv.spawn("run", "journal", log_name="journal-2")
-    warning = probe.wait_event("alert.warning", where=lambda e: e["data"]["title"] == "Journal recovered from a torn write")[0]
+    warning = probe.wait_event(
+        "alert.warning", where=lambda e: e["data"]["title"] == "Journal recovered from a torn write"
+    )[0]
     assert "truncat" in warning["data"]["message_details"]
     assert segment.stat().st_size >= intact  # torn bytes gone, new records may follow
     publish_pipeline(publisher, ["summary.done", "logline.signed"])
@@ -73,23 +83,36 @@ def test_failures_and_quarantine_fold_from_journal(vv: VV, probe: Probe, publish
     assert [f["title"] for f in state["failures"]] == [alert["title"]]
 
 
-def test_replay_republishes_with_same_ids_and_tail_shows_them(vv: VV, probe: Probe, publisher: Publisher) -> None:
+def test_replay_republishes_with_same_ids_and_tail_shows_them(
+    vv: VV, probe: Probe, publisher: Publisher
+) -> None:
     vv.spawn("run", "journal")
     probe.wait_health("journal", "online")
     ids = publish_pipeline(publisher, ["video.new", "scan.done", "summary.done"])
-    wait_until(lambda: vv.vv("status", VIDEO, "--json").returncode == 0 and status_json(vv, VIDEO)["stage"] == "summarized", 15, "journaled")
+    wait_until(
+        lambda: (
+            vv.vv("status", VIDEO, "--json").returncode == 0
+            and status_json(vv, VIDEO)["stage"] == "summarized"
+        ),
+        15,
+        "journaled",
+    )
 
     dry = vv.vv("replay", "--type", "scan.done", "--dry-run")
     assert dry.returncode == 0 and ids[1] in dry.stdout and ids[0] not in dry.stdout
 
     tail = subprocess.Popen(
-        [*vv_cmd(vv), "tail", "scan.done", "--json", "--count", "1"], env=vv.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*vv_cmd(vv), "tail", "scan.done", "--json", "--count", "1"],
+        env=vv.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until(lambda: probe_sees_client(vv, probe), 10, "tail subscribed")
         result = vv.vv("replay", "--type", "scan.done")
         assert result.returncode == 0 and "re-published 1 event" in result.stdout
-        out, err = tail.communicate(timeout=15)
+        out, _ = tail.communicate(timeout=15)
     finally:
         tail.kill()
     line = json.loads(out.splitlines()[0])

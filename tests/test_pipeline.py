@@ -18,7 +18,10 @@ FAST = {"VV_INGEST_SETTLE_S": "0.2", "VV_INGEST_POLL_INTERVAL_S": "0.3"}
 @pytest.fixture
 def detector_env() -> dict[str, str]:
     root = require_shared("models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights")
-    return {"VV_SCAN_MODEL": str(root / "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"), "VV_SCAN_THREADS": "1"}
+    return {
+        "VV_SCAN_MODEL": str(root / "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"),
+        "VV_SCAN_THREADS": "1",
+    }
 
 
 def drop(vv: VV, source: Path, name: str | None = None) -> Path:
@@ -45,17 +48,27 @@ def test_a_dropped_clip_becomes_a_summary_with_a_person_and_a_dog(
     drop(vv, clip)
     done = probe.wait_event("summary.done", timeout=60)[0]
     assert done["data"]["counts"].get("person", 0) >= 1 and done["data"]["counts"].get("dog", 0) >= 1
-    assert ("person" in done["data"]["text"] or "people" in done["data"]["text"]) and "dog" in done["data"]["text"]
+    assert ("person" in done["data"]["text"] or "people" in done["data"]["text"]) and "dog" in done["data"][
+        "text"
+    ]
     summary = json.loads(Path(done["data"]["summary"]["path"]).read_text())
     assert summary["timeline"] and {"person", "dog"} <= {t["label"] for t in summary["tracks"]}
     assert all(Path(t["path"]).exists() for t in done["data"]["thumbnails"])
     scan_done = probe.events("scan.done")[0]
     assert scan_done["data"]["backend"] == "darknet" and "degraded" not in scan_done["data"]
     # the journal saw it all: vv status reports the stage from disk
-    wait_until(lambda: json.loads(vv.vv("status", done["subject"], "--json").stdout or "{}").get("stage") == "summarized", 15, "journal stage")
+    wait_until(
+        lambda: (
+            json.loads(vv.vv("status", done["subject"], "--json").stdout or "{}").get("stage") == "summarized"
+        ),
+        15,
+        "journal stage",
+    )
 
     drop(vv, clip, "yard-again.mp4")  # the same bytes under another name: one video
-    wait_until(lambda: not (vv.home / "input" / "yard-again.mp4").exists(), 20, "duplicate removed from input/")
+    wait_until(
+        lambda: not (vv.home / "input" / "yard-again.mp4").exists(), 20, "duplicate removed from input/"
+    )
     assert len(probe.events("video.new")) == 1 and len(probe.events("summary.done")) == 1
 
 
@@ -77,7 +90,14 @@ def test_unreadable_files_are_quarantined_while_a_good_one_completes(
     assert all(a["data"]["severity"] == "ERROR" for a in alerts)
     for name in bad:
         meta = json.loads((vv.home / "corrupted" / f"{name}.meta.json").read_text())
-        assert {"original_path", "timestamp_corruption", "source_component", "error_type", "error_message", "original_hash_sha256"} <= set(meta)
+        assert {
+            "original_path",
+            "timestamp_corruption",
+            "source_component",
+            "error_type",
+            "error_message",
+            "original_hash_sha256",
+        } <= set(meta)
 
 
 def test_scan_killed_mid_video_completes_exactly_once(
@@ -89,7 +109,11 @@ def test_scan_killed_mid_video_completes_exactly_once(
     probe.wait_health("scan", "online")
     long_clip = write_clip(tmp_path / "long.mp4", [Scene("person", 20.0, slide="dog")], size=(640, 480))
     drop(vv, long_clip)
-    wait_until(lambda: any(h["details"].get("current", {}).get("progress", 0) > 0 for h in probe.health("scan")), 60, "scan in progress")
+    wait_until(
+        lambda: any(h["details"].get("current", {}).get("progress", 0) > 0 for h in probe.health("scan")),
+        60,
+        "scan in progress",
+    )
     scan.send_signal(signal.SIGKILL)
     scan.wait(10)
     vv.spawn("run", "scan", extra_env=env, log_name="scan-2")
@@ -116,7 +140,11 @@ def test_two_scan_workers_share_ten_videos_none_twice(
     subjects = [d["subject"] for d in done]
     assert len(subjects) == len(set(subjects)) == 10
     handled = {
-        node: wait_until(lambda node=node: probe.health(node)[-1]["details"]["handled"] if probe.health(node) else 0, 10, f"{node} health")
+        node: wait_until(
+            lambda node=node: probe.health(node)[-1]["details"]["handled"] if probe.health(node) else 0,
+            10,
+            f"{node} health",
+        )
         for node in ("scan-a", "scan-b")
     }
     assert handled["scan-a"] + handled["scan-b"] >= 10 and min(handled.values()) >= 1, handled
@@ -140,13 +168,17 @@ def test_a_video_that_keeps_failing_is_quarantined_with_its_reasons(
     assert alert["title"] == "Video quarantined after repeated scan failures"
 
 
-def test_without_weights_scan_degrades_to_hog_and_says_which_setting(vv: VV, probe: Probe, tmp_path: Path) -> None:
+def test_without_weights_scan_degrades_to_hog_and_says_which_setting(
+    vv: VV, probe: Probe, tmp_path: Path
+) -> None:
     start(vv, probe, {"VV_SCAN_MODEL": ""}, "ingest")
     vv.spawn("run", "scan")
     health = probe.wait_health("scan", "degraded")
     assert "scan.model" in health["reason"]
     warning = probe.wait_event("alert.warning")[0]["data"]
-    assert warning["title"] == "Scan runs a fallback detector" and any("VV_SCAN_MODEL" in a for a in warning["suggested_actions"])
+    assert warning["title"] == "Scan runs a fallback detector" and any(
+        "VV_SCAN_MODEL" in a for a in warning["suggested_actions"]
+    )
     drop(vv, write_clip(tmp_path / "p.mp4", [Scene("person", 1.0)]))
     done = probe.wait_event("scan.done", timeout=60)[0]["data"]
     assert done["backend"] == "hog" and "scan.model" in done["degraded"]
@@ -158,7 +190,12 @@ def test_a_scan_over_its_time_budget_warns_then_quarantines(
     env = {**detector_env, "VV_SCAN_MAX_PROCESSING_S": "0.001", "VV_SCAN_MAX_ATTEMPTS": "2"}
     start(vv, probe, env, "ingest", "scan")
     drop(vv, write_clip(tmp_path / "slow.mp4", [Scene("person", 2.0)]))
-    warnings = probe.wait_event("alert.warning", count=2, timeout=60, where=lambda e: e["data"]["title"] == "Scan took longer than its budget")
+    warnings = probe.wait_event(
+        "alert.warning",
+        count=2,
+        timeout=60,
+        where=lambda e: e["data"]["title"] == "Scan took longer than its budget",
+    )
     assert all(w["data"]["context"]["video"] == warnings[0]["subject"] for w in warnings)
     quarantined = probe.wait_event("video.quarantined", timeout=30)[0]["data"]
     assert [a["reason"].split(":")[0] for a in quarantined["attempts"]] == ["ScanTimeout", "ScanTimeout"]

@@ -17,7 +17,16 @@ CASES = sorted(FIXTURES.glob("*/*.json"))
 
 def test_every_schema_is_valid_and_has_fixtures() -> None:
     names = schemas.known_schemas()
-    assert {"envelope", "health", "alert", "video.new", "scan.done", "summary.done", "logline.signed", "video.quarantined"} <= set(names)
+    assert {
+        "envelope",
+        "health",
+        "alert",
+        "video.new",
+        "scan.done",
+        "summary.done",
+        "logline.signed",
+        "video.quarantined",
+    } <= set(names)
     for name in names:
         schema = schemas.load_schema(name)
         Draft202012Validator.check_schema(schema)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -48,7 +47,9 @@ def verify(vv: VV) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
-def test_dropped_video_ends_as_a_verified_logline(vv: VV, probe: Probe, pipeline_env: dict[str, str], tmp_path: Path) -> None:
+def test_dropped_video_ends_as_a_verified_logline(
+    vv: VV, probe: Probe, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
     start(vv, probe, pipeline_env)
     drop(vv, write_clip(tmp_path / "yard.mp4", [Scene("person", 1.5), Scene("dog", 1.5)]))
     signed = probe.wait_event("logline.signed", timeout=60)[0]["data"]
@@ -91,13 +92,16 @@ def test_twenty_videos_through_two_broker_crashes_end_with_one_valid_logline_eac
     start(vv, probe, pipeline_env)
     rng = random.Random(20)
     photos = ["person", "dog", "horses", "giraffe"]
-    clips = [write_clip(tmp_path / f"v{n:02d}.mp4", [Scene(photos[n % 4], 0.6 + n * 0.05)]) for n in range(20)]
+    clips = [
+        write_clip(tmp_path / f"v{n:02d}.mp4", [Scene(photos[n % 4], 0.6 + n * 0.05)]) for n in range(20)
+    ]
     crash_after = sorted(rng.sample(range(2, 18), 2))
     probe.close()
     for n, clip in enumerate(clips):
         drop(vv, clip)
         if n in crash_after:
-            wait_until(lambda: not (vv.home / "input" / clip.name).exists(), 20, "file picked up")
+            dropped = vv.home / "input" / clip.name
+            wait_until(lambda: not dropped.exists(), 20, "file picked up")  # noqa: B023 - used at once
             vv.broker.kill()
             vv.broker.start()
     watcher = vv.probe()
@@ -140,7 +144,11 @@ def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(tmp_path: Path) -> N
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VV_")}, "VV_SHARED": str(SHARED)}
     result = subprocess.run(
         [sys.executable, "-m", "nodes.cli", "demo", "--home", str(tmp_path / "demo")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "logline.signed" in result.stdout and "\nVALID " in result.stdout

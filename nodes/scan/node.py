@@ -74,7 +74,9 @@ class Scan(Node):
                 "Scan runs a fallback detector",
                 self.degraded,
                 context={"node": self.name},
-                actions=["Set scan.model (VV_SCAN_MODEL) to YOLO weights: a .pt name, an .onnx or a Darknet .weights"],
+                actions=[
+                    "Set scan.model (VV_SCAN_MODEL) to YOLO weights: a .pt name, an .onnx or a Darknet .weights"
+                ],
             )
 
     def health_details(self) -> dict[str, Any]:
