@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -95,6 +95,7 @@ class Node:
     name: ClassVar[str] = ""
     shared_group: ClassVar[str] = ""  # e.g. "scan": workers of a stage split the load via $share
     max_inflight: ClassVar[int] = 64
+    max_batch: ClassVar[int] = 64  # messages already delivered that are handled in one transaction
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         if not self.name:
@@ -123,6 +124,7 @@ class Node:
         self._consumer: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._lost_at: tuple[str, float] | None = None
+        self._uncommitted: list[OutboxRow] | None = None
         self._handlers = self._collect_handlers()
         self._health_handlers = [
             getattr(self, attr)
@@ -387,15 +389,42 @@ class Node:
 
     # ----------------------------------------------------------------- receiving
     async def _consume(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+        messages = client.messages
+        async for message in messages:
             self._busy = True
             try:
-                await self._receive(message)
-                ack(client, message)
+                # A burst already delivered is handled in one transaction: a commit costs ~250 us,
+                # five times the rest of the bookkeeping. Acks go out only after the commit.
+                batch = [message]
+                while len(batch) < self.max_batch and len(messages) > 0:
+                    batch.append(await anext(messages))
+                with self._committing():
+                    for item in batch:
+                        await self._receive(item)
+                for item in batch:
+                    ack(client, item)
             finally:
                 self._busy = False
             if self._stop.is_set():
                 return
+
+    @contextlib.contextmanager
+    def _committing(self) -> Iterator[None]:
+        """One store transaction; the events it persisted are sent only once it has committed."""
+        outer = self._uncommitted is None
+        if outer:
+            self._uncommitted = []
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            if outer:
+                self._uncommitted = None
+            raise
+        if outer:
+            rows, self._uncommitted = self._uncommitted or [], None
+            for row in rows:
+                self._send_queue.put_nowait(row)
 
     async def _receive(self, message: aiomqtt.Message) -> None:
         self.stats.received += 1
@@ -501,7 +530,7 @@ class Node:
     def _persist(self, events: list[Event], seen: str | None = None) -> None:
         """Commit events to the outbox (and mark the input seen) in one transaction, then queue them."""
         rows: list[OutboxRow] = []
-        with self.store.transaction():
+        with self._committing():
             for pending in events:
                 event = dataclasses.replace(pending, seq=self.store.next_seq())
                 envelope = event.to_dict()
@@ -513,9 +542,9 @@ class Node:
                 rows.append(self.store.add_outbox(event.id, topic, payload, event.datacontenttype, False))
             if seen is not None:
                 self.store.mark_seen(seen)
+            assert self._uncommitted is not None
+            self._uncommitted.extend(rows)
         self.stats.emitted += len(rows)
-        for row in rows:
-            self._send_queue.put_nowait(row)
 
     async def _sender(self, client: aiomqtt.Client) -> None:
         """Send the outbox: everything unacknowledged first (after a restart or reconnect), then new events."""
