@@ -618,6 +618,7 @@ class Node:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "details": {
                 "epoch": self.epoch,
+                "health_interval_s": self.settings.bus.health_interval_s,  # lets a monitor count missed beats
                 "received": self.stats.received,
                 "handled": self.stats.handled,
                 "duplicates": self.stats.duplicates,

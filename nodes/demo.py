@@ -18,14 +18,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from bus.broker import ADMIN_USER, broker_command, render_broker, secret_for
+from bus.broker import ADMIN_USER, secret_for
 from bus.client import MqttError, stream
 from bus.config import Settings, load_settings
 from nodes.sign.keys import KeyStore
@@ -88,30 +86,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def processes(
-    commands: dict[str, list[str]], env: dict[str, str], logs: Path
-) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """Start child processes; on exit stop them with SIGTERM (then SIGKILL) in reverse order."""
-    logs.mkdir(parents=True, exist_ok=True)
-    started: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name, command in commands.items():
-            with (logs / f"{name}.out").open("ab") as out:
-                started[name] = subprocess.Popen(command, env=env, stdout=out, stderr=out)
-        yield started
-    finally:
-        for proc in reversed(list(started.values())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in reversed(list(started.items())):
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                print(f"demo: {name} did not stop in time; killing it", file=sys.stderr)
-                proc.kill()
-
-
 async def watch(settings: Settings, deadline: float) -> str | None:
     """Print every event until a LogLine is signed; return its path."""
     async for topic, document, _ in stream(settings, [f"vv/{settings.device}/#"], f"vv-demo-{os.getpid()}"):
@@ -123,6 +97,37 @@ async def watch(settings: Settings, deadline: float) -> str | None:
         if time.monotonic() > deadline:
             return None
     return None
+
+
+def _drive(
+    args: argparse.Namespace,
+    settings: Settings,
+    env: dict[str, str],
+    port: int,
+    photos: list[Path],
+    deadline: float,
+    up: subprocess.Popen[bytes],
+) -> str | None:
+    """Wait for the broker, drop the sample, print events until its LogLine is signed."""
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        if time.monotonic() > deadline or up.poll() is not None:
+            print("demo: the broker did not start", file=sys.stderr)
+            return None
+        time.sleep(0.05)
+    admin = load_settings(
+        {**env, "VV_MQTT_USERNAME": ADMIN_USER, "VV_MQTT_PASSWORD": secret_for(settings, ADMIN_USER)}
+    )
+    settings.paths.input.mkdir(parents=True, exist_ok=True)
+    source = args.video or build_clip(photos, settings.home / "sample.mp4")
+    staged = settings.paths.input / f".{source.name}.part"
+    shutil.copyfile(source, staged)
+    os.replace(staged, settings.paths.input / source.name)
+    print(f"demo: dropped {source.name} into {settings.paths.input}; live events:")
+    try:
+        return asyncio.run(watch(admin, deadline))
+    except MqttError as exc:
+        print(f"demo: broker: {exc}", file=sys.stderr)
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,30 +147,24 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"demo: VV_HOME={home}, broker on 127.0.0.1:{port}, signing key {key.key_id}, model {env['VV_SCAN_MODEL']}"
     )
-    files = render_broker(settings)
-    vv = [sys.executable, "-m", "nodes.cli"]
-    commands = {"broker": broker_command(files)} | {node: [*vv, "run", node] for node in NODES}
+    settings.paths.logs.mkdir(parents=True, exist_ok=True)
+    log_path = settings.paths.logs / "demo-up.out"
+    command = [sys.executable, "-m", "nodes.cli", "up", "--broker", "--nodes", ",".join(NODES)]
     deadline = time.monotonic() + args.timeout
-    with processes(commands, env, settings.paths.logs / "demo"):
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            if time.monotonic() > deadline:
-                print("demo: the broker did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
-        admin = load_settings(
-            {**env, "VV_MQTT_USERNAME": ADMIN_USER, "VV_MQTT_PASSWORD": secret_for(settings, ADMIN_USER)}
-        )
-        settings.paths.input.mkdir(parents=True, exist_ok=True)
-        source = args.video or build_clip(photos, home / "sample.mp4")
-        staged = settings.paths.input / f".{source.name}.part"
-        shutil.copyfile(source, staged)
-        os.replace(staged, settings.paths.input / source.name)
-        print(f"demo: dropped {source.name} into {settings.paths.input}; live events:")
+    with log_path.open("ab") as log:
+        up = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # the broker and nodes, supervised
+    try:
+        logline = _drive(args, settings, env, port, photos, deadline, up)
+    finally:
+        up.send_signal(signal.SIGTERM)
         try:
-            logline = asyncio.run(watch(admin, deadline))
-        except MqttError as exc:
-            print(f"demo: broker: {exc}", file=sys.stderr)
-            return 1
+            stopped = up.wait(60) == 0
+        except subprocess.TimeoutExpired:
+            up.kill()
+            stopped = False
+    if not stopped:
+        print(f"demo: `vv up` did not stop cleanly; see {log_path}", file=sys.stderr)
+        return 1
     if logline is None:
         print(f"demo: no LogLine within {args.timeout:.0f}s; see {settings.paths.logs}", file=sys.stderr)
         return 1

@@ -1,0 +1,572 @@
+"""The monitor node: self-healing, and the device's vital signs turned into alerts people can act on.
+
+Two separate probes per node, from its retained health:
+- liveness: heartbeats (a node is unhealthy after `monitor.failure_threshold` missed beats) and the
+  last will (`offline` with a reason). A node that went offline on its own (graceful stop: offline
+  without a reason) was stopped on purpose and is left alone. An unhealthy node is restarted through
+  the active supervisor (`vv`: `cmd.supervisor.restart` to `vv up`, carrying the pid seen, so a
+  request about a process already replaced is ignored; `systemd`: `systemctl restart vv-<node>`),
+  with a startup grace period after each restart, capped exponential backoff with jitter, and a
+  windowed limit: after `monitor.max_restart_attempts` restarts within `monitor.restart_window_s`
+  the node is FATAL: the monitor stops trying and raises ONE alert.critical with the restart reasons
+  and the node's last lines of logs/app.log. A node up for `monitor.stability_s` has its count reset.
+  Under `vv up`, a child the supervisor is already restarting (or has given up on) is its business.
+- health: the node's own status; `degraded` raises a WARNING with its reason.
+Besides: WARNING on sustained high CPU or memory of a node process (psutil, by the pid in its health),
+ERROR for a video stuck in a stage past its limit (journal fold), CRITICAL when VV_HOME storage stops
+being writable (a probe file created, fsynced and removed each round), and ERROR when a scheduled job
+(a health whose details carry `period_s` and `last_success`) has not succeeded within its period.
+Every alert is resolved when its condition clears. Restart history and firing alerts persist in
+the node's state directory, so a restarted monitor neither forgets a FATAL node nor pages again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bus.alerts import Severity
+from bus.config import MonitorSettings, Settings
+from bus.fsutil import atomic_write_json
+from bus.node import Node, on_health
+from nodes.journal.fold import fold_journal, format_duration, stuck
+from nodes.journal.store import JournalError, parse_rfc3339
+from nodes.supervisor import RestartPolicy, RestartTracker, load_history
+
+log = logging.getLogger("vv.monitor")
+
+LIVE = ("online", "degraded")
+LOG_TAIL_BYTES = 4 * 1024 * 1024  # how far back in app.log the last lines of a node are looked for
+
+
+# ----------------------------------------------------------------------------- pure probes
+def is_job(details: Mapping[str, Any]) -> bool:
+    """Scheduled jobs (export, cleanup) announce their period; they are judged by last success, not beats."""
+    period = details.get("period_s")
+    return isinstance(period, int | float) and not isinstance(period, bool) and period > 0
+
+
+def graceful_offline(doc: Mapping[str, Any]) -> bool:
+    """A node that stopped on its own publishes `offline` without a reason; the will carries one."""
+    return doc.get("status") == "offline" and not doc.get("reason")
+
+
+def liveness(status: str, reason: str, beat_age_s: float, interval_s: float, threshold: int) -> str | None:
+    """Why a node is not alive (its will fired, or `threshold` beats were missed), or None."""
+    if status == "offline":
+        return f"offline: {reason or 'no reason given'}"
+    if beat_age_s > threshold * interval_s:
+        return f"missed {int(beat_age_s / interval_s)} heartbeats (last {beat_age_s:.1f}s ago, every {interval_s:g}s)"
+    return None
+
+
+def job_overdue(details: Mapping[str, Any], waited_s: float, now: datetime, grace: float) -> str | None:
+    """Why a scheduled job is overdue, or None. `waited_s` counts when it never succeeded."""
+    period = float(details["period_s"])
+    last = details.get("last_success")
+    if isinstance(last, str):
+        try:
+            waited_s = (now - parse_rfc3339(last)).total_seconds()
+        except ValueError:
+            return f"last_success {last!r} is not an RFC 3339 time"
+        if waited_s > period * grace:
+            return f"last success {format_duration(waited_s)} ago, expected every {format_duration(period)}"
+        return None
+    if waited_s > period * grace:
+        return f"no success in {format_duration(waited_s)}, expected every {format_duration(period)}"
+    return None
+
+
+def probe_storage(directory: Path) -> str | None:
+    """Create, fsync and remove a probe file; the error (why storage is not writable) or None."""
+    probe = directory / ".vv-monitor-probe"  # one name: a probe left by a crash is reused, not piled up
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        return f"{exc.strerror or exc} ({exc.filename or directory})"
+    return None
+
+
+def last_log_lines(path: Path, node: str, count: int, max_bytes: int = LOG_TAIL_BYTES) -> list[str]:
+    """The last `count` lines logged by `node` in a JSON-lines app.log (read from its end)."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if size > max_bytes:
+        lines = lines[1:]  # the first one is cut
+    found: list[str] = []
+    for raw in reversed(lines):
+        if len(found) >= count:
+            break
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("node") == node:
+            exc = str(doc.get("exc") or "").strip().splitlines()
+            tail = f" | {exc[-1]}" if exc else ""
+            found.append(f"{doc.get('time', '')} {doc.get('level', '')} {doc.get('message', '')}{tail}")
+    return found[::-1]
+
+
+def stage_limits(cfg: MonitorSettings) -> dict[str, float]:
+    limits = {
+        "ingested": cfg.stuck_ingested_s,
+        "scanned": cfg.stuck_scanned_s,
+        "summarized": cfg.stuck_summarized_s,
+    }
+    return {stage: limit for stage, limit in limits.items() if limit > 0}
+
+
+def restart_policy(cfg: MonitorSettings) -> RestartPolicy:
+    return RestartPolicy(
+        max_restarts=cfg.max_restart_attempts,
+        window_s=cfg.restart_window_s,
+        stability_s=cfg.stability_s,
+        backoff_min_s=cfg.backoff_min_s,
+        backoff_max_s=cfg.backoff_max_s,
+    )
+
+
+# ----------------------------------------------------------------------------- the node
+@dataclass
+class Watched:
+    """What the monitor knows of one node. Times are monotonic (this process)."""
+
+    name: str
+    tracker: RestartTracker
+    status: str = "unknown"
+    reason: str = ""
+    pid: int | None = None
+    interval_s: float = 10.0
+    last_beat: float = 0.0
+    graceful: bool = False
+    state: str = "unknown"  # up, stopped, unhealthy, restarting, supervised, unmanaged, fatal
+    problem: str = ""
+    restart_at: float | None = None
+    grace_until: float = 0.0
+    high_since: dict[str, float] = field(default_factory=dict)  # cpu / memory above threshold since
+    process: psutil.Process | None = None
+
+
+@dataclass
+class Job:
+    details: dict[str, Any]
+    first_seen: float  # monotonic
+
+
+class Monitor(Node):
+    name = "monitor"
+
+    def __init__(self, settings: Settings, instance: str = "") -> None:
+        super().__init__(settings, instance)
+        self.cfg = settings.monitor
+        self.policy = restart_policy(self.cfg)
+        self.nodes: dict[str, Watched] = {}
+        self.jobs: dict[str, Job] = {}
+        self.supervised: dict[str, Any] | None = None  # children in the supervisor's health, if known
+        self.storage_dir = Path(self.cfg.storage_probe) if self.cfg.storage_probe else self.paths.storage
+        self.state_path = self.state_dir / "monitor.json"
+        self.rounds = 0  # check rounds in which nodes were judged (after the monitor's own grace)
+        self._firing: dict[str, dict[str, Any]] = {}
+        self._history: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        self._storage_probe: asyncio.Task[str | None] | None = None
+        self._next_journal_check = 0.0
+        self._began = time.monotonic()
+        self._own = self.name + (f"-{instance}" if instance else "")
+
+    # ------------------------------------------------------------------ lifecycle
+    async def setup(self) -> None:
+        saved = load_history(self.state_path)
+        self._history = {k: v for k, v in saved.get("nodes", {}).items() if isinstance(v, dict)}
+        firing = saved.get("firing", {})
+        self._firing = {k: v for k, v in firing.items() if isinstance(v, dict) and "title" in v}
+        self._began = time.monotonic()
+
+    async def background(self) -> None:
+        while not await self.sleep(self.cfg.check_interval_s):
+            await self.check()
+
+    async def teardown(self) -> None:
+        self._save()
+
+    def health_details(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "firing": len(self._firing),
+            "nodes": {
+                name: {
+                    "state": w.state,
+                    "pid": w.pid,
+                    "restarts": len(w.tracker.restarts),
+                    "problem": w.problem,
+                }
+                for name, w in self.nodes.items()
+            },
+            "jobs": sorted(self.jobs),
+        }
+
+    # ------------------------------------------------------------------ input
+    @on_health
+    async def on_node_health(self, node: str, doc: dict[str, Any]) -> None:
+        if node == self._own:
+            return
+        raw = doc.get("details")
+        details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if node == "supervisor":
+            children = details.get("children")
+            live = doc["status"] in LIVE and isinstance(children, dict)
+            self.supervised = children if live else None
+        if is_job(details):
+            first = self.jobs[node].first_seen if node in self.jobs else time.monotonic()
+            self.jobs[node] = Job(details, first)
+            return
+        watched = self._watched(node)
+        watched.status, watched.reason = doc["status"], str(doc.get("reason") or "")
+        watched.graceful = graceful_offline(doc)
+        pid = doc.get("pid")
+        watched.pid = pid if isinstance(pid, int) else None
+        interval = details.get("health_interval_s")
+        watched.interval_s = (
+            float(interval)
+            if isinstance(interval, int | float) and interval > 0
+            else self.settings.bus.health_interval_s
+        )
+        if watched.status in LIVE:
+            watched.last_beat = time.monotonic()
+        if watched.status == "degraded":
+            await self._fire(
+                f"degraded:{node}",
+                "WARNING",
+                "Node degraded",
+                f"{node} reports degraded: {watched.reason or 'no reason given'}",
+                {"node": node},
+                [f"Read the reason and logs/app.log (node={node}); the node keeps running"],
+            )
+        elif watched.status == "online":
+            await self._clear(f"degraded:{node}", f"{node} is online again")
+
+    def _watched(self, node: str) -> Watched:
+        watched = self.nodes.get(node)
+        if watched is None:
+            tracker = RestartTracker(self.policy)
+            tracker.load(self._history.get(node, {}))
+            watched = self.nodes[node] = Watched(
+                node, tracker, interval_s=self.settings.bus.health_interval_s
+            )
+        return watched
+
+    # ------------------------------------------------------------------ the check round
+    async def check(self) -> None:
+        """One round of every probe; alerts fire and resolve as conditions change."""
+        now = time.monotonic()
+        if now >= self._began + self.cfg.startup_grace_s:
+            self.rounds += 1
+            for watched in list(self.nodes.values()):
+                await self._judge(watched, now)
+        await self._check_resources(now)
+        await self._check_storage()
+        await self._check_jobs(now)
+        if now >= self._next_journal_check:
+            self._next_journal_check = now + self.cfg.journal_check_s
+            await self._check_journal()
+        self._save()
+
+    async def _judge(self, w: Watched, now: float) -> None:
+        tracker = w.tracker
+        if now < w.grace_until:
+            return
+        if w.status == "offline" and w.graceful:
+            w.state, w.problem, w.restart_at = "stopped", "", None
+            tracker.mark_down()
+            return
+        problem = liveness(w.status, w.reason, now - w.last_beat, w.interval_s, self.cfg.failure_threshold)
+        if problem is None:
+            await self._alive(w)
+            return
+        tracker.mark_down()
+        w.problem = problem
+        if tracker.fatal is not None:
+            w.state = "fatal"
+            return
+        if not self._restartable(w.name):
+            w.state = "unmanaged"
+            await self._fire(
+                f"down:{w.name}",
+                "ERROR",
+                "Node down, not restartable",
+                f"{w.name} is {problem}; no supervisor of this device can restart it",
+                {"node": w.name},
+                [
+                    f"Start it again (vv up, or systemctl start vv-{w.name}) and read logs/app.log (node={w.name})"
+                ],
+            )
+            return
+        handled = self._supervisor_handles(w)
+        if handled:
+            w.state, w.problem = "supervised", f"{problem}; supervisor: {handled}"
+            return
+        if w.restart_at is None:
+            delay = tracker.failure(problem)
+            self._dirty = True
+            if delay is None:
+                w.state = "fatal"
+                await self._fatal(w)
+                return
+            w.state, w.restart_at = "unhealthy", now + delay
+            await self._fire(
+                f"unhealthy:{w.name}",
+                "WARNING",
+                "Node unhealthy, restarting",
+                f"{w.name} is {problem}; restarting it through {self.cfg.supervisor}",
+                {"node": w.name},
+                [f"Nothing yet: the monitor restarts it; read logs/app.log (node={w.name}) if it recurs"],
+            )
+        if w.restart_at is not None and now >= w.restart_at:
+            w.restart_at = None
+            w.state = "restarting"
+            w.grace_until = now + self.cfg.startup_grace_s
+            attempt = f"{len(tracker.restarts)}/{self.policy.max_restarts}"
+            await self._restart(w, f"monitor: {problem} (attempt {attempt})")
+
+    async def _alive(self, w: Watched) -> None:
+        tracker = w.tracker
+        w.state, w.problem, w.restart_at = "up", "", None
+        tracker.mark_up()
+        if tracker.refresh():
+            self._dirty = True
+        await self._clear(f"unhealthy:{w.name}", f"{w.name} is alive again")
+        await self._clear(f"down:{w.name}", f"{w.name} is alive again")
+        if tracker.fatal is not None:  # someone fixed and restarted it: watch it afresh
+            tracker.reset()
+            self._dirty = True
+        await self._clear(f"fatal:{w.name}", f"{w.name} is alive again; the monitor watches it afresh")
+
+    def _restartable(self, node: str) -> bool:
+        if self.cfg.supervisor == "systemd":
+            return True
+        if node == "supervisor":
+            return False  # `vv up` itself: nothing on the bus can restart it
+        return self.supervised is None or node in self.supervised
+
+    def _supervisor_handles(self, w: Watched) -> str:
+        """Under `vv up`: what the supervisor is already doing about this node ('' if nothing)."""
+        if self.cfg.supervisor != "vv" or self.supervised is None:
+            return ""
+        child = self.supervised.get(w.name)
+        if not isinstance(child, dict):
+            return ""
+        state, pid = child.get("state"), child.get("pid")
+        if state != "running":
+            return f"child {state}"
+        if pid is not None and w.pid is not None and pid != w.pid:
+            return f"already replaced pid {w.pid} by {pid}"
+        return ""
+
+    async def _restart(self, w: Watched, reason: str) -> None:
+        log.warning("restarting %s: %s", w.name, reason, extra={"target": w.name})
+        if self.cfg.supervisor == "vv":
+            args: dict[str, Any] = {"node": w.name, "reason": reason}
+            if w.pid is not None:
+                args["pid"] = w.pid
+            await self.emit("cmd.supervisor.restart", {"args": args})
+            return
+        unit = f"vv-{w.name}"
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "systemctl",
+                "restart",
+                unit,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        except (OSError, TimeoutError) as exc:
+            log.error("systemctl restart %s failed: %s", unit, exc)
+            return
+        if proc.returncode != 0:
+            log.error(
+                "systemctl restart %s failed (%s): %s", unit, proc.returncode, out.decode(errors="replace")
+            )
+
+    async def _fatal(self, w: Watched) -> None:
+        lines = last_log_lines(self.paths.logs / "app.log", w.name, self.cfg.log_lines)
+        reasons = "\n".join(f"  - {r}" for r in w.tracker.reasons())
+        output = "\n".join(f"  {line}" for line in lines) or "  (none found)"
+        restart = "vv up --reset" if self.cfg.supervisor == "vv" else f"systemctl restart vv-{w.name}"
+        await self._fire(
+            f"fatal:{w.name}",
+            "CRITICAL",
+            "Node unhealthy, restarts exhausted",
+            f"{w.name} was restarted {len(w.tracker.restarts)} times within {self.policy.window_s:g}s and is "
+            f"still {w.problem}; the monitor has stopped restarting it.\nRestart reasons:\n{reasons}\n"
+            f"Last lines of logs/app.log:\n{output}",
+            {"node": w.name, "restarts": len(w.tracker.restarts)},
+            [
+                f"Read the log lines above and logs/app.log (node={w.name})",
+                f"Fix the cause, then restart it ({restart}); the monitor resumes once it is back online",
+            ],
+        )
+
+    async def _check_resources(self, now: float) -> None:
+        checks = (("cpu", self.cfg.cpu_percent), ("memory", self.cfg.memory_percent))
+        for w in self.nodes.values():
+            if w.status not in LIVE or w.pid is None:
+                continue
+            try:
+                if w.process is None or w.process.pid != w.pid:
+                    w.process = psutil.Process(w.pid)
+                    w.process.cpu_percent(None)  # primes the counter; the next call measures
+                    continue
+                figures = {"cpu": w.process.cpu_percent(None), "memory": w.process.memory_percent()}
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                w.process = None
+                continue
+            for kind, threshold in checks:
+                key = f"{kind}:{w.name}"
+                if threshold <= 0 or figures[kind] <= threshold:
+                    w.high_since.pop(kind, None)
+                    await self._clear(key, f"{w.name} {kind} back to {figures[kind]:.1f}%")
+                    continue
+                since = w.high_since.setdefault(kind, now)
+                if now - since >= self.cfg.resource_sustain_s:
+                    await self._fire(
+                        key,
+                        "WARNING",
+                        f"High {kind} use",
+                        f"{w.name} (pid {w.pid}) at {figures[kind]:.1f}% {kind} for "
+                        f"{format_duration(now - since)} (threshold {threshold:g}%)",
+                        {"node": w.name, "key": kind, "percent": round(figures[kind], 1)},
+                        [f"Check what {w.name} is doing (logs/app.log, its health); restart it if it leaks"],
+                    )
+
+    async def _check_storage(self) -> None:
+        """The probe runs in a thread; one that is still hanging from the last round counts as a failure."""
+        task = self._storage_probe
+        if task is None or task.done():
+            task = self._storage_probe = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(probe_storage, self.storage_dir)
+            )
+        done, _ = await asyncio.wait({task}, timeout=max(self.cfg.check_interval_s, 1.0))
+        error = task.result() if done else "the write probe did not finish (storage not responding)"
+        if error is None:
+            await self._clear("storage", f"{self.storage_dir} is writable again")
+            return
+        await self._fire(
+            "storage",
+            "CRITICAL",
+            "Storage not writable",
+            f"cannot write to {self.storage_dir}: {error}",
+            {"path": str(self.storage_dir)},
+            [
+                "Check the disk: mounted, read-only after errors (dmesg), full, permissions",
+                "Videos cannot be stored until this is fixed",
+            ],
+        )
+
+    async def _check_jobs(self, now: float) -> None:
+        wall = datetime.now(UTC)
+        for name, job in self.jobs.items():
+            overdue = job_overdue(job.details, now - job.first_seen, wall, self.cfg.job_grace)
+            if overdue is None:
+                await self._clear(f"job:{name}", f"{name} succeeded again")
+                continue
+            await self._fire(
+                f"job:{name}",
+                "ERROR",
+                "Scheduled job overdue",
+                f"{name}: {overdue}",
+                {"job": name},
+                [f"Check the job's schedule (timer/cron) and its last run in logs/app.log (node={name})"],
+            )
+
+    async def _check_journal(self) -> None:
+        limits = stage_limits(self.cfg)
+        if not limits:
+            return
+        try:
+            folded = await asyncio.to_thread(fold_journal, self.paths.journal)
+        except FileNotFoundError:
+            states = {}
+        except (JournalError, OSError) as exc:
+            log.warning("journal not readable for the stuck-video check: %s", exc)
+            return
+        else:
+            states = folded.states
+        stuck_now = {s.video_id: s for s in stuck(states, limits, datetime.now(UTC))}
+        for video_id, state in stuck_now.items():
+            since = state.stage_since
+            assert state.stage is not None and since is not None
+            waited = (datetime.now(UTC) - since).total_seconds()
+            await self._fire(
+                f"stuck:{video_id}",
+                "ERROR",
+                "Video stuck in pipeline",
+                f"video {video_id} has been {state.stage} for {format_duration(waited)} "
+                f"(limit {format_duration(limits[state.stage])})",
+                {"video": video_id, "stage": state.stage},
+                [f"See `vv status {video_id}`; check the node of the next stage and its logs"],
+            )
+        for key in [k for k in self._firing if k.startswith("stuck:")]:
+            if key.removeprefix("stuck:") not in stuck_now:
+                await self._clear(key, "the video moved on")
+
+    # ------------------------------------------------------------------ alerts and state
+    async def _fire(
+        self,
+        key: str,
+        severity: Severity,
+        title: str,
+        details: str,
+        context: dict[str, Any],
+        actions: Sequence[str],
+    ) -> None:
+        """Raise an alert once per condition; it stays firing (on disk too) until `_clear`."""
+        if key in self._firing:
+            return
+        await self.raise_alert(severity, title, details, context=context, actions=actions)
+        self._firing[key] = {"severity": severity, "title": title, "context": context}
+        self._dirty = True
+
+    async def _clear(self, key: str, details: str) -> None:
+        meta = self._firing.pop(key, None)
+        if meta is None:
+            return
+        await self.raise_alert(
+            meta["severity"], meta["title"], details, context=meta["context"], resolved=True
+        )
+        self._dirty = True
+
+    def _save(self) -> None:
+        if not self._dirty:
+            return
+        history = {**self._history, **{name: w.tracker.to_dict() for name, w in self.nodes.items()}}
+        try:
+            atomic_write_json(self.state_path, {"nodes": history, "firing": self._firing})
+        except OSError as exc:
+            log.error("monitor state not saved to %s: %s", self.state_path, exc)
+            return
+        self._dirty = False

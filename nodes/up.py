@@ -1,0 +1,245 @@
+"""Start the device: the broker (if asked, or if none is listening) and every node, supervised.
+
+Each node runs as `vv run NODE` in its own process. One that exits is restarted with capped
+exponential backoff; after `supervisor.max_restarts` restarts within `supervisor.restart_window_s`
+it is FATAL: left down, with one alert.critical carrying its last output. The `supervisor` node in
+this process publishes every child's pid, state and restart count in its health and restarts a
+child on `cmd.supervisor.restart` {"args": {"node": NAME, "reason": TEXT, "pid": PID?}} (what the
+monitor sends for a hung node). SIGINT/SIGTERM stop every child (nodes first, the broker last)
+and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import signal
+import socket
+import sys
+import time
+from typing import Any, TextIO
+
+from bus.broker import BrokerError, mosquitto_binary
+from bus.config import Settings, SupervisorSettings, load_settings
+from bus.envelope import Event
+from bus.logs import setup_logging
+from bus.node import Node, RejectedMessage, on
+from nodes.registry import NODES, load_node_class
+from nodes.supervisor import Child, ChildSpec, EventKind, RestartPolicy, Supervisor
+
+log = logging.getLogger("vv.up")
+
+BROKER_TIER, NODE_TIER = 0, 1
+ALERT_OUTPUT_LINES = 20
+
+
+def restart_policy(cfg: SupervisorSettings) -> RestartPolicy:
+    return RestartPolicy(
+        max_restarts=cfg.max_restarts,
+        window_s=cfg.restart_window_s,
+        stability_s=cfg.stability_s,
+        backoff_min_s=cfg.backoff_min_s,
+        backoff_max_s=cfg.backoff_max_s,
+    )
+
+
+def default_nodes(settings: Settings) -> list[str]:
+    """Every registered node whose module is part of this build; dvr only when a stream is set."""
+    names = []
+    for name, target in NODES.items():
+        if name == "dvr" and not settings.dvr.url:
+            continue
+        try:
+            found = importlib.util.find_spec(target.partition(":")[0]) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            names.append(name)
+    return names
+
+
+def node_name(spec: str) -> str:
+    """The name a spec runs under (its health topic): registry names as they are, module:Class by import."""
+    if spec in NODES:
+        return spec
+    return load_node_class(spec).name  # raises LookupError / ImportError with a clear message
+
+
+def broker_listening(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def child_specs(settings: Settings, nodes: str | None, broker: bool | None) -> list[ChildSpec]:
+    """The children of `vv up`: the broker (when asked, or when nothing listens), then the nodes."""
+    text = settings.supervisor.nodes if nodes is None else nodes
+    wanted = [s.strip() for s in text.split(",") if s.strip()] or default_nodes(settings)
+    specs: list[ChildSpec] = []
+    host, port = settings.mqtt.host, settings.mqtt.port
+    if broker is True or (broker is None and not broker_listening(host, port)):
+        mosquitto_binary()  # fail now with the install hint, not in a restart loop
+        specs.append(
+            ChildSpec(
+                "broker",
+                (sys.executable, "-m", "nodes.cli", "broker"),
+                tier=BROKER_TIER,
+                ready=lambda: broker_listening(host, port),
+            )
+        )
+    for spec in wanted:
+        specs.append(ChildSpec(node_name(spec), (sys.executable, "-m", "nodes.cli", "run", spec), NODE_TIER))
+    return specs
+
+
+class SupervisorNode(Node):
+    """The bus side of `vv up`: child status in health, restarts on command, an alert when one is FATAL."""
+
+    name = "supervisor"
+
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[ChildSpec],
+        *,
+        reset: bool = False,
+        echo: bool = False,
+        out: TextIO = sys.stdout,
+    ) -> None:
+        super().__init__(settings)
+        cfg = settings.supervisor
+        self.supervisor = Supervisor(
+            specs,
+            restart_policy(cfg),
+            history_path=self.paths.state / "supervisor.json",
+            startup_grace_s=cfg.startup_grace_s,
+            stop_timeout_s=cfg.stop_timeout_s,
+            log_lines=max(cfg.log_lines, ALERT_OUTPUT_LINES),
+            listener=self._on_child,
+        )
+        self.reset, self.echo, self.out = reset, echo, out
+        self._alerted: set[str] = set()  # children whose FATAL alert is firing
+
+    async def setup(self) -> None:
+        await self.supervisor.start(reset=self.reset)
+
+    def health_details(self) -> dict[str, Any]:
+        return {"children": self.supervisor.status()}
+
+    @on("cmd.supervisor.restart")
+    async def restart(self, event: Event) -> None:
+        args = event.data["args"]
+        node, pid = args.get("node"), args.get("pid")
+        if not isinstance(node, str) or not node:
+            raise RejectedMessage("cmd.supervisor.restart needs args.node, the name of a child")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
+            raise RejectedMessage(f"cmd.supervisor.restart: args.pid must be an integer, not {pid!r}")
+        reason = args.get("reason") or event.data.get("reason") or f"requested by {event.source}"
+        result = await self.supervisor.restart(node, str(reason), pid)
+        self.say(f"{node:<12} command     {result}")
+
+    def say(self, line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", file=self.out, flush=True)
+
+    async def _on_child(self, child: Child, kind: EventKind, message: str) -> None:
+        if kind == "line":
+            if self.echo:
+                print(f"[{child.name}] {message}", file=self.out, flush=True)
+            return
+        label = "FATAL" if kind == "fatal" else kind
+        self.say(f"{child.name:<12} {label:<11} {message}")
+        if kind == "fatal":
+            await self._alert_fatal(child)
+        elif kind == "running" and child.name in self._alerted:
+            self._alerted.discard(child.name)
+            await self.raise_alert(
+                "CRITICAL",
+                "Node keeps crashing",
+                f"{child.name} is running again",
+                context={"node": child.name},
+                resolved=True,
+            )
+
+    async def _alert_fatal(self, child: Child) -> None:
+        policy = child.tracker.policy
+        reasons = "\n".join(f"  - {r}" for r in child.tracker.reasons())
+        output = "\n".join(f"  {line}" for line in list(child.lines)[-ALERT_OUTPUT_LINES:])
+        self._alerted.add(child.name)
+        await self.raise_alert(
+            "CRITICAL",
+            "Node keeps crashing",
+            f"{child.name} was restarted {len(child.tracker.restarts)} times within {policy.window_s:g}s "
+            f"and failed again; it is no longer restarted.\nRestart reasons:\n{reasons}\n"
+            f"Last output:\n{output or '  (none)'}",
+            context={"node": child.name, "restarts": child.tracker.total},
+            actions=[
+                f"Read the last output above and logs/app.log (lines with node={child.name})",
+                f"After fixing the cause: restart `vv up --reset`, or publish cmd.supervisor.restart "
+                f'with args {{"node": "{child.name}"}}',
+            ],
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start `vv broker` as a supervised child (default: only when nothing listens on mqtt.host:port)",
+    )
+    parser.add_argument(
+        "--nodes", help="comma-separated node names or module:Class specs (default: setting supervisor.nodes)"
+    )
+    parser.add_argument(
+        "--reset", action="store_true", help="forget FATAL states and restart counts left by earlier runs"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also print every line the children write"
+    )
+
+
+async def _up(node: SupervisorNode) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = loop.create_task(node.main(handle_signals=False))
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0 if stop.is_set() else 1
+    node.say("stopping every child (nodes first, a broker last)")
+    await node.supervisor.stop(node.supervisor.names(tier=NODE_TIER))
+    node.stop()  # the supervisor node disconnects (publishing offline) while the broker still runs
+    try:
+        await task
+    except Exception:
+        log.exception("the supervisor node failed")
+        code = 1
+    await node.supervisor.stop()
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopper
+    node.say("all children stopped")
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        specs = child_specs(settings, args.nodes, args.broker)
+        node = SupervisorNode(settings, specs, reset=args.reset, echo=args.verbose)
+    except (LookupError, ImportError, ValueError) as exc:
+        print(f"vv up: {exc}", file=sys.stderr)
+        return 2
+    except BrokerError as exc:
+        print(f"vv up: {exc}", file=sys.stderr)
+        return 1
+    setup_logging("supervisor", settings.device, settings.paths.logs, settings.log_level)
+    for handler in logging.getLogger().handlers:  # the status lines replace INFO chatter on the terminal
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.WARNING)
+    node.say(f"vv up: {', '.join(s.name for s in specs)} on {settings.mqtt.host}:{settings.mqtt.port}")
+    return asyncio.run(_up(node))
