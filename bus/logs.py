@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import json
 import logging
@@ -48,6 +50,65 @@ def _gzip_rotator(source: str, dest: str) -> None:
     os.remove(source)
 
 
+class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """One app.log written by every node process of the device.
+
+    Every write holds a shared lock and a rotation the exclusive one, taken by whichever process
+    finds the file full; the others then notice the new inode and reopen (as WatchedFileHandler
+    does) instead of writing into a file that is being compressed away.
+    """
+
+    def __init__(self, filename: Path, max_bytes: int, backups: int) -> None:
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backups)
+        self._lock_fd = os.open(f"{self.baseFilename}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._identity = self._opened_identity()
+
+    def _opened_identity(self) -> tuple[int, int]:
+        assert self.stream is not None
+        st = os.fstat(self.stream.fileno())
+        return st.st_dev, st.st_ino
+
+    def _reopen_if_rotated(self) -> None:
+        try:
+            st = os.stat(self.baseFilename)
+            current: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            current = None
+        if current != self._identity:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+            self._identity = self._opened_identity()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        try:
+            with contextlib.suppress(OSError):
+                self._reopen_if_rotated()
+            super().emit(record)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:
+        try:
+            return int(os.stat(self.baseFilename).st_size >= self.maxBytes > 0)
+        except FileNotFoundError:
+            return 0
+
+    def doRollover(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # converts our shared lock; writers wait
+        self._reopen_if_rotated()
+        if self.shouldRollover(logging.makeLogRecord({})):  # nobody rotated it meanwhile
+            super().doRollover()
+        self._identity = self._opened_identity()
+
+    def close(self) -> None:
+        super().close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
 def setup_logging(
     node: str,
     device: str,
@@ -62,9 +123,7 @@ def setup_logging(
     for handler in list(root.handlers):
         root.removeHandler(handler)
     logs_dir.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.handlers.RotatingFileHandler(
-        logs_dir / "app.log", maxBytes=max_bytes, backupCount=backups
-    )
+    file_handler = SharedRotatingFileHandler(logs_dir / "app.log", max_bytes, backups)
     file_handler.namer = lambda name: name + ".gz"
     file_handler.rotator = _gzip_rotator
     file_handler.setFormatter(JsonFormatter(node, device))
