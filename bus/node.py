@@ -512,6 +512,8 @@ class Node:
         if event is not None:
             self.store.mark_seen(event.id)  # refused for good: a redelivery must not run it again
         log.error("dead-lettered message on %s: %s", topic, reason, extra={"topic": topic})
+        if event is not None and event.source == self.source and event.type.startswith("alert."):
+            return  # our own alert came back and failed: alerting again would loop forever
         context: dict[str, Any] = {"topic": topic, "node": self.name}
         if event is not None and event.subject:
             context["video"] = event.subject

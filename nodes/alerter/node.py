@@ -1,0 +1,327 @@
+"""The alerter node: folds the device's alerts and notifies people through the configured channels.
+
+It subscribes to `alert.*`, folds them (`fold.py`: repeats counted, bursts grouped, repeats and
+resolves, silences, inhibition), and writes each notification to the on-disk queue of its channel
+(`queue.py`) before a per-channel worker delivers it (`channels.py`), in a thread with a timeout
+so a slow or throttled service never blocks the event loop. A failing channel is retried with
+capped exponential backoff; meanwhile the node is `degraded` with the reason and the queue depth
+in its health, and nothing is lost. The fold state is saved atomically under the node's state
+directory (at once for anything that changes what is sent, within a second for mere counts), so
+a restart neither pages again nor forgets an open alert.
+
+Commands: `cmd.alerter.silence` with args `{"matcher": {dedup_key|source_component|title: ...},
+"until": RFC 3339}` or `{"matcher": ..., "duration_s": N}`; `cmd.alerter.unsilence` with args
+`{"id": ...}` or `{"matcher": ...}`. Active silences are listed in the health details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus.backoff import Backoff
+from bus.config import Settings
+from bus.deadletter import DeadLetters
+from bus.envelope import JSON, Event, parse_time, utc_now
+from bus.node import Node, RejectedMessage, on, on_health
+from nodes.alerter.channels import Channel, ChannelError, load_channels
+from nodes.alerter.fold import Fold, FoldSettings, Route, SilenceError
+from nodes.alerter.queue import DiskQueue
+
+log = logging.getLogger("vv.alerter")
+SAVE_DELAY_S = 1.0  # a mere count change is saved within this long (a crash loses at most these counts)
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait until `event` is set or `timeout` seconds pass (None: no limit)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), None if timeout is None else max(0.0, timeout))
+
+
+@dataclass
+class ChannelState:
+    """A channel with its queue and how its deliveries are going."""
+
+    channel: Channel
+    queue: DiskQueue
+    backoff: Backoff
+    rejected: DeadLetters
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: int = 0
+    failures: int = 0
+    refused: int = 0
+    last_error: str = ""
+    failing_since: str | None = None
+    last_success: str | None = None
+    refresh_at: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.channel.kind,
+            "target": self.channel.target(),
+            "min_severity": self.channel.min_severity,
+            "queued": len(self.queue),
+            "sent": self.sent,
+            "failures": self.failures,
+            "refused": self.refused,
+            "dropped": self.queue.dropped,
+            "failing_since": self.failing_since,
+            "last_error": self.last_error,
+            "last_success": self.last_success,
+        }
+
+
+class Alerter(Node):
+    """Alerts in, notifications out: folded, grouped, silenced, queued, retried."""
+
+    name = "alerter"
+
+    def __init__(self, settings: Settings, instance: str = "") -> None:
+        super().__init__(settings, instance)
+        config = settings.alerter
+        channels = load_channels(config.channels)
+        self.send_timeout_s = config.send_timeout_s
+        self.fold = Fold(
+            FoldSettings.from_settings(config),
+            [Route(c.name, c.min_severity) for c in channels],
+            self.state_dir / "fold.json",
+        )
+        dead = self.paths.state / "deadletter"
+        self.channels = {
+            c.name: ChannelState(
+                c,
+                DiskQueue(self.state_dir / "queue" / c.name, config.queue_max),
+                Backoff(config.retry_min_s, config.retry_max_s),
+                DeadLetters(dead / f"{self.name}-{c.name}.jsonl"),
+            )
+            for c in channels
+        }
+        self._wake = asyncio.Event()
+        self._save_by: float | None = None
+
+    async def setup(self) -> None:
+        if self.fold.load_error:
+            log.error("%s", self.fold.load_error)
+        if not self.channels:
+            log.warning(
+                "no channels configured (alerter.channels): alerts are folded and tracked, sent nowhere"
+            )
+        for state in self.channels.values():
+            log.info(
+                "channel %s: %s %s, min %s",
+                state.channel.name,
+                state.channel.kind,
+                state.channel.target(),
+                state.channel.min_severity,
+            )
+
+    # ----------------------------------------------------------------- inputs
+    @on("alert.*")
+    async def on_alert(self, event: Event) -> None:
+        try:
+            outcome = self.fold.observe(event.data)
+        except Exception:
+            if event.data["source_component"] != self.name:
+                raise  # the base dead-letters it and raises alert.error
+            # that alert.error would come back here and fail again: log it instead of looping
+            log.exception("cannot fold the alerter's own alert %s", event.data["alert_id"])
+            return
+        if outcome == "folded":
+            if self._save_by is None:
+                self._save_by = time.monotonic() + SAVE_DELAY_S
+        elif outcome != "ignored":
+            self._save()
+            self._wake.set()
+
+    @on_health
+    async def on_node_health(self, node: str, health: dict[str, Any]) -> None:
+        if node != self.name and self.fold.set_node_status(node, str(health["status"])):
+            log.info(
+                "node %s is %s: its alerts are %s",
+                node,
+                health["status"],
+                "muted" if node in self.fold.offline else "unmuted",
+            )
+            self._wake.set()
+
+    @on("cmd.alerter.silence")
+    async def on_silence(self, event: Event) -> None:
+        args = event.data["args"]
+        until = args.get("until", event.data.get("until"))
+        duration = args.get("duration_s")
+        if (until is None) == (duration is None):
+            raise RejectedMessage("a silence needs exactly one of `until` (RFC 3339) or `duration_s`")
+        try:
+            if until is not None:
+                end = parse_time(str(until)).timestamp()
+            elif isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
+                raise RejectedMessage(f"duration_s {duration!r} is not a positive number")
+            else:
+                end = time.time() + duration
+            matcher = args.get("matcher")
+            if not isinstance(matcher, dict):
+                raise RejectedMessage("a silence needs a `matcher` object")
+            silence = self.fold.silence(matcher, end, str(event.data.get("reason", "")))
+        except (SilenceError, ValueError) as exc:
+            raise RejectedMessage(f"silence refused: {exc}") from None
+        log.info("silence %s on %s until %s", silence.id, silence.matcher, silence.describe()["until"])
+        self._save()
+        self._wake.set()
+
+    @on("cmd.alerter.unsilence")
+    async def on_unsilence(self, event: Event) -> None:
+        args = event.data["args"]
+        if "id" not in args and not isinstance(args.get("matcher"), dict):
+            raise RejectedMessage("unsilence needs an `id` or a `matcher`")
+        lifted = self.fold.unsilence(args.get("id"), args.get("matcher"))
+        log.info("unsilence %s: %d silence(s) lifted", args, lifted)
+        self._save()
+        self._wake.set()
+
+    # ----------------------------------------------------------------- the loop that decides
+    def _save(self) -> None:
+        self.fold.save()
+        self._save_by = None
+
+    async def background(self) -> None:
+        workers = [asyncio.create_task(self._deliver(state)) for state in self.channels.values()]
+        try:
+            while True:
+                deliveries = self.fold.due()
+                for delivery in deliveries:
+                    state = self.channels[delivery.channel]
+                    state.queue.put({**delivery.to_dict(), "queued_at": utc_now()})
+                    state.wake.set()
+                    log.info(
+                        "queued for %s: %d alert(s) of %s",
+                        delivery.channel,
+                        len(delivery.alerts),
+                        delivery.group,
+                    )
+                if self.fold.dirty and (deliveries or (self._save_by or 0) <= time.monotonic()):
+                    self._save()  # after the queue writes: a crash in between may send twice, never loses
+                await self._nap()
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            if self.fold.dirty:
+                self._save()
+
+    async def _nap(self) -> None:
+        """Sleep until the fold has something due, a count must be saved, or an input woke us."""
+        timeouts = [1.0]
+        next_due = self.fold.next_due()
+        if next_due is not None:
+            timeouts.append(next_due - time.time())
+        if self._save_by is not None:
+            timeouts.append(self._save_by - time.monotonic())
+        self._wake.clear()
+        await wait_for_event(self._wake, min(timeouts))
+
+    # ----------------------------------------------------------------- the workers that deliver
+    async def _deliver(self, state: ChannelState) -> None:
+        while True:
+            state.wake.clear()  # before looking: an item queued from now on wakes the wait below
+            head = state.queue.peek()
+            if head is None:
+                await self._refresh(state)
+                wait = state.refresh_at - time.monotonic() if state.channel.resend_s else None
+                await wait_for_event(state.wake, wait)
+                continue
+            path, item = head
+            try:
+                if not isinstance(item.get("alerts"), list) or not isinstance(item.get("group"), str):
+                    raise ChannelError("malformed queue item (no alerts or group)", retryable=False)
+                await self._send(state, item["alerts"], item["group"])
+                state.sent += 1
+            except ChannelError as exc:
+                if exc.retryable:
+                    self._failed(state, str(exc))
+                    await asyncio.sleep(state.backoff.next_delay())
+                    continue
+                state.refused += 1
+                state.rejected.put(
+                    node=self.name,
+                    topic=f"channel/{state.channel.name}",
+                    payload=json.dumps(item).encode(),
+                    content_type=JSON,
+                    reason=str(exc),
+                )
+                log.error(
+                    "channel %s refused a notification for good (%s); kept in %s",
+                    state.channel.name,
+                    exc,
+                    state.rejected.path,
+                )
+            state.queue.remove(path)
+
+    async def _send(self, state: ChannelState, alerts: list[dict[str, Any]], group: str) -> None:
+        """One delivery attempt in a thread, bounded by `alerter.send_timeout_s`."""
+        timeout = self.send_timeout_s
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(state.channel.send, alerts, group, timeout), timeout + 1.0
+            )
+        except TimeoutError:
+            raise ChannelError(f"no answer within {timeout:g}s") from None
+        state.last_success = utc_now()
+        state.backoff.reset()
+        if state.failing_since is not None:
+            log.info(
+                "channel %s delivers again after failing since %s", state.channel.name, state.failing_since
+            )
+            state.failing_since, state.last_error = None, ""
+            self._update_status()
+
+    async def _refresh(self, state: ChannelState) -> None:
+        """Re-send what is firing to a channel that forgets alerts it stops hearing about."""
+        resend = state.channel.resend_s
+        if resend is None or time.monotonic() < state.refresh_at:
+            return
+        state.refresh_at = time.monotonic() + resend
+        alerts = self.fold.active_for(state.channel.name)
+        if alerts:
+            try:
+                await self._send(state, alerts, "refresh")
+            except ChannelError as exc:
+                self._failed(state, f"refresh: {exc}")
+
+    def _failed(self, state: ChannelState, error: str) -> None:
+        state.failures += 1
+        state.last_error = error
+        if state.failing_since is None:
+            state.failing_since = utc_now()
+            log.warning(
+                "channel %s failing: %s (%d queued; retrying with backoff)",
+                state.channel.name,
+                error,
+                len(state.queue),
+            )
+        self._update_status()
+
+    def _update_status(self) -> None:
+        failing = [s for s in self.channels.values() if s.failing_since is not None]
+        if not failing:
+            self.set_status("online")
+            return
+        reasons = [
+            f"channel {s.channel.name} failing since {s.failing_since}: {s.last_error} ({len(s.queue)} queued)"
+            for s in failing
+        ]
+        self.set_status("degraded", "; ".join(reasons))
+
+    def health_details(self) -> dict[str, Any]:
+        return {
+            "alerts": self.fold.summary(),
+            "channels": {name: state.describe() for name, state in self.channels.items()},
+        }
+
+    async def teardown(self) -> None:
+        if self.fold.dirty:
+            self._save()

@@ -1,0 +1,210 @@
+"""The disk watch node: free space of the storage filesystem and of `/`, with ingest paused when critical.
+
+Every `disk.interval_s` it reads the space available to the node (statvfs `f_bavail`, what a
+non-root writer can use) on the filesystem holding `VV_HOME/storage` (or its nearest existing
+parent) and on `/`; a filesystem holding both is watched once. Levels, per filesystem:
+- `critical` when the free percent is under `critical_percent` OR the free space is under
+  `critical_free_gb` (GB = 10^9 bytes): `alert.critical`, and ingest is paused (`cmd.ingest.pause`);
+- `warning` when under `warn_percent` OR `warn_free_gb`: `alert.warning`;
+- a level is entered as soon as either figure crosses, and left only once both figures are above
+  its thresholds by `hysteresis_percent` and `hysteresis_gb`, so a disk hovering at a threshold
+  does not flap. Leaving a level resolves its alert (`resolved=True`); when no filesystem is
+  critical any more, ingest resumes (`cmd.ingest.resume`).
+The levels and the pause are kept in the node's state directory: a restart neither alerts again
+for a known level nor forgets to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bus.alerts import Severity
+from bus.config import DiskSettings, Settings
+from bus.fsutil import atomic_write_json
+from bus.node import Node
+
+log = logging.getLogger("vv.disk")
+
+Level = Literal["ok", "warning", "critical"]
+LEVELS: tuple[Level, ...] = ("ok", "warning", "critical")
+GB = 1_000_000_000
+TITLES: dict[Level, tuple[Severity, str]] = {
+    "warning": ("WARNING", "Disk space low"),
+    "critical": ("CRITICAL", "Disk space critically low"),
+}
+
+
+@dataclass(frozen=True)
+class Usage:
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.free_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+def level_for(usage: Usage, settings: DiskSettings, margin: bool = False) -> Level:
+    """The level these figures fall in; with `margin`, thresholds are raised by the hysteresis."""
+    pct = settings.hysteresis_percent if margin else 0.0
+    gb = settings.hysteresis_gb if margin else 0.0
+    free_gb = usage.free_bytes / GB
+    if usage.free_percent < settings.critical_percent + pct or free_gb < settings.critical_free_gb + gb:
+        return "critical"
+    if usage.free_percent < settings.warn_percent + pct or free_gb < settings.warn_free_gb + gb:
+        return "warning"
+    return "ok"
+
+
+def next_level(current: Level, usage: Usage, settings: DiskSettings) -> Level:
+    """Worse levels are entered at once; a better one only once clear of the thresholds by the margin."""
+    entered = level_for(usage, settings)
+    if LEVELS.index(entered) >= LEVELS.index(current):
+        return entered
+    held = level_for(usage, settings, margin=True)
+    return LEVELS[max(LEVELS.index(entered), min(LEVELS.index(current), LEVELS.index(held)))]
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding `path` (or its nearest existing parent)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    device = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
+
+
+def usage_of(path: Path) -> Usage:
+    stats = os.statvfs(path)
+    return Usage(stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize)
+
+
+class DiskWatch(Node):
+    """Watches free space; raises and resolves alerts; pauses and resumes ingest."""
+
+    name = "disk"
+
+    def __init__(self, settings: Settings, instance: str = "") -> None:
+        super().__init__(settings, instance)
+        self.config = settings.disk
+        self.watched = {"storage": self.paths.storage, "root": Path("/")}
+        self.levels: dict[str, Level] = {}  # by mount point
+        self.paused = False
+        self.figures: dict[str, dict[str, Any]] = {}
+        self._state_file = self.state_dir / "disk.json"
+
+    async def setup(self) -> None:
+        try:
+            state = json.loads(self._state_file.read_text())
+            self.levels = {m: lvl for m, lvl in state["levels"].items() if lvl in LEVELS}
+            self.paused = bool(state["paused"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error("state %s unreadable (%s): starting from the current figures", self._state_file, exc)
+            self.paused = True  # unknown: assume paused, so that ingest is resumed unless critical
+
+    def _save(self) -> None:
+        atomic_write_json(self._state_file, {"levels": self.levels, "paused": self.paused})
+
+    async def background(self) -> None:
+        while True:
+            await self.check()
+            if await self.sleep(self.config.interval_s):
+                return
+
+    async def check(self) -> None:
+        """One look at every watched filesystem; alerts and ingest commands on level changes."""
+        mounts: dict[Path, list[str]] = {}
+        try:
+            for name, path in self.watched.items():
+                mounts.setdefault(mount_point(path), []).append(name)
+            usages = {mount: usage_of(mount) for mount in mounts}
+        except OSError as exc:
+            log.error("cannot read free space: %s", exc)
+            self.set_status("degraded", f"cannot read free space: {exc}")
+            return
+        self.set_status("online")
+        for gone in set(self.levels) - {str(m) for m in mounts}:
+            log.info("%s is no longer watched: its level %s is forgotten", gone, self.levels.pop(gone))
+        for mount, names in mounts.items():
+            usage = usages[mount]
+            old = self.levels.get(str(mount), "ok")
+            new = next_level(old, usage, self.config)
+            for name in names:
+                self.figures[name] = {
+                    "path": str(self.watched[name]),
+                    "mount": str(mount),
+                    "free_bytes": usage.free_bytes,
+                    "total_bytes": usage.total_bytes,
+                    "free_percent": round(usage.free_percent, 2),
+                    "level": new,
+                }
+            if new != old:
+                await self._change(mount, names, usage, old, new)
+        critical = any(level == "critical" for level in self.levels.values())
+        if critical != self.paused:
+            await self._pause(critical)
+
+    async def _change(self, mount: Path, names: list[str], usage: Usage, old: Level, new: Level) -> None:
+        figures = (
+            f"{mount}: {usage.free_bytes / GB:.1f} GB free ({usage.free_percent:.1f}%) of "
+            f"{usage.total_bytes / GB:.1f} GB"
+        )
+        context = {
+            "mount": str(mount),
+            "watching": ", ".join(names),
+            "free_bytes": usage.free_bytes,
+            "free_percent": round(usage.free_percent, 2),
+        }
+        log.info("%s: %s -> %s", mount, old, new)
+        if old != "ok":
+            severity, title = TITLES[old]
+            await self.raise_alert(
+                severity, title, f"{figures}: back above the {old} level", context=context, resolved=True
+            )
+        if new != "ok":
+            severity, title = TITLES[new]
+            percent, gb = (
+                (self.config.critical_percent, self.config.critical_free_gb)
+                if new == "critical"
+                else (self.config.warn_percent, self.config.warn_free_gb)
+            )
+            effect = " Ingest is paused until space returns." if new == "critical" else ""
+            await self.raise_alert(
+                severity,
+                title,
+                f"{figures}; {new} below {percent:g}% or {gb:g} GB free.{effect}",
+                context=context,
+                actions=[
+                    f"See what grows: du -xh --max-depth=2 {mount} | sort -h | tail",
+                    "Free space: vv cleanup --days N --dirs <dirs> --min-free-space 20%",
+                    "Export and remove old logs: vv export",
+                ],
+            )
+        self.levels[str(mount)] = new
+        self._save()
+
+    async def _pause(self, pause: bool) -> None:
+        if pause:
+            critical = [m for m, level in self.levels.items() if level == "critical"]
+            reason = f"disk space critically low on {', '.join(critical)}"
+            await self.emit("cmd.ingest.pause", {"args": {}, "reason": reason})
+        else:
+            await self.emit("cmd.ingest.resume", {"args": {}, "reason": "disk space is back"})
+        log.warning(
+            "ingest %s", "paused: disk space critically low" if pause else "resumed: disk space is back"
+        )
+        self.paused = pause
+        self._save()
+
+    def health_details(self) -> dict[str, Any]:
+        worst = max((LEVELS.index(level) for level in self.levels.values()), default=0)
+        return {"level": LEVELS[worst], "ingest_paused": self.paused, "mounts": self.figures}
