@@ -126,6 +126,7 @@ class Node:
         self._lost_at: tuple[str, float] | None = None
         self._uncommitted: list[OutboxRow] | None = None
         self._handlers = self._collect_handlers()
+        self._routes: dict[str, Callable[[Event], Awaitable[None]] | None] = {}
         self._health_handlers = [
             getattr(self, attr)
             for attr in dir(type(self))
@@ -464,10 +465,16 @@ class Node:
             await handler(event_type.split(".", 1)[1], document)
 
     def _handler_for(self, topic: str) -> Callable[[Event], Awaitable[None]] | None:
-        for pattern, handler in self._handlers.items():
-            if aiomqtt.Topic(topic).matches(subscription(self.device, pattern)):
-                return handler
-        return None
+        if topic not in self._routes:  # a node sees a handful of topics: match each once
+            self._routes[topic] = next(
+                (
+                    handler
+                    for pattern, handler in self._handlers.items()
+                    if aiomqtt.Topic(topic).matches(subscription(self.device, pattern))
+                ),
+                None,
+            )
+        return self._routes[topic]
 
     async def _dispatch(
         self,
