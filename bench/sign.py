@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,6 +38,13 @@ def rate(count: int, action: Callable[[], object]) -> float:
     start = time.process_time()
     action()
     return count / (time.process_time() - start)
+
+
+def wall_rate(count: int, action: Callable[[], object]) -> float:
+    """Items per second of wall time: what a user waits for when work runs in several threads."""
+    start = time.perf_counter()
+    action()
+    return count / (time.perf_counter() - start)
 
 
 def make_unsigned(seq: int, prev: str) -> dict[str, Any]:
@@ -117,14 +125,23 @@ def main() -> int:
                 "raw_verify": rate(
                     n, lambda: [raw_verify_key.verify(message, raw_signature) for _ in range(n)]
                 ),
-                "verify": rate(n, lambda: reports.append(verify_paths([storage], keys))),
-                "verify_bare": rate(n, lambda: reports.append(verify_paths([storage], keys, False))),
-                "verify_indented": rate(n, lambda: reports.append(verify_paths([indented], keys, False))),
+                "raw_verify_wall": wall_rate(
+                    n, lambda: [raw_verify_key.verify(message, raw_signature) for _ in range(n)]
+                ),
+                "verify": rate(n, lambda: reports.append(verify_paths([storage], keys, workers=1))),
+                "verify_bare": rate(
+                    n, lambda: reports.append(verify_paths([storage], keys, False, workers=1))
+                ),
+                "verify_indented": rate(
+                    n, lambda: reports.append(verify_paths([indented], keys, False, workers=1))
+                ),
+                "verify_threads": wall_rate(n, lambda: reports.append(verify_paths([storage], keys))),
             }
             best = {name: max(value, best.get(name, 0.0)) for name, value in figures.items()}
         assert all(report.valid and len(report.results) == n for report in reports), "bench chain must verify"
     raw_sign, raw_verify, signed = best["raw_sign"], best["raw_verify"], best["signed"]
     verified_all, verified_bare, indented_rate = best["verify"], best["verify_bare"], best["verify_indented"]
+    threaded, raw_wall = best["verify_threads"], best["raw_verify_wall"]
 
     print(f"LogLines: {n} (one chain, Ed25519), {len(message)} canonical bytes each")
     print(f"raw pynacl sign        {raw_sign:9.0f} /s")
@@ -134,8 +151,12 @@ def main() -> int:
     )
     print(f"LogLines written       {durable:9.0f} /s  (atomic write + fsync, {args.durable} files)")
     print(
-        f"vv verify              {verified_all:9.0f} /s  ({verified_all / raw_verify:.0%} of raw verify; "
+        f"vv verify, 1 thread    {verified_all:9.0f} /s  ({verified_all / raw_verify:.0%} of raw verify; "
         "read+parse+schema+signature+chain, artifact files absent)"
+    )
+    print(
+        f"vv verify, {os.cpu_count()} threads   {threaded:9.0f} /s wall  ({threaded / raw_wall:.0%} of raw verify's "
+        f"{raw_wall:.0f} /s wall, one thread; libsodium releases the GIL)"
     )
     print(
         f"vv verify --no-artifacts {verified_bare:7.0f} /s  ({verified_bare / raw_verify:.0%} of raw verify)"
@@ -144,7 +165,10 @@ def main() -> int:
         f"vv verify --no-artifacts, indented files {indented_rate:7.0f} /s  ({indented_rate / raw_verify:.0%} of raw;"
         " not canonical form: re-serialised)"
     )
-    print(f"goal: vv verify >= 60% of raw verify: {'met' if verified_all >= 0.6 * raw_verify else 'NOT met'}")
+    print(
+        f"goal: vv verify >= 60% of raw verify: one thread {'met' if verified_all >= 0.6 * raw_verify else 'NOT met'}, "
+        f"as `vv verify` runs (threads) {'met' if threaded >= 0.6 * raw_wall else 'NOT met'}"
+    )
     return 0
 
 
