@@ -82,6 +82,12 @@ class ScanSettings:
 
 
 @dataclass(frozen=True)
+class SummarizeSettings:
+    describer: str = ""  # "module:function" turning a summary into text (e.g. an LLM); default: built-in
+    max_gap_s: float = 2.0  # a track unseen longer than this has ended
+
+
+@dataclass(frozen=True)
 class SignSettings:
     alg: Literal["ed25519", "hmac-sha256"] = "ed25519"
     key_id: str = ""
@@ -198,6 +204,7 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
+    summarize: SummarizeSettings = field(default_factory=SummarizeSettings)
     sign: SignSettings = field(default_factory=SignSettings)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)

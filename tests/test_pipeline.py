@@ -201,3 +201,37 @@ def test_a_scan_over_its_time_budget_warns_then_quarantines(
     quarantined = probe.wait_event("video.quarantined", timeout=30)[0]["data"]
     assert [a["reason"].split(":")[0] for a in quarantined["attempts"]] == ["ScanTimeout", "ScanTimeout"]
     assert not probe.events("scan.done")
+
+
+def test_the_summary_text_generator_is_replaceable_by_config(
+    vv: VV, probe: Probe, detector_env: dict[str, str], tmp_path: Path
+) -> None:
+    start(
+        vv,
+        probe,
+        {**detector_env, "VV_SUMMARIZE_DESCRIBER": "describers:terse"},
+        "ingest",
+        "scan",
+        "summarize",
+    )
+    drop(vv, write_clip(tmp_path / "g.mp4", [Scene("giraffe", 1.0)]))
+    text = probe.wait_event("summary.done", timeout=60)[0]["data"]["text"]
+    assert text.startswith("seen: ") and "giraffe" in text
+
+
+def test_a_describer_that_cannot_load_stops_the_node_naming_the_setting(vv: VV) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, "-m", "nodes.cli", "run", "summarize"],
+        env={**vv.env, "VV_SUMMARIZE_DESCRIBER": "no_such_module:describe"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "summarize.describer: cannot load 'no_such_module:describe'" in result.stderr
