@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,26 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def iter_open_fds(proc: Path = Path("/proc")) -> Iterator[str]:
+    """`/proc/<pid>/fd/<n>` of every open descriptor we may inspect (all as root): one pass.
+
+    Callers stat or readlink each; without /proc there are none and callers fall back on what
+    files themselves show (size, mtime).
+    """
+    try:
+        pids = [entry for entry in os.listdir(proc) if entry.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        fd_dir = f"{proc}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            yield f"{fd_dir}/{fd}"
 
 
 def sha256_file(path: Path) -> str:

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from bus.fsutil import iter_open_fds
+
 DAY_S = 86400.0
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # non-UTF-8 names stay loggable
 PROGRESS_EVERY = 8192
@@ -189,23 +191,13 @@ def _compile_patterns(patterns: Iterable[str]) -> tuple[re.Pattern[str] | None, 
 def open_files() -> set[tuple[int, int]]:
     """(device, inode) of every regular file open in a process we can inspect: one /proc pass."""
     held: set[tuple[int, int]] = set()
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return held
-    for pid in pids:
-        fd_dir = f"/proc/{pid}/fd"
+    for fd_path in iter_open_fds():
         try:
-            fds = os.listdir(fd_dir)
+            st = os.stat(fd_path)
         except OSError:
             continue
-        for fd in fds:
-            try:
-                st = os.stat(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                held.add((st.st_dev, st.st_ino))
+        if stat.S_ISREG(st.st_mode):
+            held.add((st.st_dev, st.st_ino))
     return held
 
 

@@ -27,7 +27,7 @@ import cv2
 
 from bus.config import Settings, VVPaths
 from bus.envelope import Event, utc_now
-from bus.fsutil import CHUNK, atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from bus.fsutil import CHUNK, atomic_write_bytes, atomic_write_json, fsync_dir, iter_open_fds, sha256_file
 from bus.node import Node, on
 
 log = logging.getLogger("vv.ingest")
@@ -111,22 +111,14 @@ def open_for_writing(paths: Collection[Path], proc: Path = Path("/proc")) -> set
     found: set[Path] = set()
     if not wanted:
         return found
-    try:
-        pids = [entry for entry in os.listdir(proc) if entry.isdigit()]
-    except OSError:
-        return found
-    for pid in pids:
-        fd_dir = proc / pid / "fd"
+    for fd_path in iter_open_fds(proc):
         try:
-            fds = os.listdir(fd_dir)
+            target = os.readlink(fd_path)
         except OSError:
             continue
-        for fd in fds:
-            try:
-                target = os.readlink(fd_dir / fd)
-            except OSError:
-                continue
-            if target in wanted and _writable(proc / pid / "fdinfo" / fd):
+        if target in wanted:
+            fd_dir, fd = os.path.split(fd_path)
+            if _writable(Path(os.path.dirname(fd_dir)) / "fdinfo" / fd):
                 found.add(wanted[target])
     return found
 
