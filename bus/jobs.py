@@ -5,8 +5,11 @@ not succeeded for longer than its period, whether it failed or simply stopped be
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import logging
+import sys
 from typing import Any
 
 from bus.client import MqttError
@@ -63,3 +66,21 @@ async def report_job(
         log.warning("job %s: health not published: %s", job, exc)
         return False
     return True
+
+
+def add_job_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--job-period",
+        type=float,
+        metavar="SECONDS",
+        help="run as a scheduled job: publish a retained health with last_success and this period, "
+        "so the monitor raises an ERROR when a run is missed or fails (e.g. 86400 for a daily timer)",
+    )
+
+
+def report_if_job(
+    args: argparse.Namespace, settings: Settings, job: str, succeeded: bool, summary: dict[str, Any]
+) -> None:
+    """For CLI jobs: report the run when `--job-period` was given; a broker problem only warns."""
+    if args.job_period and not asyncio.run(report_job(settings, job, args.job_period, succeeded, summary)):
+        print(f"vv {job}: warning: the broker did not take the job's health (see logs)", file=sys.stderr)

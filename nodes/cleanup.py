@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from bus.fsutil import iter_open_fds
+from bus.jobs import add_job_argument, report_if_job
 
 DAY_S = 86400.0
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # non-UTF-8 names stay loggable
@@ -608,6 +609,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also clean quarantined evidence (VV_HOME/corrupted)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary (and dry-run list) as JSON")
+    add_job_argument(parser)
 
 
 def _progress_printer() -> Progress | None:
@@ -674,4 +676,6 @@ def run(args: argparse.Namespace) -> int:
             f"cleanup: {verb} {figures['files']} files ({_human(result.deleted_bytes)}), "
             f"{figures['dirs']} empty dirs; skipped: {reasons}; errors: {figures['errors']}"
         )
+    if not args.dry_run:
+        report_if_job(args, settings, "cleanup", not result.errors, figures)
     return 1 if result.errors else 0

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from bus.fsutil import CHUNK, atomic_write_json, canonical_json, fsync_dir, sha256_file
+from bus.jobs import add_job_argument, report_if_job
 
 MANIFEST_VERSION = 1
 GZIP_LEVEL = 6
@@ -495,6 +496,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", type=Path, metavar="FILE", help="verify an export (tarball or manifest)")
     parser.add_argument("--keys", type=Path, help="public keys JSON from `vv keys export` (for --verify)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_job_argument(parser)
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
@@ -561,6 +563,7 @@ def run(args: argparse.Namespace) -> int:
         result = export_logs(settings.paths.logs, out_dir, settings.device, first, last, signer)
     except (ExportError, KeyStoreError, OSError) as exc:
         print(f"vv export: {exc}", file=sys.stderr)
+        report_if_job(args, settings, "export", False, {"error": str(exc)})
         return 1
     if args.retention_days is not None:
         keep = {p for p in (result.tarball, result.manifest) if p is not None}
@@ -582,4 +585,5 @@ def run(args: argparse.Namespace) -> int:
         "removed": [str(p) for p in result.removed],
     }
     _emit(args, doc, text)
+    report_if_job(args, settings, "export", True, {k: v for k, v in doc.items() if k != "removed"})
     return 0
