@@ -201,13 +201,26 @@ def print_table(rows: list[Row]) -> None:
     print(header)
     print("-" * len(header))
     for row in rows:
-        rate = f"{row.rate:,.0f} {row.unit}/s" if row.unit == "files" else f"{row.rate:,.1f} {row.unit}/s"
+        rate = f"{row.rate:,.0f} {row.unit}/s" if row.unit != "MB" else f"{row.rate:,.1f} {row.unit}/s"
         print(f"{row.bench:<8} {row.tool:<44} {row.seconds:>8.2f} {rate:>16} {row.ratio:>12}")
+
+
+def bench_alerts(alerts: int, keys: int) -> list[Row]:
+    """The alerter folding and forwarding `alerts` (over `keys` distinct alerts) through a real broker."""
+    from bench.alerts import end_to_end_rate, fold_rate  # a real broker, alerter and receiver
+
+    fold = fold_rate(alerts, keys)
+    e2e, posts = end_to_end_rate(alerts, keys)
+    return [
+        Row("alerts", "alerter fold (in process)", alerts / fold, alerts, "alerts"),
+        Row("alerts", f"alerter end to end ({posts} notifications sent)", alerts / e2e, alerts, "alerts"),
+    ]
 
 
 BENCHES: dict[str, Callable[[Path, argparse.Namespace], list[Row]]] = {
     "cleanup": lambda work, args: bench_cleanup(work, args.files, args.rounds),
     "export": lambda work, args: bench_export(work, args.mb, args.rounds),
+    "alerts": lambda work, args: bench_alerts(args.alerts, 50),
 }
 
 
@@ -216,6 +229,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=100_000, help="cleanup: files per tree")
     parser.add_argument("--rounds", type=int, default=2, help="runs per tool; the best is reported")
     parser.add_argument("--mb", type=int, default=200, help="export: megabytes of log text")
+    parser.add_argument("--alerts", type=int, default=5000, help="alerts: alerts to publish")
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
     parser.add_argument("--dir", type=Path, help="work directory (default: a fresh temp dir, removed after)")
     args = parser.parse_args()
