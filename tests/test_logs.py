@@ -34,7 +34,9 @@ def read_all(logs: Path) -> list[dict]:
 def test_processes_share_one_rotated_log_without_losing_lines(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, f"node{n}", str(logs)], cwd=REPO, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, f"node{n}", str(logs)], cwd=REPO, stderr=subprocess.DEVNULL
+        )
         for n in range(3)
     ]
     assert [p.wait(60) for p in procs] == [0, 0, 0]
