@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bus.envelope import Event
 from bus.node import Node, on
+
+
+def fake_scan_done(event: Event, backend: str) -> dict[str, Any]:
+    """scan.done data answering a video.new without scanning (for the bench and the bus tests)."""
+    video = event.data["video"]
+    analytic = {"path": video["path"] + ".analytic.json", "sha256": video["sha256"]}
+    return {
+        "video": video,
+        "analytic": analytic,
+        "counts": {"person": 1},
+        "backend": backend,
+        "model": "none",
+    }
 
 
 class Relay(Node):
@@ -11,16 +26,4 @@ class Relay(Node):
 
     @on("video.new")
     async def relay(self, event: Event) -> None:
-        video = event.data["video"]
-        analytic = {"path": video["path"] + ".analytic.json", "sha256": video["sha256"]}
-        await self.emit(
-            "scan.done",
-            {
-                "video": video,
-                "analytic": analytic,
-                "counts": {"person": 1},
-                "backend": "bench",
-                "model": "none",
-            },
-            cause=event,
-        )
+        await self.emit("scan.done", fake_scan_done(event, "bench"), cause=event)

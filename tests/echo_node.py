@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from bench.relay_node import fake_scan_done
 from bus.envelope import Event
 from bus.node import Node, on
 
@@ -23,16 +24,4 @@ class Echo(Node):
         if event.type == "video.new":
             if event.data["original_name"] == "explode.mp4":
                 raise RuntimeError("handler bug on purpose")
-            video = event.data["video"]
-            analytic = {"path": video["path"] + ".analytic.json", "sha256": video["sha256"]}
-            await self.emit(
-                "scan.done",
-                {
-                    "video": video,
-                    "analytic": analytic,
-                    "counts": {"person": 1},
-                    "backend": "echo",
-                    "model": "none",
-                },
-                cause=event,
-            )
+            await self.emit("scan.done", fake_scan_done(event, "echo"), cause=event)
