@@ -87,6 +87,36 @@ def raw_paho(port: int, creds: tuple[str, str], n: int, qos: int) -> float:
     return got[0] / elapsed
 
 
+def raw_latency(port: int, creds: tuple[str, str], n: int, rate: float) -> list[float]:
+    """The harness's own floor: raw paho QoS 1 publish -> broker -> subscriber, paced like the node run."""
+    sent_at: dict[bytes, float] = {}
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def on_message(c, u, m):  # type: ignore[no-untyped-def]
+        latencies.append(time.perf_counter() - sent_at[m.payload[:8]])
+        if len(latencies) == n:
+            done.set()
+
+    sub = client(port, *creds, on_message=on_message)
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.subscribe(f"vv/{DEVICE}/raw/latency", qos=1)
+    subscribed.wait(5)
+    pub = client(port, *creds)
+    start = time.perf_counter()
+    for i in range(n):
+        target = start + i / rate
+        while time.perf_counter() < target:
+            time.sleep(0.0002)
+        key = i.to_bytes(8, "big")
+        sent_at[key] = time.perf_counter()
+        pub.publish(f"vv/{DEVICE}/raw/latency", key + os.urandom(292), qos=1)
+    done.wait(60)
+    pub.loop_stop(), sub.loop_stop(), pub.disconnect(), sub.disconnect()
+    return latencies
+
+
 def node_run(port: int, creds: tuple[str, str], n: int, rate: float | None) -> tuple[float, list[float]]:
     """Publish n video.new to the relay node; time until each scan.done answer arrives."""
     sent_at: dict[str, float] = {}
@@ -154,6 +184,8 @@ def measure(args: argparse.Namespace, autosave: int) -> None:
             creds = (ADMIN_USER, secret_for(settings, ADMIN_USER))
             raw1 = raw_paho(port, creds, args.events, 1)
             raw0 = raw_paho(port, creds, args.events, 0)
+            paced = min(args.latency_rate, raw1 / 4)
+            raw_lat = raw_latency(port, creds, min(args.events, int(paced * 10)), paced)
             node = subprocess.Popen(
                 [
                     sys.executable,
@@ -172,7 +204,6 @@ def measure(args: argparse.Namespace, autosave: int) -> None:
                 time.sleep(1.0)  # the bench (not a test) gives the node a moment to subscribe
                 node_run(port, creds, 200, None)  # warm-up
                 rate, flood_lat = node_run(port, creds, args.events, None)
-                paced = min(args.latency_rate, raw1 / 4)
                 _, paced_lat = node_run(port, creds, min(args.events, int(paced * 10)), paced)
             finally:
                 node.terminate()
@@ -183,6 +214,9 @@ def measure(args: argparse.Namespace, autosave: int) -> None:
     print(f"\nbroker autosave_on_changes, autosave_interval {autosave}:")
     print(f"  {'raw paho QoS 1 (300 B, 1 pub + 1 sub)':<48} {raw1:>9.0f} msg/s")
     print(f"  {'raw paho QoS 0':<48} {raw0:>9.0f} msg/s")
+    print(
+        f"  {f'raw paho QoS 1 latency paced at {paced:.0f} msg/s':<48} p50 {pct(raw_lat, 50):7.1f} ms   p99 {pct(raw_lat, 99):7.1f} ms"
+    )
     print(
         f"  {'node: publish > validate > handle > publish':<48} {rate:>9.0f} events/s  ({rate / raw1:.0%} of raw QoS 1)"
     )

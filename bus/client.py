@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -57,6 +58,9 @@ def make_client(
         properties=connect_props,
         tls_context=tls_context,
         timeout=10,
+        # paho leaves Nagle on: an ack followed at once by the next publish then waits for the
+        # peer's delayed ACK, milliseconds per event on loopback.
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
     client.pending_calls_threshold = 1000  # we pipeline publishes on purpose; aiomqtt warns above this
     if manual_ack:

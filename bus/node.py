@@ -94,7 +94,7 @@ class Node:
 
     name: ClassVar[str] = ""
     shared_group: ClassVar[str] = ""  # e.g. "scan": workers of a stage split the load via $share
-    max_inflight: ClassVar[int] = 64
+    max_inflight: ClassVar[int] = 20  # paho's own in-flight limit: more would only queue inside paho
     max_batch: ClassVar[int] = 64  # messages already delivered that are handled in one transaction
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
@@ -449,7 +449,7 @@ class Node:
         except (RejectedMessage, codec.DecodeError, schemas.SchemaError, ValueError) as exc:
             await self._dead_letter(topic, bytes(payload), content_type_of(message), str(exc))
             return
-        if self.store.seen(event.id):
+        if not self.store.claim(event.id):  # rolled back with the batch if we crash before it commits
             self.stats.duplicates += 1
             log.debug("duplicate %s %s ignored", event.type, event.id)
             return
@@ -497,7 +497,7 @@ class Node:
             )
             return
         _handler_batch.reset(token)
-        self._persist(batch, seen=event.id)
+        self._persist(batch)
         self.stats.handled += 1
         self.stats.last_event_at = utc_now()
 
@@ -516,8 +516,6 @@ class Node:
     ) -> None:
         self.stats.dead_letters += 1
         self._dead.put(node=self.name, topic=topic, payload=payload, content_type=content_type, reason=reason)
-        if event is not None:
-            self.store.mark_seen(event.id)  # refused for good: a redelivery must not run it again
         log.error("dead-lettered message on %s: %s", topic, reason, extra={"topic": topic})
         if event is not None and event.source == self.source and event.type.startswith("alert."):
             return  # our own alert came back and failed: alerting again would loop forever
@@ -536,8 +534,8 @@ class Node:
         )
 
     # ----------------------------------------------------------------- sending
-    def _persist(self, events: list[Event], seen: str | None = None) -> None:
-        """Commit events to the outbox (and mark the input seen) in one transaction, then queue them."""
+    def _persist(self, events: list[Event]) -> None:
+        """Commit events to the outbox (with the claim of their cause, when in a handler); queue them after."""
         rows: list[OutboxRow] = []
         with self._committing():
             for pending in events:
@@ -549,8 +547,6 @@ class Node:
                     raise ValueError(f"{event.type} is {len(payload)} bytes: put bulk data in an artifact")
                 topic = topic_for(self.device, event.type)
                 rows.append(self.store.add_outbox(event.id, topic, payload, event.datacontenttype, False))
-            if seen is not None:
-                self.store.mark_seen(seen)
             assert self._uncommitted is not None
             self._uncommitted.extend(rows)
         self.stats.emitted += len(rows)

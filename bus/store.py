@@ -119,13 +119,12 @@ class NodeStore:
     def outbox_depth(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
-    def seen(self, event_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM seen WHERE event_id=?", (event_id,)).fetchone() is not None
-
-    def mark_seen(self, event_id: str) -> None:
-        self._db.execute(
+    def claim(self, event_id: str) -> bool:
+        """Mark an event seen; False if it already was (one statement: the dedupe check and the mark)."""
+        cursor = self._db.execute(
             "INSERT OR IGNORE INTO seen(event_id, seen_at) VALUES (?, ?)", (event_id, time.time())
         )
+        return cursor.rowcount == 1
 
     def prune_seen(self, older_than_s: float = SEEN_RETENTION_S) -> int:
         with self.transaction():
