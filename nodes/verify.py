@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing as mp
 import os
 import re
 import stat
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -160,13 +161,8 @@ class _ArtifactChecker:
         self.absent = 0
         self._hashes: dict[str, str] = {}
         self._listings: dict[str, frozenset[str]] = {}
-        self._lock = threading.Lock()  # batches run in worker threads
 
     def check(self, logline_path: str, doc: Mapping[str, Any]) -> list[str]:
-        with self._lock:
-            return self._check(logline_path, doc)
-
-    def _check(self, logline_path: str, doc: Mapping[str, Any]) -> list[str]:
         reasons = []
         base = os.path.dirname(logline_path) or "."
         for name in ("video", "analytic", "summary"):
@@ -235,6 +231,15 @@ def _read(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _check_batches(
+    batches: list[list[str]], keys: Mapping[str, Verifier], check_artifacts: bool
+) -> tuple[list[list[LogLineResult]], int, int]:
+    """One worker's share: its batches' results, and how many artifact files it checked / found absent."""
+    artifacts = _ArtifactChecker() if check_artifacts else None
+    results = [_check_batch(batch, keys, artifacts) for batch in batches]
+    return results, artifacts.checked if artifacts else 0, artifacts.absent if artifacts else 0
 
 
 def _check_batch(
@@ -397,16 +402,28 @@ def verify_paths(
 ) -> Report:
     """Verify every LogLine under `paths`; `on_invalid` gets each INVALID result (as a dict) at the end.
 
-    `workers` threads check batches side by side (0: one per core)."""
+    `workers` processes check batches side by side (0: one per core)."""
     files = collect_files(paths)
-    artifacts = _ArtifactChecker() if check_artifacts else None
-    results: list[LogLineResult] = []
     batches = [files[start : start + BATCH] for start in range(0, len(files), BATCH)]
-    # libsodium releases the GIL while it checks a signature, the bulk of the work: batches in
-    # threads keep every core busy (results stay in file order).
-    with ThreadPoolExecutor(max(1, min(workers or os.cpu_count() or 1, len(batches) or 1))) as pool:
-        for checked in pool.map(lambda batch: _check_batch(batch, keys, artifacts), batches):
-            results.extend(checked)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(batches)))
+    results: list[LogLineResult] = []
+    checked = absent = 0
+    # Worker processes take runs of whole batches (threads would not do: the GIL serialises the
+    # JSON and schema work, more than half the cost); map() gives them back in file order.
+    step = max(1, len(batches) // (workers * 4))
+    runs = [batches[start : start + step] for start in range(0, len(batches), step)]
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")))
+            parts: Iterable[tuple[list[list[LogLineResult]], int, int]] = pool.map(
+                _check_batches, runs, [keys] * len(runs), [check_artifacts] * len(runs)
+            )
+        else:
+            parts = (_check_batches(run, keys, check_artifacts) for run in runs)
+        for batch_results, run_checked, run_absent in parts:
+            for batch_result in batch_results:
+                results.extend(batch_result)
+            checked, absent = checked + run_checked, absent + run_absent
             if progress is not None:
                 progress(len(results), len(files))
     per_device: dict[str, list[LogLineResult]] = defaultdict(list)
@@ -416,8 +433,8 @@ def verify_paths(
     unplaced = sum(1 for result in results if result.device is None)
     chains = {device: _check_chain(device, members, unplaced) for device, members in per_device.items()}
     report = Report(results, chains)
-    if artifacts is not None:
-        report.artifacts_checked, report.artifacts_absent = artifacts.checked, artifacts.absent
+    if check_artifacts:
+        report.artifacts_checked, report.artifacts_absent = checked, absent
     if on_invalid is not None:
         for result in report.invalid:
             on_invalid(result.to_dict())

@@ -330,3 +330,12 @@ def test_a_broken_logline_in_the_middle_is_not_blamed_on_its_successor(chain: Ch
     assert found[dir_of(chain, 4)] == [
         "seq 3 missing (gap after 2; or among the 1 LogLines without a readable seq)"
     ]
+
+
+def test_worker_processes_give_the_same_report_as_one(tmp_path: Path) -> None:
+    chain = Chain(tmp_path).add(300)  # several batches, so the pool really splits the work
+    chain.paths[150].write_bytes(chain.paths[150].read_bytes().replace(b'"seq":151', b'"seq":999'))
+    one = verify_paths([chain.storage], chain.keys, workers=1)
+    two = verify_paths([chain.storage], chain.keys, workers=2)
+    assert [(r.path, r.reasons) for r in one.results] == [(r.path, r.reasons) for r in two.results]
+    assert not two.valid and len(two.invalid) >= 1
