@@ -81,8 +81,8 @@ def build_tree(root: Path, files: int, per_dir: int = 1000, age_days: float = 30
 def bench_cleanup(work: Path, files: int, rounds: int) -> list[Row]:
     """`vv cleanup` vs `find -mtime +N -delete` on identical trees of old small files, best of `rounds`.
 
-    Each round builds one tree per tool and alternates which tool runs first, so neither is
-    systematically favoured by a warmer cache or a quieter disk.
+    Each round builds one tree per tool and alternates which tool runs first, and every timed run
+    starts after a sync, so neither is favoured by a warmer cache or a quieter disk.
     """
     log_path = work / "cleanup.log"
     best = {"find": float("inf"), "vv": float("inf"), "plan": float("inf")}
@@ -107,6 +107,7 @@ def bench_cleanup(work: Path, files: int, rounds: int) -> list[Row]:
             build_tree(work / f"{name}{round_}", files)
         for name, action in order:
             root = work / f"{name}{round_}"
+            os.sync()  # start clean: no tool pays for the writeback of the trees just built
             best[name] = min(best[name], timed(functools.partial(action, root)))
     return [
         Row("cleanup", "find -mtime +7 -delete", best["find"], files, "files", ref=True),
