@@ -90,12 +90,7 @@ def main() -> int:
                 states = (
                     fold_journal(settings.paths.journal).states if settings.paths.journal.exists() else {}
                 )
-                signed = [
-                    s
-                    for s in states.values()
-                    if s.stage == "signed" and s.stages["ingested"].timestamp() > complete - 5
-                ]
-                if len(signed) >= 1 and len([s for s in states.values() if s.stage == "signed"]) == n + 1:
+                if sum(1 for s in states.values() if s.stage == "signed") == n + 1:
                     break
                 time.sleep(0.05)
             else:
