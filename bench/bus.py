@@ -51,6 +51,16 @@ def client(port: int, user: str, password: str, on_message=None) -> paho.Client:
     return c
 
 
+def subscriber(port: int, creds: tuple[str, str], topic: str, qos: int, on_message) -> paho.Client:  # type: ignore[no-untyped-def]
+    """A client subscribed to `topic`, returned once the broker confirmed the subscription."""
+    sub = client(port, *creds, on_message=on_message)
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.subscribe(topic, qos=qos)
+    subscribed.wait(5)
+    return sub
+
+
 def wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,11 +80,7 @@ def raw_paho(port: int, creds: tuple[str, str], n: int, qos: int) -> float:
         if got[0] == n:
             done.set()
 
-    sub = client(port, *creds, on_message=on_message)
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.subscribe(f"vv/{DEVICE}/raw/{qos}", qos=qos)
-    subscribed.wait(5)
+    sub = subscriber(port, creds, f"vv/{DEVICE}/raw/{qos}", qos, on_message)
     pub = client(port, *creds)
     payload = os.urandom(300)
     start = time.perf_counter()
@@ -98,11 +104,7 @@ def raw_latency(port: int, creds: tuple[str, str], n: int, rate: float) -> list[
         if len(latencies) == n:
             done.set()
 
-    sub = client(port, *creds, on_message=on_message)
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.subscribe(f"vv/{DEVICE}/raw/latency", qos=1)
-    subscribed.wait(5)
+    sub = subscriber(port, creds, f"vv/{DEVICE}/raw/latency", 1, on_message)
     pub = client(port, *creds)
     start = time.perf_counter()
     for i in range(n):
@@ -131,11 +133,7 @@ def node_run(port: int, creds: tuple[str, str], n: int, rate: float | None) -> t
             if len(latencies) == n:
                 done.set()
 
-    sub = client(port, *creds, on_message=on_message)
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.subscribe(f"vv/{DEVICE}/scan/done", qos=1)
-    subscribed.wait(5)
+    sub = subscriber(port, creds, f"vv/{DEVICE}/scan/done", 1, on_message)
     pub = client(port, *creds)
     fixture = json.loads((REPO / "schemas/fixtures/video.new/valid-1.json").read_text())
     props = mqtt_properties(PacketTypes.PUBLISH)
