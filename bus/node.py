@@ -118,7 +118,7 @@ class Node:
         self._stop = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._send_queue: asyncio.Queue[OutboxRow] = asyncio.Queue()
-        self._inflight = 0
+        self._awaiting: dict[int, int] = {}  # publishes waiting for their PUBACK
         self._acked: list[int] = []
         self._busy = False
         self._consumer: asyncio.Task[None] | None = None
@@ -552,43 +552,52 @@ class Node:
         self.stats.emitted += len(rows)
 
     async def _sender(self, client: aiomqtt.Client) -> None:
-        """Send the outbox: everything unacknowledged first (after a restart or reconnect), then new events."""
+        """Send the outbox: everything unacknowledged first (after a restart or reconnect), then new events.
+
+        Publishes go to paho directly and each PUBACK marks its row sent from paho's callback: no
+        task and no future per event (aiomqtt's publish() costs both), at most `max_inflight` open.
+        """
         self._send_queue = asyncio.Queue()
         for row in self.store.pending():
             if row.rowid not in self._acked:
                 self._send_queue.put_nowait(row)
-        window = asyncio.Semaphore(self.max_inflight)
-        running: set[asyncio.Task[None]] = set()
+        paho = client._client
+        awaiting: dict[int, int] = {}  # paho message id -> outbox row id
+        room = asyncio.Event()
+        aiomqtt_on_publish: Any = paho.on_publish  # paho types it as a union of callback versions
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+            rowid = awaiting.pop(mid, None)
+            if rowid is None:  # one of aiomqtt's own publishes (health)
+                aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
+                return
+            self._acked.append(rowid)
+            if len(self._acked) >= 256:
+                self._flush_acked()
+            room.set()
+
+        paho.on_publish = on_publish
+        self._awaiting = awaiting
         try:
             while True:
                 row = await self._send_queue.get()
-                await window.acquire()
-                self._inflight += 1
-                task = asyncio.create_task(self._publish_row(client, row, window))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                while len(awaiting) >= self.max_inflight:
+                    room.clear()
+                    await room.wait()
+                info = paho.publish(
+                    row.topic,
+                    row.payload,
+                    qos=1,
+                    retain=row.retain,
+                    properties=publish_properties(row.content_type),
+                )
+                if info.rc != 0:  # not connected any more: the row stays in the outbox for the next session
+                    log.warning("publish of %s failed (rc %d); it stays in the outbox", row.event_id, info.rc)
+                    return
+                awaiting[info.mid] = row.rowid
         finally:
-            for task in running:
-                task.cancel()
-            self._inflight = 0
-
-    async def _publish_row(self, client: aiomqtt.Client, row: OutboxRow, window: asyncio.Semaphore) -> None:
-        try:
-            await client.publish(
-                row.topic,
-                row.payload,
-                qos=1,
-                retain=row.retain,
-                properties=publish_properties(row.content_type),
-            )
-            self._acked.append(row.rowid)
-            if len(self._acked) >= 256:
-                self._flush_acked()
-        except MqttError as exc:
-            log.warning("publish of %s not acknowledged (%s); it stays in the outbox", row.event_id, exc)
-        finally:
-            self._inflight -= 1
-            window.release()
+            paho.on_publish = aiomqtt_on_publish
+            self._awaiting = {}
 
     def _flush_acked(self) -> None:
         if self._acked and self._store is not None:
@@ -598,7 +607,7 @@ class Node:
     async def _drain(self, timeout: float) -> None:
         """Give queued and in-flight publishes a moment to be acknowledged before disconnecting."""
         deadline = time.monotonic() + timeout
-        while (self._inflight or not self._send_queue.empty()) and time.monotonic() < deadline:
+        while (self._awaiting or not self._send_queue.empty()) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     async def flush(self, timeout: float = 10.0) -> bool:
@@ -632,7 +641,7 @@ class Node:
                 "emitted": self.stats.emitted,
                 "gaps": self.stats.gaps,
                 "reconnects": self.stats.reconnects,
-                "outbox_depth": self._send_queue.qsize() + self._inflight,
+                "outbox_depth": self._send_queue.qsize() + len(self._awaiting),
                 "last_event_at": self.stats.last_event_at,
                 **self.health_details(),
             },
