@@ -140,16 +140,6 @@ def stage_limits(cfg: MonitorSettings) -> dict[str, float]:
     return {stage: limit for stage, limit in limits.items() if limit > 0}
 
 
-def restart_policy(cfg: MonitorSettings) -> RestartPolicy:
-    return RestartPolicy(
-        max_restarts=cfg.max_restart_attempts,
-        window_s=cfg.restart_window_s,
-        stability_s=cfg.stability_s,
-        backoff_min_s=cfg.backoff_min_s,
-        backoff_max_s=cfg.backoff_max_s,
-    )
-
-
 # ----------------------------------------------------------------------------- the node
 @dataclass
 class Watched:
@@ -183,7 +173,7 @@ class Monitor(Node):
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
         self.cfg = settings.monitor
-        self.policy = restart_policy(self.cfg)
+        self.policy = RestartPolicy.from_settings(self.cfg, self.cfg.max_restart_attempts)
         self.nodes: dict[str, Watched] = {}
         self.jobs: dict[str, Job] = {}
         self.supervised: dict[str, Any] | None = None  # children in the supervisor's health, if known

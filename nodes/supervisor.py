@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bus.backoff import Backoff
+from bus.config import MonitorSettings, SupervisorSettings
 from bus.fsutil import atomic_write_json
 
 log = logging.getLogger("vv.supervisor")
@@ -46,6 +47,11 @@ class RestartPolicy:
     stability_s: float  # up this long: the count is reset
     backoff_min_s: float
     backoff_max_s: float
+
+    @classmethod
+    def from_settings(cls, cfg: SupervisorSettings | MonitorSettings, max_restarts: int) -> RestartPolicy:
+        """The supervisor and the monitor share the window, stability and backoff keys."""
+        return cls(max_restarts, cfg.restart_window_s, cfg.stability_s, cfg.backoff_min_s, cfg.backoff_max_s)
 
 
 @dataclass(frozen=True)

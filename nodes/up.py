@@ -23,7 +23,7 @@ import time
 from typing import Any, TextIO
 
 from bus.broker import BrokerError, mosquitto_binary
-from bus.config import Settings, SupervisorSettings, load_settings
+from bus.config import Settings, load_settings
 from bus.envelope import Event
 from bus.logs import setup_logging
 from bus.node import Node, RejectedMessage, on
@@ -34,16 +34,6 @@ log = logging.getLogger("vv.up")
 
 BROKER_TIER, NODE_TIER = 0, 1
 ALERT_OUTPUT_LINES = 20
-
-
-def restart_policy(cfg: SupervisorSettings) -> RestartPolicy:
-    return RestartPolicy(
-        max_restarts=cfg.max_restarts,
-        window_s=cfg.restart_window_s,
-        stability_s=cfg.stability_s,
-        backoff_min_s=cfg.backoff_min_s,
-        backoff_max_s=cfg.backoff_max_s,
-    )
 
 
 def default_nodes(settings: Settings) -> list[str]:
@@ -113,7 +103,7 @@ class SupervisorNode(Node):
         cfg = settings.supervisor
         self.supervisor = Supervisor(
             specs,
-            restart_policy(cfg),
+            RestartPolicy.from_settings(cfg, cfg.max_restarts),
             history_path=self.paths.state / "supervisor.json",
             startup_grace_s=cfg.startup_grace_s,
             stop_timeout_s=cfg.stop_timeout_s,
