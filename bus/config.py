@@ -7,6 +7,7 @@ stops the process instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import tomllib
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+
+from bus.inputs import InputError, read_text_file, shown
 
 Codec = Literal["msgpack", "json"]
 FsyncPolicy = Literal["always", "interval", "never"]
@@ -28,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class MqttSettings:
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: int = field(default=1883, metadata={"max": 65535, "min": 1})
     username: str = ""  # default: the device id
     password: str = ""  # default: read from VV_HOME/keys/mqtt.secret (written by `vv broker`)
     tls_ca: str = ""
@@ -276,53 +279,72 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
+def _brief(value: Any) -> str:
+    """A value for a one-line message: repr (control characters escaped), cut when long."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _coerce(key: str, hint: Any, value: Any, limits: typing.Mapping[str, Any]) -> Any:
     """Turn a TOML or environment value into the declared type, or raise naming the key."""
     origin = get_origin(hint)
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"{key}: {_brief(value)} is not one of {', '.join(map(str, choices))}")
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
-        raise ConfigError(f"{key}: {value!r} is not a boolean")
+        raise ConfigError(f"{key}: {_brief(value)} is not a boolean")
     if hint in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: {value!r} is not a number")
-        try:
-            number = hint(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{key}: {value!r} is not {'an integer' if hint is int else 'a number'}"
-            ) from None
-        if hint is int and isinstance(value, float) and value != number:
-            raise ConfigError(f"{key}: {value!r} is not an integer")
-        if number < 0:
-            raise ConfigError(f"{key}: {value!r} must not be negative")
-        return number
+        return _number(key, hint, value, limits)
     if hint is Path:
         if not isinstance(value, str | Path) or not str(value):
-            raise ConfigError(f"{key}: {value!r} is not a path")
+            raise ConfigError(f"{key}: {_brief(value)} is not a path")
         return Path(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: {value!r} is not a string")
+            raise ConfigError(f"{key}: {_brief(value)} is not a string")
         return value
     if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional settings yet
         raise ConfigError(f"{key}: unsupported type")
     raise ConfigError(f"{key}: unsupported setting type {hint!r}")
 
 
+def _number(key: str, hint: type[int] | type[float], value: Any, limits: typing.Mapping[str, Any]) -> Any:
+    """A finite, non-negative int or float within the field's `min`/`max` metadata (NaN passes `< 0`)."""
+    what = "an integer" if hint is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{key}: {_brief(value)} is not {what}")
+    try:
+        number = hint(value)
+    except (OverflowError, ValueError):
+        raise ConfigError(f"{key}: {_brief(value)} is not {what}") from None
+    if hint is int and isinstance(value, float) and value != number:
+        raise ConfigError(f"{key}: {_brief(value)} is not an integer")
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {_brief(value)} is not a finite number")
+    low, high = limits.get("min", 0), limits.get("max")
+    if number < low:
+        raise ConfigError(
+            f"{key}: {_brief(value)} must not be negative"
+            if low == 0
+            else f"{key}: {_brief(value)} is below {low}"
+        )
+    if high is not None and number > high:
+        raise ConfigError(f"{key}: {_brief(value)} is above {high}")
+    return number
+
+
 def _build(cls: type[Any], values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
-        name = f"{prefix}{key}"
+        name = shown(f"{prefix}{key}")  # a key comes from the file or the environment: escape it
         if key not in known:
             raise ConfigError(f"{name}: unknown setting")
         hint = hints[key]
@@ -331,7 +353,7 @@ def _build(cls: type[Any], values: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"{name}: expected a [{name}] table")
             kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
         else:
-            kwargs[key] = _coerce(name, hint, value)
+            kwargs[key] = _coerce(name, hint, value, known[key].metadata)
     return cls(**kwargs)
 
 
@@ -371,12 +393,15 @@ def load_settings(environ: typing.Mapping[str, str] | None = None) -> Settings:
     config_path = environ.get("VV_CONFIG")
     if config_path:
         try:
-            values = tomllib.loads(Path(config_path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"VV_CONFIG: {config_path} does not exist") from None
+            values = tomllib.loads(read_text_file(Path(config_path)))
+        except InputError as exc:
+            raise ConfigError(f"VV_CONFIG: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"VV_CONFIG: {config_path} is not valid TOML: {exc}") from None
+            raise ConfigError(f"VV_CONFIG: {shown(config_path)} is not valid TOML: {shown(exc)}") from None
     settings: Settings = _build(Settings, _merge(values, _env_overrides(environ)), "")
-    if not settings.device or "/" in settings.device or "+" in settings.device or "#" in settings.device:
-        raise ConfigError(f"device: {settings.device!r} must be non-empty and free of '/', '+', '#'")
+    device = settings.device
+    if not device or not device.isprintable() or any(c in device for c in " /+#"):
+        raise ConfigError(
+            f"device: {_brief(device)} must be non-empty, printable and free of spaces, '/', '+', '#'"
+        )
     return settings

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bus.inputs import shown
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -38,7 +40,27 @@ class JsonFormatter(logging.Formatter):
         doc.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        line = json.dumps(doc, default=str, ensure_ascii=False)
+        # json escapes C0 controls only: DEL, C1 (\x9b is a terminal's CSI), U+2028 and the surrogates
+        # of undecodable file names would reach `tail -f app.log` raw, or fail to encode at all
+        return (
+            line if line.isprintable() else "".join(c if c.isprintable() else _json_escape(c) for c in line)
+        )
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+class ConsoleFormatter(logging.Formatter):
+    """A short line for people: control characters in a message (a file name, a topic) escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return shown(super().formatMessage(record))
 
 
 JsonFormatter.converter = time.gmtime
@@ -129,6 +151,6 @@ def setup_logging(
     file_handler.setFormatter(JsonFormatter(node, device))
     root.addHandler(file_handler)
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter(f"%(asctime)s {node} %(levelname)s %(message)s"))
+    console.setFormatter(ConsoleFormatter(f"%(asctime)s {node} %(levelname)s %(message)s"))
     root.addHandler(console)
     logging.getLogger("mqtt").setLevel(logging.WARNING)

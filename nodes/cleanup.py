@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from bus.fsutil import iter_open_fds
+from bus.inputs import shown
 from bus.jobs import add_job_argument, report_if_job
+from nodes.argtypes import non_negative_float, output_file
 
 DAY_S = 86400.0
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # non-UTF-8 names stay loggable
@@ -591,11 +593,13 @@ def _human(size: float) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=float, required=True, help="delete files older than this many days")
+    parser.add_argument(
+        "--days", type=non_negative_float, required=True, help="delete files older than this many days"
+    )
     parser.add_argument("--dirs", required=True, help="comma-separated roots, e.g. var/storage,var/logs")
     parser.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     parser.add_argument(
-        "--log-file", type=Path, help="JSON-lines action log (default VV_HOME/logs/cleanup.log)"
+        "--log-file", type=output_file, help="JSON-lines action log (default VV_HOME/logs/cleanup.log)"
     )
     parser.add_argument(
         "--min-free-space", help="only delete (oldest first) until this is free: 15%% or 20GB (KB/MB/GB/TB)"
@@ -627,12 +631,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings()
-        if args.days < 0:
-            raise CleanupError("--days must not be negative")
         min_free = parse_min_free(args.min_free_space) if args.min_free_space else None
         roots = check_roots(args.dirs.split(","), protected_paths(settings.home.resolve()))
     except (ConfigError, CleanupError) as exc:
-        print(f"vv cleanup: {exc}", file=sys.stderr)
+        print(f"vv cleanup: {shown(exc)}", file=sys.stderr)
         return 2
     progress = _progress_printer()
     plan = plan_cleanup(
@@ -665,9 +667,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.dry_run:
             for path in [*result.deleted, *result.removed_dirs]:
-                print(f"would delete {path}")
+                print(f"would delete {shown(path)}")
         for path, error in result.errors:
-            print(f"error {path}: {error}", file=sys.stderr)
+            print(f"error {shown(path)}: {shown(error)}", file=sys.stderr)
         skipped = figures["skipped"]
         assert isinstance(skipped, dict)
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items())) or "none"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from collections.abc import Sequence
 
 from bus.config import ConfigError
+from bus.inputs import shown
 
 # verb -> (module with add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,8 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse echoes the offending argument in its errors: escape it (subparsers share this class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        super().error(shown(message))
+
+
 def build_parser(verbs: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vv",
         description="VV Edge: edge video-AI as an event-sourced MQTT mesh.",
         epilog="Settings: VV_CONFIG=file.toml, overridden by VV_<SECTION>_<KEY> variables.",
@@ -60,8 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
-        print(f"vv: configuration error: {exc}", file=sys.stderr)
+        print(f"vv: configuration error: {shown(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # VV_HOME or a directory under it unusable (not a directory, no access, full)
+        print(f"vv {args.command}: {shown(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

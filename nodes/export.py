@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from bus.fsutil import CHUNK, atomic_write_json, canonical_json, fsync_dir, sha256_file
+from bus.inputs import regular_file, shown
 from bus.jobs import add_job_argument, report_if_job
+from nodes.argtypes import non_negative_int, output_dir
 
 MANIFEST_VERSION = 1
 GZIP_LEVEL = 6
@@ -491,8 +493,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", type=_day, help="UTC day to export (default: yesterday)")
     parser.add_argument("--from", dest="from_", type=_day, metavar="DATE", help="first UTC day of a range")
     parser.add_argument("--to", type=_day, metavar="DATE", help="last UTC day of a range (inclusive)")
-    parser.add_argument("--out", type=Path, help="output directory (default: VV_HOME/exports)")
-    parser.add_argument("--retention-days", type=int, help="delete exports older than this many days")
+    parser.add_argument("--out", type=output_dir, help="output directory (default: VV_HOME/exports)")
+    parser.add_argument(
+        "--retention-days", type=non_negative_int, help="delete exports older than this many days"
+    )
     parser.add_argument("--verify", type=Path, metavar="FILE", help="verify an export (tarball or manifest)")
     parser.add_argument("--keys", type=Path, help="public keys JSON from `vv keys export` (for --verify)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -505,27 +509,28 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 def _verify_cli(args: argparse.Namespace, keys_dir: Path) -> int:
     path: Path = args.verify
-    if not path.exists():
-        print(f"vv export: {path} does not exist", file=sys.stderr)
-        return 2
     try:
-        export_paths(path)
-    except ValueError as exc:
-        print(f"vv export: {exc}", file=sys.stderr)
+        regular_file(path)
+        # its partner is read too: it may be absent (a problem reported below), not a FIFO or device
+        for part in export_paths(path):
+            if part != path and (part.exists() or part.is_symlink()):
+                regular_file(part)
+    except ValueError as exc:  # InputError, or a name that is neither a tarball nor a manifest
+        print(f"vv export: {shown(exc)}", file=sys.stderr)
         return 2
     from nodes.sign.keys import KeyStore, KeyStoreError, load_public_keys
 
     try:
         verifiers = load_public_keys(args.keys) if args.keys is not None else KeyStore(keys_dir).verifiers()
     except KeyStoreError as exc:
-        print(f"vv export: {exc}", file=sys.stderr)
+        print(f"vv export: {shown(exc)}", file=sys.stderr)
         return 2
     problems = verify_export(path, verifiers)
     status = "INVALID" if problems else "VALID"
-    _emit(args, {"path": str(path), "valid": not problems, "problems": problems}, f"{status} {path}")
+    _emit(args, {"path": str(path), "valid": not problems, "problems": problems}, f"{status} {shown(path)}")
     if not args.json:
         for problem in problems:
-            print(f"  {problem}")
+            print(f"  {shown(problem)}")
     return 1 if problems else 0
 
 
@@ -550,10 +555,8 @@ def run(args: argparse.Namespace) -> int:
         if args.verify is not None:
             return _verify_cli(args, settings.paths.keys)
         first, last = _range(args)
-        if args.retention_days is not None and args.retention_days < 0:
-            raise ValueError("--retention-days must not be negative")
     except (ConfigError, ValueError) as exc:
-        print(f"vv export: {exc}", file=sys.stderr)
+        print(f"vv export: {shown(exc)}", file=sys.stderr)
         return 2
     from nodes.sign.keys import KeyStore, KeyStoreError
 
@@ -562,7 +565,7 @@ def run(args: argparse.Namespace) -> int:
         signer: Signer = KeyStore(settings.paths.keys).signer(key_id=settings.sign.key_id or None)
         result = export_logs(settings.paths.logs, out_dir, settings.device, first, last, signer)
     except (ExportError, KeyStoreError, OSError) as exc:
-        print(f"vv export: {exc}", file=sys.stderr)
+        print(f"vv export: {shown(exc)}", file=sys.stderr)
         report_if_job(args, settings, "export", False, {"error": str(exc)})
         return 1
     if args.retention_days is not None:
@@ -571,10 +574,10 @@ def run(args: argparse.Namespace) -> int:
     span = first.isoformat() if first == last else f"{first} .. {last}"
     text = {
         "empty": f"no log files for {span}: nothing exported",
-        "unchanged": f"identical export already present, left as is: {result.tarball}",
-        "written": f"exported {result.files} files ({result.bytes} bytes) for {span} to {result.tarball}",
+        "unchanged": f"identical export already present, left as is: {shown(result.tarball)}",
+        "written": f"exported {result.files} files ({result.bytes} bytes) for {span} to {shown(result.tarball)}",
     }[result.status]
-    text += "".join(f"\nretention: removed {p}" for p in result.removed)
+    text += "".join(f"\nretention: removed {shown(p)}" for p in result.removed)
     doc = {
         "status": result.status,
         "tarball": str(result.tarball) if result.tarball else None,

@@ -18,8 +18,10 @@ from typing import Any
 
 from bus.client import MqttError
 from bus.config import Settings, load_settings
+from bus.inputs import InputError, regular_file, shown
 from bus.logs import setup_logging
 from bus.node import Node
+from nodes.argtypes import positive_float
 from nodes.ingest import IngestCounts, Outcome, announce, ingest_file, ledger_for
 
 
@@ -34,15 +36,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copy", action="store_true", help="copy the files instead of moving them")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
     parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the broker to take the events"
+        "--timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds to wait for the broker to take the events",
     )
+
+
+def refusal(path: Path) -> str | None:
+    """Why `path` cannot be ingested as given (one line naming it), from a stat alone; None if it can.
+
+    A symlink would be moved as a link (its target left behind, storage holding a pointer out of
+    it), a FIFO or a device would block or never end when hashed, and a name with control
+    characters would travel into storage paths, events, LogLines and every terminal that shows them.
+    """
+    if not path.name.isprintable():
+        return f"{shown(path)}: the name holds control characters (rename the file)"
+    try:
+        regular_file(path, follow_symlinks=False)
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     paths = [Path(name) for name in args.files]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        print(f"vv ingest: not a file: {', '.join(missing)}", file=sys.stderr)
+    refused = [reason for path in paths if (reason := refusal(path)) is not None]
+    for reason in refused:
+        print(f"vv ingest: {reason}; nothing was ingested", file=sys.stderr)
+    if refused:
         return 2
     settings = load_settings()
     setup_logging("ingest-cli", settings.device, settings.paths.logs, "WARNING")
@@ -67,13 +89,13 @@ async def _ingest(settings: Settings, files: list[Path], *, copy: bool, as_json:
                         )
                     except OSError as exc:
                         counts.failed += 1
-                        print(f"{path}: cannot ingest: {exc}", file=sys.stderr)
+                        print(f"{shown(path)}: cannot ingest: {shown(exc)}", file=sys.stderr)
                         continue
                     await announce(node, ledger, outcome, counts)
-                    print(json.dumps(_report(outcome)) if as_json else _line(outcome))
+                    print(json.dumps(_report(outcome)) if as_json else shown(_line(outcome)))
                 delivered = await node.flush(timeout)
         except MqttError as exc:
-            print(f"vv ingest: {exc}; no file was touched", file=sys.stderr)
+            print(f"vv ingest: {shown(exc)}; no file was touched", file=sys.stderr)
             return 1
     if not delivered:
         print(

@@ -15,13 +15,16 @@ from typing import Any
 
 from bus.client import MqttError, publish_documents
 from bus.config import load_settings
-from bus.envelope import parse_time
+from bus.inputs import shown
 from bus.topics import topic_for
+from nodes.argtypes import rfc3339
 from nodes.journal.store import JournalError, iter_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", help="events received at or after this RFC 3339 time (default: all)")
+    parser.add_argument(
+        "--since", type=rfc3339, help="events received at or after this RFC 3339 time (default: all)"
+    )
     parser.add_argument("--type", dest="types", action="append", help="only this event type (repeatable)")
     parser.add_argument("--subject", help="only events about this video id")
     parser.add_argument("--dry-run", action="store_true", help="list what would be re-published")
@@ -41,16 +44,10 @@ def _selected(args: argparse.Namespace, journal: Any) -> Iterator[tuple[str, dic
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if args.since:
-        try:
-            parse_time(args.since)
-        except ValueError:
-            print(f"vv replay: --since {args.since!r} is not an RFC 3339 time", file=sys.stderr)
-            return 2
     try:
         items = list(_selected(args, settings.paths.journal))
     except (FileNotFoundError, JournalError) as exc:
-        print(f"vv replay: {exc}", file=sys.stderr)
+        print(f"vv replay: {shown(exc)}", file=sys.stderr)
         return 1
     if args.dry_run:
         for topic, event, _ in items:

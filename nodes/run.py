@@ -6,13 +6,20 @@ import argparse
 import sys
 
 from bus.config import load_settings
+from bus.inputs import shown
 from bus.logs import setup_logging
+from nodes.argtypes import instance_name
 from nodes.registry import NODES, load_node_class
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("node", help=f"node name ({', '.join(sorted(NODES))}) or module:Class")
-    parser.add_argument("--instance", default="", help="worker suffix when several workers of one stage run")
+    parser.add_argument(
+        "--instance",
+        default="",
+        type=instance_name,
+        help="worker suffix when several workers of one stage run",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cls = load_node_class(args.node)
     except (LookupError, ImportError) as exc:
-        print(f"vv run: {exc}", file=sys.stderr)
+        print(f"vv run: {shown(exc)}", file=sys.stderr)
         return 2
     name = cls.name + (f"-{args.instance}" if args.instance else "")
     setup_logging(name, settings.device, settings.paths.logs, settings.log_level)

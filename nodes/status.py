@@ -10,6 +10,8 @@ import json
 import sys
 
 from bus.config import load_settings
+from bus.inputs import shown
+from nodes.argtypes import rfc3339
 from nodes.journal.fold import fold_journal, format_table, format_video, to_json
 from nodes.journal.store import JournalError
 
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "video", nargs="?", help="a video id (or a unique prefix of one) for its full timeline"
     )
-    parser.add_argument("--since", help="only events received at or after this RFC 3339 time")
+    parser.add_argument("--since", type=rfc3339, help="only events received at or after this RFC 3339 time")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -33,14 +35,14 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     except (JournalError, ValueError) as exc:
-        print(f"vv status: {exc}", file=sys.stderr)
+        print(f"vv status: {shown(exc)}", file=sys.stderr)
         return 1
     states = folded.states
     if args.video:
         matches = [vid for vid in states if vid.startswith(args.video)]
         if len(matches) != 1:
             reason = "unknown video" if not matches else f"prefix matches {len(matches)} videos"
-            print(f"vv status: {args.video}: {reason}", file=sys.stderr)
+            print(f"vv status: {shown(args.video)}: {reason}", file=sys.stderr)
             return 1
         state = states[matches[0]]
         print(json.dumps(to_json(state), indent=2) if args.json else format_video(state))

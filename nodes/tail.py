@@ -17,6 +17,7 @@ from bus.client import MqttError, stream
 from bus.codec import DecodeError
 from bus.config import Settings, load_settings
 from bus.topics import subscription
+from nodes.argtypes import non_negative_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per line: topic, content_type, payload"
     )
-    parser.add_argument("--count", type=int, default=0, help="stop after this many messages")
+    parser.add_argument("--count", type=non_negative_int, default=0, help="stop after this many messages")
 
 
 def topic_filter(settings: Settings, pattern: str) -> str:

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from bus.client import MqttError
 from bus.config import ConfigError, Settings, load_settings
 from bus.fsutil import sha256_bytes, sha256_file
+from bus.inputs import shown
 from bus.node import Node
 from nodes.sign.keys import KeyStore, KeyStoreError, Verifier, load_public_keys
 from nodes.sign.logline import (
@@ -534,7 +535,7 @@ def run(args: argparse.Namespace) -> int:
             progress=_Progress(sys.stderr),
         )
     except (VerifyUsageError, KeyStoreError, ConfigError) as exc:
-        print(f"vv verify: {exc}", file=sys.stderr)
+        print(f"vv verify: {shown(exc)}", file=sys.stderr)
         return 2
     if settings is not None and invalid:
         try:
@@ -547,9 +548,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         for result in report.results:
             print(
-                f"VALID {result.path}"
-                if result.valid
-                else f"INVALID {result.path}: {'; '.join(result.reasons)}"
+                shown(
+                    f"VALID {result.path}"
+                    if result.valid
+                    else f"INVALID {result.path}: {'; '.join(result.reasons)}"
+                )
             )
         print(report.summary_line() if report.results else "no LogLines found: nothing verified")
     return 0 if report.valid else 1

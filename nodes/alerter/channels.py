@@ -38,6 +38,7 @@ import apprise
 
 from bus.alerts import SEVERITIES, Severity
 from bus.config import ConfigError
+from bus.inputs import InputError, read_text_file
 
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 SETTING = "alerter.channels"
@@ -273,9 +274,9 @@ def read_channel_tables(value: str) -> list[dict[str, Any]]:
     else:
         path = Path(text).expanduser()
         try:
-            raw = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{SETTING}: cannot read {path}: {exc.strerror or exc}") from None
+            raw = read_text_file(path)
+        except InputError as exc:
+            raise ConfigError(f"{SETTING}: {exc}") from None
         try:
             if path.suffix == ".toml":
                 tables = tomllib.loads(raw).get("channels", [])

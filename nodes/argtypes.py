@@ -1,0 +1,98 @@
+"""argparse types for the `vv` verbs: a bad value is a usage error (exit 2) naming the option.
+
+`type=float` alone takes "nan", "inf" and "-1": `--days nan` then matched no file and cleaned
+nothing while reporting success, and `--timeout -1` gave up before trying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+from bus.envelope import parse_time
+from bus.inputs import InputError, regular_file, shown
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(text)
+    except (OverflowError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def rfc3339(text: str) -> str:
+    """An RFC 3339 time, kept as given (the journal compares the text)."""
+    try:
+        parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from None
+    return text
+
+
+def instance_name(text: str) -> str:
+    """A worker suffix ("" for none): it becomes part of a client id and of directory names, so no
+    '/', no leading '.', no spaces or control characters (`--instance ../../x` wrote outside VV_HOME)."""
+    if text and not _NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be 1-64 letters, digits, '_', '.', '-' (not starting with '.' or '-')"
+        )
+    return text
+
+
+def output_file(text: str) -> Path:
+    """A file the verb appends to: absent, or a regular file (appending to a FIFO blocks forever)."""
+    path = Path(text)
+    if path.exists() or path.is_symlink():
+        try:
+            regular_file(path)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """A directory the verb writes into: absent (it is created) or a directory."""
+    path = Path(text)
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{shown(path)} exists and is not a directory")
+    return path
+
+
+def input_file(text: str) -> Path:
+    """A file the verb reads: an existing regular file (a FIFO or a device would block or never end)."""
+    path = Path(text)
+    try:
+        regular_file(path)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
