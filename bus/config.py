@@ -216,7 +216,8 @@ class Settings:
 
     @property
     def paths(self) -> VVPaths:
-        return VVPaths(self.home)
+        """Absolute, so a path written into an event means the same file to every process."""
+        return VVPaths(self.home.absolute())
 
     def mqtt_credentials(self) -> tuple[str, str]:
         """The broker login: explicit settings first, else the device id and the secret `vv broker` wrote."""

@@ -75,6 +75,11 @@ class RejectedMessage(ValueError):
     """A message that cannot be accepted; it goes to the dead-letter store with this reason."""
 
 
+class RefusedClaim(RejectedMessage):
+    """An event whose claims about files (place, size, hash, provenance) do not hold: forged or
+    corrupt. Dead-lettered with `alert.critical`; the handler touched nothing."""
+
+
 @dataclass
 class NodeStats:
     received: int = 0
@@ -490,11 +495,17 @@ class Node:
             await handler(event)
         except Exception as exc:
             self.stats.failures += 1
-            log.exception("handler for %s failed on %s", event.type, event.id, extra={"event_id": event.id})
+            if not isinstance(exc, RefusedClaim):  # a refusal is the check working, not a crash
+                log.exception(
+                    "handler for %s failed on %s", event.type, event.id, extra={"event_id": event.id}
+                )
             _handler_batch.reset(token)
-            await self._dead_letter(
-                topic, payload, ctype, f"handler failed: {type(exc).__name__}: {exc}", event
-            )
+            if isinstance(exc, RefusedClaim):
+                await self._dead_letter(topic, payload, ctype, f"refused claim: {exc}", event, forged=True)
+            else:
+                await self._dead_letter(
+                    topic, payload, ctype, f"handler failed: {type(exc).__name__}: {exc}", event
+                )
             return
         _handler_batch.reset(token)
         self._persist(batch)
@@ -512,7 +523,14 @@ class Node:
             self.stats.last_seq[key] = event.seq
 
     async def _dead_letter(
-        self, topic: str, payload: bytes, content_type: str | None, reason: str, event: Event | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        content_type: str | None,
+        reason: str,
+        event: Event | None = None,
+        *,
+        forged: bool = False,
     ) -> None:
         self.stats.dead_letters += 1
         self._dead.put(node=self.name, topic=topic, payload=payload, content_type=content_type, reason=reason)
@@ -522,16 +540,25 @@ class Node:
         context: dict[str, Any] = {"topic": topic, "node": self.name}
         if event is not None and event.subject:
             context["video"] = event.subject
-        await self.raise_alert(
-            "ERROR",
-            "Message refused and dead-lettered",
-            f"{self.name} could not accept a message on {topic}: {reason}",
-            context=context,
-            actions=[
+        if forged:
+            severity: Severity = "CRITICAL"
+            title, details = (
+                "Forged or corrupt event refused",
+                f"{self.name} refused an event on {topic} and touched nothing: {reason}",
+            )
+            actions = [
+                f"Inspect {self._dead.path} and the event's source ({event.source if event else 'unknown'})",
+                "Events naming files outside storage or with wrong hashes mean a stolen credential or a "
+                "broken producer: rotate that node's MQTT secret and check the box",
+            ]
+        else:
+            severity, title = "ERROR", "Message refused and dead-lettered"
+            details = f"{self.name} could not accept a message on {topic}: {reason}"
+            actions = [
                 f"Inspect {self._dead.path} (payload kept base64-encoded with the reason)",
                 "Fix the producer, then re-publish the message if it is still needed",
-            ],
-        )
+            ]
+        await self.raise_alert(severity, title, details, context=context, actions=actions)
 
     # ----------------------------------------------------------------- sending
     def _persist(self, events: list[Event]) -> None:
