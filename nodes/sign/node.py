@@ -68,11 +68,6 @@ class Sign(Node):
     async def sign(self, event: Event) -> None:
         storage = self.paths.storage
         video = await asyncio.to_thread(check_video, storage, event.data["video"])
-        existing = logline_path(video.directory, video.id)
-        if existing.exists():
-            # Signed before (a redelivery, or a crash after the write): announce it again, same seq.
-            await self._announce(json.loads(existing.read_bytes()), existing, event)
-            return
         analytic_ref, summary_ref = event.data["analytic"], event.data["summary"]
         analytic = check_analytic(storage, video, analytic_ref)
         summary = check_summary(storage, video, analytic_ref, summary_ref)
@@ -80,6 +75,11 @@ class Sign(Node):
             raise RefusedClaim(
                 f"summary.done of video {video.id}: text or counts differ from {summary_ref['path']}"
             )
+        existing = logline_path(video.directory, video.id)
+        if existing.exists():
+            # Signed before (a redelivery, or a crash after the write): announce it again, same seq.
+            await self._announce(json.loads(existing.read_bytes()), existing, event)
+            return
         directory = video.directory
         if self.head is None:
             self.head = recover_chain_head(self.paths.storage, self.device)
