@@ -169,3 +169,23 @@ def test_forged_scan_done_and_summary_done_are_refused_and_nothing_is_signed(
     result = vv.vv("verify", str(vv.home / "storage"))
     assert result.returncode == 0, result.stdout + result.stderr
     wait_until(lambda: probe.health("sign")[-1]["details"]["chain_head"]["seq"] == 2, 5, "chain head 2")
+
+
+def test_a_forged_event_in_the_journal_is_recorded_by_the_reconciler_never_moved(
+    vv: VV, probe: Probe, publisher: Publisher, decoy: Path
+) -> None:
+    """The journal records every event, forged ones too: the reconciler must not re-announce or move
+    what a forged video.new names, only record it as quarantined (not moved) with a CRITICAL."""
+    quick = {"VV_RECONCILER_INTERVAL_S": "0.5", "VV_RECONCILER_INGESTED_S": "1"}
+    for node in ("journal", "reconciler"):
+        vv.spawn("run", node, extra_env=quick)
+        probe.wait_health(node, "online")
+    data = forge_outside(vv, decoy)
+    before, decoy_before = listing(vv.home), listing(decoy.parent)
+    publisher.publish(publisher.event("video.new", data, subject=data["video"]["id"]))
+    quarantined = probe.wait_event("video.quarantined", timeout=30)[0]["data"]
+    assert quarantined["error_type"] == "RefusedClaim" and quarantined["quarantine_path"] == ""
+    alert = probe.wait_event("alert.critical")[0]["data"]
+    assert alert["title"] == "Forged or corrupt event in the journal"
+    assert not [e for e in probe.events("video.new") if e["source"].endswith("/reconciler")]
+    assert listing(vv.home) == before and listing(decoy.parent) == decoy_before
