@@ -46,6 +46,9 @@ class BusSettings:
     max_event_bytes: int = 256 * 1024
     outbox_sync: Literal["normal", "full"] = "normal"  # sqlite synchronous mode for outbox/dedupe
     shared_group: str = ""  # non-empty: consume via $share/<group>/... with other workers
+    deadletter_max_bytes: int = 16 * 1024 * 1024  # per node; the oldest half goes when it is full
+    deadletter_max_age_days: float = 30.0
+    deadletter_payload_bytes: int = 4096  # a refused payload is kept up to this, with its full sha256
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import contextvars
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -26,7 +27,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from bus import codec, schemas
-from bus.alerts import Severity, build_alert
+from bus.alerts import Severity, StormFolder, build_alert
 from bus.backoff import Backoff
 from bus.client import (
     MqttError,
@@ -116,7 +117,13 @@ class Node:
         self.stats = NodeStats()
         self.epoch = 0
         self._store: NodeStore | None = None
-        self._dead = DeadLetters(self.paths.state / "deadletter" / f"{self.name}{suffix}.jsonl")
+        self._storm = StormFolder()
+        self._dead = DeadLetters(
+            self.paths.state / "deadletter" / f"{self.name}{suffix}.jsonl",
+            max_bytes=settings.bus.deadletter_max_bytes,
+            max_age_s=settings.bus.deadletter_max_age_days * 86400,
+            payload_bytes=settings.bus.deadletter_payload_bytes,
+        )
         self._status = "online"
         self._reason = ""
         self._started = time.monotonic()
@@ -213,14 +220,24 @@ class Node:
             actions=actions,
             status="resolved" if resolved else "firing",
         )
+        if self._storm.admit(alert, time.monotonic()):
+            await self._publish_alert(alert)
+        return alert
+
+    async def _publish_alert(self, alert: dict[str, Any]) -> None:
+        severity = alert["severity"]
         level = logging.ERROR if severity in ("ERROR", "CRITICAL") else logging.WARNING
         log.log(
-            level if not resolved else logging.INFO,
+            level if alert["status"] == "firing" else logging.INFO,
             "alert %s %s: %s",
             severity,
             alert["status"],
-            title,
-            extra={"alert_id": alert["alert_id"], "alert_context": alert["context"], "details": details},
+            alert["title"],
+            extra={
+                "alert_id": alert["alert_id"],
+                "alert_context": alert["context"],
+                "details": alert["message_details"],
+            },
         )
         video = alert["context"].get("video")
         await self.emit(
@@ -229,7 +246,6 @@ class Node:
             subject=video if isinstance(video, str) else None,
             immediate=True,
         )
-        return alert
 
     def set_status(self, status: str, reason: str = "") -> None:
         """`online` or `degraded` (with the reason an operator should read); published at once."""
@@ -283,6 +299,7 @@ class Node:
                 loop.add_signal_handler(sig, self._on_signal)
         self.epoch = self.store.bump_epoch()
         self.store.prune_seen()
+        self._dead.prune()
         self._started = time.monotonic()
         log.info("starting %s epoch %d", self.client_id, self.epoch, extra={"epoch": self.epoch})
         await self.setup()
@@ -368,6 +385,8 @@ class Node:
             except asyncio.CancelledError:
                 if not self._stop.is_set():
                     raise
+            for folded in self._storm.due(math.inf):  # a folded count is not lost to a stop
+                await self._publish_alert(folded)
             await self._drain(timeout=5.0)
             self._flush_acked()
             await self._publish_health(client, "offline")
@@ -720,4 +739,6 @@ class Node:
         while True:
             await asyncio.sleep(self.settings.bus.health_interval_s)
             self._flush_acked()
+            for folded in self._storm.due(time.monotonic()):
+                await self._publish_alert(folded)
             await self._publish_health(client)
