@@ -130,7 +130,11 @@ class DiskWatch(Node):
             self.paused = True  # unknown: assume paused, so that ingest is resumed unless critical
 
     def _save(self) -> None:
-        atomic_write_json(self._state_file, {"levels": self.levels, "paused": self.paused})
+        """Best effort: the disk this node watches may be the full one; it still alerts and pauses."""
+        try:
+            atomic_write_json(self._state_file, {"levels": self.levels, "paused": self.paused})
+        except OSError as exc:
+            log.warning("state %s not saved: %s", self._state_file, exc)
 
     async def background(self) -> None:
         while True:
