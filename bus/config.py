@@ -49,6 +49,9 @@ class BusSettings:
     max_event_bytes: int = 256 * 1024
     outbox_sync: Literal["normal", "full"] = "normal"  # sqlite synchronous mode for outbox/dedupe
     shared_group: str = ""  # non-empty: consume via $share/<group>/... with other workers
+    deadletter_max_bytes: int = 16 * 1024 * 1024  # per node; the oldest half goes when it is full
+    deadletter_max_age_days: float = 30.0
+    deadletter_payload_bytes: int = 4096  # a refused payload is kept up to this, with its full sha256
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,11 @@ class ReconcilerSettings:
 @dataclass(frozen=True)
 class IngestSettings:
     poll_interval_s: float = 2.0  # rescan of input/ (the fallback without inotify, a safety net with it)
-    settle_s: float = 1.0  # a file is complete when two looks this far apart agree (size, mtime)
+    settle_s: float = 1.0  # a file renamed into input/ is complete when two looks this far apart agree
+    stable_s: float = 10.0  # a file written in place: size and mtime unchanged this long (slow copies pause)
+    incomplete_grace_s: float = 60.0  # written in place, unreadable, younger than this: wait, not quarantine
+    retry_min_s: float = 5.0  # a file whose ingest failed (storage fault) is retried with backoff
+    retry_max_s: float = 300.0
     inotify: bool = True  # wake on directory events where the kernel offers them
 
 
@@ -219,7 +226,8 @@ class Settings:
 
     @property
     def paths(self) -> VVPaths:
-        return VVPaths(self.home)
+        """Absolute, so a path written into an event means the same file to every process."""
+        return VVPaths(self.home.absolute())
 
     def mqtt_credentials(self) -> tuple[str, str]:
         """The broker login: explicit settings first, else the device id and the secret `vv broker` wrote."""

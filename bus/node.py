@@ -10,13 +10,16 @@ outgoing event to a durable outbox before sending it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from bus import codec, schemas
-from bus.alerts import Severity, build_alert
+from bus.alerts import Severity, StormFolder, build_alert
 from bus.backoff import Backoff
 from bus.client import (
     MqttError,
@@ -50,6 +53,7 @@ log = logging.getLogger("vv.node")
 
 # Events emitted while a handler runs are collected here and committed together with the
 # "seen" mark of the input event: either the handler's whole effect is durable or none of it.
+SPOOLED_PREFIXES = ("alert.", "cmd.")  # sent from memory when the disk cannot hold them
 _handler_batch: contextvars.ContextVar[list[Event] | None] = contextvars.ContextVar(
     "handler_batch", default=None
 )
@@ -73,6 +77,11 @@ def on_health(func: HandlerT) -> HandlerT:
 
 class RejectedMessage(ValueError):
     """A message that cannot be accepted; it goes to the dead-letter store with this reason."""
+
+
+class RefusedClaim(RejectedMessage):
+    """An event whose claims about files (place, size, hash, provenance) do not hold: forged or
+    corrupt. Dead-lettered with `alert.critical`; the handler touched nothing."""
 
 
 @dataclass
@@ -111,7 +120,14 @@ class Node:
         self.stats = NodeStats()
         self.epoch = 0
         self._store: NodeStore | None = None
-        self._dead = DeadLetters(self.paths.state / "deadletter" / f"{self.name}{suffix}.jsonl")
+        self._storm = StormFolder()
+        self._spool: collections.deque[tuple[str, bytes, str]] = collections.deque(maxlen=1000)
+        self._dead = DeadLetters(
+            self.paths.state / "deadletter" / f"{self.name}{suffix}.jsonl",
+            max_bytes=settings.bus.deadletter_max_bytes,
+            max_age_s=settings.bus.deadletter_max_age_days * 86400,
+            payload_bytes=settings.bus.deadletter_payload_bytes,
+        )
         self._status = "online"
         self._reason = ""
         self._started = time.monotonic()
@@ -183,9 +199,37 @@ class Node:
         batch = _handler_batch.get()
         if batch is not None and not immediate:
             batch.append(event)
-        else:
+            return event
+        try:
             self._persist([event])
+        except (OSError, sqlite3.Error) as exc:
+            if not event_type.startswith(SPOOLED_PREFIXES):
+                raise
+            self._spool_unpersisted(event, exc)
         return event
+
+    def _spool_unpersisted(self, event: Event, error: BaseException) -> None:
+        """An alert or command that cannot be persisted (the disk is full or failing) is sent from
+        memory: the news that the box is in trouble must not depend on the box's disk."""
+        event = dataclasses.replace(event, seq=self.store.next_seq(reserve=False))
+        topic = topic_for(self.device, event.type)
+        self._spool.append(
+            (topic, codec.encode(event.to_dict(), event.datacontenttype), event.datacontenttype)
+        )
+        log.warning("%s could not be persisted (%s): sending it from memory", event.type, error)
+        if self._client is not None:
+            asyncio.get_running_loop().create_task(self._send_spool(self._client))
+
+    async def _send_spool(self, client: aiomqtt.Client) -> None:
+        while self._spool:
+            topic, payload, content_type = self._spool[0]
+            try:
+                await client.publish(
+                    topic, payload, qos=1, properties=publish_properties(content_type), timeout=5
+                )
+            except MqttError:
+                return  # sent on the next connection
+            self._spool.popleft()
 
     async def raise_alert(
         self,
@@ -208,14 +252,24 @@ class Node:
             actions=actions,
             status="resolved" if resolved else "firing",
         )
+        if self._storm.admit(alert, time.monotonic()):
+            await self._publish_alert(alert)
+        return alert
+
+    async def _publish_alert(self, alert: dict[str, Any]) -> None:
+        severity = alert["severity"]
         level = logging.ERROR if severity in ("ERROR", "CRITICAL") else logging.WARNING
         log.log(
-            level if not resolved else logging.INFO,
+            level if alert["status"] == "firing" else logging.INFO,
             "alert %s %s: %s",
             severity,
             alert["status"],
-            title,
-            extra={"alert_id": alert["alert_id"], "alert_context": alert["context"], "details": details},
+            alert["title"],
+            extra={
+                "alert_id": alert["alert_id"],
+                "alert_context": alert["context"],
+                "details": alert["message_details"],
+            },
         )
         video = alert["context"].get("video")
         await self.emit(
@@ -224,7 +278,6 @@ class Node:
             subject=video if isinstance(video, str) else None,
             immediate=True,
         )
-        return alert
 
     def set_status(self, status: str, reason: str = "") -> None:
         """`online` or `degraded` (with the reason an operator should read); published at once."""
@@ -278,6 +331,7 @@ class Node:
                 loop.add_signal_handler(sig, self._on_signal)
         self.epoch = self.store.bump_epoch()
         self.store.prune_seen()
+        self._dead.prune()
         self._started = time.monotonic()
         log.info("starting %s epoch %d", self.client_id, self.epoch, extra={"epoch": self.epoch})
         await self.setup()
@@ -348,6 +402,7 @@ class Node:
             await self._publish_outage(client, *self._lost_at)
             self._lost_at = None
         await self._publish_health(client)
+        await self._send_spool(client)
         log.info("connected to %s:%d as %s", self.settings.mqtt.host, self.settings.mqtt.port, self.client_id)
         tasks = [
             asyncio.create_task(self._sender(client)),
@@ -363,6 +418,8 @@ class Node:
             except asyncio.CancelledError:
                 if not self._stop.is_set():
                     raise
+            for folded in self._storm.due(math.inf):  # a folded count is not lost to a stop
+                await self._publish_alert(folded)
             await self._drain(timeout=5.0)
             self._flush_acked()
             await self._publish_health(client, "offline")
@@ -490,11 +547,17 @@ class Node:
             await handler(event)
         except Exception as exc:
             self.stats.failures += 1
-            log.exception("handler for %s failed on %s", event.type, event.id, extra={"event_id": event.id})
+            if not isinstance(exc, RefusedClaim):  # a refusal is the check working, not a crash
+                log.exception(
+                    "handler for %s failed on %s", event.type, event.id, extra={"event_id": event.id}
+                )
             _handler_batch.reset(token)
-            await self._dead_letter(
-                topic, payload, ctype, f"handler failed: {type(exc).__name__}: {exc}", event
-            )
+            if isinstance(exc, RefusedClaim):
+                await self._dead_letter(topic, payload, ctype, f"refused claim: {exc}", event, forged=True)
+            else:
+                await self._dead_letter(
+                    topic, payload, ctype, f"handler failed: {type(exc).__name__}: {exc}", event
+                )
             return
         _handler_batch.reset(token)
         self._persist(batch)
@@ -512,7 +575,14 @@ class Node:
             self.stats.last_seq[key] = event.seq
 
     async def _dead_letter(
-        self, topic: str, payload: bytes, content_type: str | None, reason: str, event: Event | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        content_type: str | None,
+        reason: str,
+        event: Event | None = None,
+        *,
+        forged: bool = False,
     ) -> None:
         self.stats.dead_letters += 1
         self._dead.put(node=self.name, topic=topic, payload=payload, content_type=content_type, reason=reason)
@@ -522,16 +592,25 @@ class Node:
         context: dict[str, Any] = {"topic": topic, "node": self.name}
         if event is not None and event.subject:
             context["video"] = event.subject
-        await self.raise_alert(
-            "ERROR",
-            "Message refused and dead-lettered",
-            f"{self.name} could not accept a message on {topic}: {reason}",
-            context=context,
-            actions=[
+        if forged:
+            severity: Severity = "CRITICAL"
+            title, details = (
+                "Forged or corrupt event refused",
+                f"{self.name} refused an event on {topic} and touched nothing: {reason}",
+            )
+            actions = [
+                f"Inspect {self._dead.path} and the event's source ({event.source if event else 'unknown'})",
+                "Events naming files outside storage or with wrong hashes mean a stolen credential or a "
+                "broken producer: rotate that node's MQTT secret and check the box",
+            ]
+        else:
+            severity, title = "ERROR", "Message refused and dead-lettered"
+            details = f"{self.name} could not accept a message on {topic}: {reason}"
+            actions = [
                 f"Inspect {self._dead.path} (payload kept base64-encoded with the reason)",
                 "Fix the producer, then re-publish the message if it is still needed",
-            ],
-        )
+            ]
+        await self.raise_alert(severity, title, details, context=context, actions=actions)
 
     # ----------------------------------------------------------------- sending
     def _persist(self, events: list[Event]) -> None:
@@ -602,7 +681,11 @@ class Node:
     def _flush_acked(self) -> None:
         if self._acked and self._store is not None:
             acked, self._acked = self._acked, []
-            self.store.delete_sent(acked)
+            try:
+                self.store.delete_sent(acked)
+            except sqlite3.Error as exc:  # a full disk: kept for the next flush (a resend is deduped)
+                self._acked = acked + self._acked
+                log.warning("sent outbox rows not cleared yet: %s", exc)
 
     async def _drain(self, timeout: float) -> None:
         """Give queued and in-flight publishes a moment to be acknowledged before disconnecting."""
@@ -693,4 +776,6 @@ class Node:
         while True:
             await asyncio.sleep(self.settings.bus.health_interval_s)
             self._flush_acked()
+            for folded in self._storm.due(time.monotonic()):
+                await self._publish_alert(folded)
             await self._publish_health(client)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from bus.envelope import Event
-from bus.node import Node
+from bus.node import Node, RefusedClaim
+from nodes.common.claims import StoredVideo, check_video
 from nodes.ingest import UnreadableVideo, quarantine
 from nodes.journal.fold import STAGE_OF_TYPE, Fold, VideoState, format_time, stuck
 from nodes.journal.store import JournalError, iter_records
@@ -71,54 +71,72 @@ class Reconciler(Node):
             if last is None:
                 continue  # the stage's event is older than the fold horizon
             announced = state.attempts.get(state.stage, 1)
-            if announced > self.settings.reconciler.max_attempts:
-                await self._quarantine(state, last)
+            try:
+                video = await asyncio.to_thread(check_video, self.paths.storage, last["data"]["video"])
+            except RefusedClaim as exc:  # a forged event made it into the journal: record, never touch
+                await self._quarantine(state, last, None, refused=str(exc))
             else:
-                log.warning(
-                    "re-announcing %s of %s (attempt %d)", last["type"], state.video_id, announced + 1
-                )
-                await self.emit(
-                    last["type"], last["data"], subject=state.video_id, cause=Event.from_dict(last)
-                )
+                if announced > self.settings.reconciler.max_attempts:
+                    await self._quarantine(state, last, video)
+                else:
+                    log.warning(
+                        "re-announcing %s of %s (attempt %d)", last["type"], state.video_id, announced + 1
+                    )
+                    await self.emit(
+                        last["type"], last["data"], subject=state.video_id, cause=Event.from_dict(last)
+                    )
             acted += 1
         return acted
 
-    async def _quarantine(self, state: VideoState, last: dict[str, Any]) -> None:
+    async def _quarantine(
+        self, state: VideoState, last: dict[str, Any], video: StoredVideo | None, refused: str = ""
+    ) -> None:
+        """Move a stuck video to corrupted/; a video whose claims do not hold is only recorded."""
         assert state.stage is not None
-        video = last["data"]["video"]
+        claimed = last["data"]["video"]
         times = [format_time(entry["time"]) for entry in state.timeline if entry["type"] == last["type"]]
         reason = f"stuck in stage {state.stage} after {len(times)} announcements"
         attempts = [
             {"time": t, "reason": f"{last['type']} announced, no next stage within the limit"} for t in times
         ]
-        path = Path(video["path"])
-        try:
-            data = quarantine(
-                path,
-                self.paths,
-                UnreadableVideo("StuckInStage", reason),
-                video["sha256"],
-                component=self.name,
-                attempts=attempts,
-            ).data
-        except OSError as exc:
+        not_moved = {
+            "original_path": str(claimed.get("path", "")),
+            "quarantine_path": "",
+            "meta_path": "",
+            "error_type": "StuckInStage",
+            "sha256": video.sha256 if video else None,  # a refused claim's hash means nothing
+            "stage": self.name,
+            "attempts": attempts,
+        }
+        if video is None:
             data = {
-                "original_path": str(path),
-                "quarantine_path": "",
-                "meta_path": "",
-                "error_type": "StuckInStage",
-                "error_message": f"{reason}; the file could not be moved: {exc}",
-                "sha256": video["sha256"],
-                "stage": self.name,
-                "attempts": attempts,
+                **not_moved,
+                "error_type": "RefusedClaim",
+                "error_message": f"{reason}; not moved: {refused}",
             }
+        else:
+            try:
+                data = quarantine(
+                    video.path,
+                    self.paths,
+                    UnreadableVideo("StuckInStage", reason),
+                    video.sha256,
+                    component=self.name,
+                    attempts=attempts,
+                ).data
+            except OSError as exc:
+                data = {**not_moved, "error_message": f"{reason}; the file could not be moved: {exc}"}
         await self.raise_alert(
-            "ERROR",
-            "Video stuck in the pipeline quarantined",
-            f"video {state.video_id}: {reason}: " + ", ".join(times),
+            "CRITICAL" if video is None else "ERROR",
+            "Forged or corrupt event in the journal"
+            if video is None
+            else "Video stuck in the pipeline quarantined",
+            f"video {state.video_id}: {data['error_message']}: " + ", ".join(times),
             context={"video": state.video_id, "stage": state.stage},
             actions=[
-                f"Check the health and logs of the node after stage {state.stage}",
+                "Find who published it: a stolen node credential or a broken producer"
+                if video is None
+                else f"Check the health and logs of the node after stage {state.stage}",
                 "Re-ingest the file from corrupted/ once fixed",
             ],
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -279,6 +280,18 @@ def publisher(vv: VV) -> Iterator[Publisher]:
     p = Publisher(vv.broker.port, *vv.admin())
     yield p
     p.close()
+
+
+def store_video(vv: VV, content: bytes, name: str = "clip.mp4") -> dict[str, Any]:
+    """Place bytes in storage as ingest would, bypassing its checks; the `video.new` data for them."""
+    digest = hashlib.sha256(content).hexdigest()
+    path = vv.settings.paths.storage_for(digest[:32]) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    data = json.loads((FIXTURES_DIR / "video.new" / "valid-1.json").read_text())
+    data["video"].update(id=digest[:32], path=str(path), sha256=digest, bytes=len(content))
+    data["original_name"] = name
+    return dict(data)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

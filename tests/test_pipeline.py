@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from clips import Scene, require_shared, write_clip
-from conftest import FIXTURES_DIR, VV, Probe, Publisher, wait_until
+from conftest import VV, Probe, Publisher, store_video, wait_until
 
 FAST = {"VV_INGEST_SETTLE_S": "0.2", "VV_INGEST_POLL_INTERVAL_S": "0.3"}
 
@@ -155,11 +155,8 @@ def test_a_video_that_keeps_failing_is_quarantined_with_its_reasons(
     vv: VV, probe: Probe, publisher: Publisher, detector_env: dict[str, str], tmp_path: Path
 ) -> None:
     start(vv, probe, {**detector_env, "VV_SCAN_MAX_ATTEMPTS": "2"}, "scan")
-    broken = tmp_path / "storage" / "broken.mp4"
-    broken.parent.mkdir()
-    broken.write_bytes(b"\x00" * 4096)
-    data = json.loads((FIXTURES_DIR / "video.new" / "valid-1.json").read_text())
-    data["video"]["path"] = str(broken)
+    data = store_video(vv, b"\x00" * 4096, "broken.mp4")
+    broken = Path(data["video"]["path"])
     publisher.publish(publisher.event("video.new", data, subject=data["video"]["id"]))
     quarantined = probe.wait_event("video.quarantined", timeout=30)[0]["data"]
     assert quarantined["stage"] == "scan" and len(quarantined["attempts"]) == 2

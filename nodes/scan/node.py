@@ -19,6 +19,7 @@ from bus.artifacts import write_artifact
 from bus.envelope import Event, utc_now
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on
+from nodes.common.claims import ANALYTIC_NAME, StoredVideo, check_video, video_inputs
 from nodes.ingest import UnreadableVideo, quarantine
 from nodes.scan.analyze import ScanTimeout, VideoError, scan_video
 from nodes.scan.detectors import make_detector
@@ -92,7 +93,10 @@ class Scan(Node):
     @on("video.new")
     async def scan(self, event: Event) -> None:
         video = event.data["video"]
-        video_id, path = video["id"], Path(video["path"])
+        stored = await asyncio.to_thread(
+            check_video, self.paths.storage, video
+        )  # before any state is written
+        video_id, path = stored.id, stored.path
         while True:
             attempts = self.attempts.start(video_id)
             budget = self._budget_s(video["duration_s"])
@@ -119,14 +123,15 @@ class Scan(Node):
                         actions=["Lower scan.detect_fps or scan.imgsz, or raise scan.max_processing_s"],
                     )
                 if len(attempts) >= self.settings.scan.max_attempts:
-                    await self._quarantine(event, attempts, reason)
+                    await self._quarantine(event, stored, attempts, reason)
                     return
                 continue
             finally:
                 self.current = {}
             break
+        analytic["inputs"] = video_inputs(stored)
         schemas.validate("analytic", analytic)
-        ref = write_artifact(path.parent, "analytic.json", analytic)
+        ref = write_artifact(stored.directory, ANALYTIC_NAME, analytic)
         self.attempts.finish(video_id, None)
         counts = {label: c["max_simultaneous"] for label, c in analytic["counts"].items()}
         data: dict[str, Any] = {
@@ -144,14 +149,15 @@ class Scan(Node):
         log.info("scanned %s: %s", video_id, counts or "nothing found", extra={"video": video_id})
         await self.emit("scan.done", data, subject=video_id, cause=event)
 
-    async def _quarantine(self, event: Event, attempts: list[dict[str, str]], reason: str) -> None:
+    async def _quarantine(
+        self, event: Event, stored: StoredVideo, attempts: list[dict[str, str]], reason: str
+    ) -> None:
         video = event.data["video"]
-        path = Path(video["path"])
         outcome = quarantine(
-            path,
+            stored.path,
             self.paths,
             UnreadableVideo("ScanFailed", reason),
-            video["sha256"],
+            stored.sha256,
             component=self.name,
             attempts=attempts,
         )

@@ -7,6 +7,7 @@ a LogLine and publishing it costs a re-announcement, not a fork of the chain.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -15,7 +16,8 @@ from typing import Any
 
 from bus.envelope import Event
 from bus.fsutil import sha256_bytes
-from bus.node import Node, on
+from bus.node import Node, RefusedClaim, on
+from nodes.common.claims import check_analytic, check_summary, check_video
 from nodes.sign.keys import KeyStore, KeyStoreError
 from nodes.sign.logline import (
     LogLineError,
@@ -64,13 +66,21 @@ class Sign(Node):
 
     @on("summary.done")
     async def sign(self, event: Event) -> None:
-        video = event.data["video"]
-        directory = Path(event.data["summary"]["path"]).parent
-        existing = logline_path(directory, video["id"])
+        storage = self.paths.storage
+        video = await asyncio.to_thread(check_video, storage, event.data["video"])
+        analytic_ref, summary_ref = event.data["analytic"], event.data["summary"]
+        analytic = check_analytic(storage, video, analytic_ref)
+        summary = check_summary(storage, video, analytic_ref, summary_ref)
+        if (event.data["text"], event.data["counts"]) != (summary["text"], summary["counts"]):
+            raise RefusedClaim(
+                f"summary.done of video {video.id}: text or counts differ from {summary_ref['path']}"
+            )
+        existing = logline_path(video.directory, video.id)
         if existing.exists():
             # Signed before (a redelivery, or a crash after the write): announce it again, same seq.
             await self._announce(json.loads(existing.read_bytes()), existing, event)
             return
+        directory = video.directory
         if self.head is None:
             self.head = recover_chain_head(self.paths.storage, self.device)
         try:
@@ -80,15 +90,22 @@ class Sign(Node):
                 device=self.device,
                 seq=seq,
                 prev=prev,
-                video=video,
-                analytic=event.data["analytic"],
-                summary={**event.data["summary"], "text": event.data["text"], "counts": event.data["counts"]},
+                # What the files say, never the event: checked identity, decoded figures.
+                video={
+                    **analytic["video"],
+                    "id": video.id,
+                    "path": str(video.path),
+                    "sha256": video.sha256,
+                    "bytes": video.bytes,
+                },
+                analytic=analytic_ref,
+                summary={**summary_ref, "text": summary["text"], "counts": summary["counts"]},
                 base_dir=directory,
             )
             signed = sign_logline(logline, signer)
         except (KeyStoreError, LogLineError) as exc:
             await self._refuse(
-                "Signing failed", str(exc), "Check `vv keys list` and sign.key_id / sign.alg", video["id"]
+                "Signing failed", str(exc), "Check `vv keys list` and sign.key_id / sign.alg", video.id
             )
             return
         path = write_logline(directory, signed)

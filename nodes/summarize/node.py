@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from pathlib import Path
 from typing import Any, cast
 
 from bus import schemas
-from bus.artifacts import load_artifact, write_artifact
+from bus.artifacts import write_artifact
 from bus.config import ConfigError
 from bus.envelope import Event
 from bus.node import Node, on
+from nodes.common.claims import SUMMARY_NAME, check_analytic, check_video, video_inputs
 from nodes.summarize.summary import Describer, build_summary, describe, write_thumbnails
 
 log = logging.getLogger("vv.summarize")
@@ -40,17 +40,19 @@ class Summarize(Node):
 
     @on("scan.done")
     async def summarize(self, event: Event) -> None:
-        analytic_ref = event.data["analytic"]
-        analytic = load_artifact(analytic_ref)  # refuses a file whose sha256 changed since scan
+        storage, analytic_ref = self.paths.storage, event.data["analytic"]
+        video = await asyncio.to_thread(check_video, storage, event.data["video"])
+        analytic = check_analytic(storage, video, analytic_ref)
         schemas.validate("analytic", analytic)
         summary = build_summary(
             analytic, describer=self.describer, max_gap_s=self.settings.summarize.max_gap_s
         )
+        summary["inputs"] = {**video_inputs(video), "analytic_sha256": analytic_ref["sha256"]}
         schemas.validate("summary", summary)
-        directory = Path(analytic_ref["path"]).parent
-        video_path = Path(event.data["video"]["path"])
-        thumbnails = await asyncio.to_thread(write_thumbnails, video_path, summary, directory / "thumbnails")
-        ref = write_artifact(directory, "summary.json", summary)
+        thumbnails = await asyncio.to_thread(
+            write_thumbnails, video.path, summary, video.directory / "thumbnails"
+        )
+        ref = write_artifact(video.directory, SUMMARY_NAME, summary)
         data: dict[str, Any] = {
             "video": event.data["video"],
             "analytic": analytic_ref,
