@@ -10,7 +10,6 @@ import msgpack
 
 from bus.envelope import JSON, MSGPACK
 
-
 MAX_DEPTH = 32  # events are a few levels deep; bulk data lives in artifact files
 
 
