@@ -51,6 +51,14 @@ def decode(payload: bytes, content_type: str | None) -> Any:
     return document
 
 
+def _check_utf8(text: str) -> None:
+    """JSON's "\\udcff" decodes to a lone surrogate, which no UTF-8 writer (msgpack, files) accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError("a string holds a lone surrogate") from None
+
+
 def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not JSON data")
 
@@ -59,19 +67,23 @@ def check_json_data(document: Any) -> None:
     """Raise DecodeError unless `document` is JSON data both codecs can write back.
 
     Refused: nesting deeper than MAX_DEPTH (the validators and encoders recurse), NaN and
-    infinities (JSON has none, and LogLines forbid them), integers outside 64 bits (msgpack has
-    none), bytes, non-string keys and msgpack timestamps. Iterative: a deep document cannot
-    exhaust the stack here.
+    infinities (JSON has none, and LogLines forbid them), integers outside 64 bits and lone
+    surrogates (msgpack has neither), bytes, non-string keys and msgpack timestamps. Iterative:
+    a deep document cannot exhaust the stack here.
     """
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()
         kind = type(value)
-        if kind is str or kind is bool or value is None:
+        if kind is str:
+            if not value.isascii():
+                _check_utf8(value)
+            continue
+        if kind is bool or value is None:
             continue
         if kind is int:
             if not -(2**63) <= value < 2**64:
-                raise DecodeError(f"integer {value} does not fit in 64 bits")
+                raise DecodeError("an integer does not fit in 64 bits")
         elif kind is float:
             if not math.isfinite(value):
                 raise DecodeError(f"{value} is not a finite number")
@@ -79,8 +91,11 @@ def check_json_data(document: Any) -> None:
             if depth > MAX_DEPTH:
                 raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
             if kind is dict:
-                if not all(type(key) is str for key in value):
-                    raise DecodeError("an object key is not a string")
+                for key in value:
+                    if type(key) is not str:
+                        raise DecodeError("an object key is not a string")
+                    if not key.isascii():
+                        _check_utf8(key)
                 value = value.values()
             stack.extend((item, depth + 1) for item in value)
         else:
