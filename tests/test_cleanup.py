@@ -68,7 +68,10 @@ def files_under(root: Path) -> set[str]:
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["cleanup", *argv])
+    try:
+        code = main(["cleanup", *argv])
+    except SystemExit as exc:  # a bad value of an option is argparse's usage error
+        code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
 
