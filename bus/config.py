@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class MqttSettings:
     host: str = "127.0.0.1"
-    port: int = field(default=1883, metadata={"max": 65535, "min": 1})
+    port: int = 1883
     username: str = ""  # default: the device id
     password: str = ""  # default: read from VV_HOME/keys/mqtt.secret (written by `vv broker`)
     tls_ca: str = ""
@@ -293,7 +293,11 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
-def _coerce(key: str, hint: Any, value: Any, limits: typing.Mapping[str, Any]) -> Any:
+# Bounds beyond "a finite number, not negative", by key.
+_LIMITS: dict[str, tuple[float, float]] = {"mqtt.port": (1, 65535)}
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
     """Turn a TOML or environment value into the declared type, or raise naming the key."""
     origin = get_origin(hint)
     if origin is Literal:
@@ -308,7 +312,7 @@ def _coerce(key: str, hint: Any, value: Any, limits: typing.Mapping[str, Any]) -
             return value.lower() in _TRUE
         raise ConfigError(f"{key}: {_brief(value)} is not a boolean")
     if hint in (int, float):
-        return _number(key, hint, value, limits)
+        return _number(key, hint, value)
     if hint is Path:
         if not isinstance(value, str | Path) or not str(value):
             raise ConfigError(f"{key}: {_brief(value)} is not a path")
@@ -322,8 +326,8 @@ def _coerce(key: str, hint: Any, value: Any, limits: typing.Mapping[str, Any]) -
     raise ConfigError(f"{key}: unsupported setting type {hint!r}")
 
 
-def _number(key: str, hint: type[int] | type[float], value: Any, limits: typing.Mapping[str, Any]) -> Any:
-    """A finite, non-negative int or float within the field's `min`/`max` metadata (NaN passes `< 0`)."""
+def _number(key: str, hint: type[int] | type[float], value: Any) -> Any:
+    """A finite int or float within its key's `_LIMITS`, else not negative (NaN would pass `< 0`)."""
     what = "an integer" if hint is int else "a number"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(f"{key}: {_brief(value)} is not {what}")
@@ -335,14 +339,14 @@ def _number(key: str, hint: type[int] | type[float], value: Any, limits: typing.
         raise ConfigError(f"{key}: {_brief(value)} is not an integer")
     if not math.isfinite(number):
         raise ConfigError(f"{key}: {_brief(value)} is not a finite number")
-    low, high = limits.get("min", 0), limits.get("max")
+    low, high = _LIMITS.get(key, (0, math.inf))
     if number < low:
         raise ConfigError(
             f"{key}: {_brief(value)} must not be negative"
             if low == 0
             else f"{key}: {_brief(value)} is below {low}"
         )
-    if high is not None and number > high:
+    if number > high:
         raise ConfigError(f"{key}: {_brief(value)} is above {high}")
     return number
 
@@ -350,7 +354,7 @@ def _number(key: str, hint: type[int] | type[float], value: Any, limits: typing.
 def _build(cls: type[Any], values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
         name = shown(f"{prefix}{key}")  # a key comes from the file or the environment: escape it
         if key not in known:
@@ -361,7 +365,7 @@ def _build(cls: type[Any], values: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"{name}: expected a [{name}] table")
             kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
         else:
-            kwargs[key] = _coerce(name, hint, value, known[key].metadata)
+            kwargs[key] = _coerce(name, hint, value)
     return cls(**kwargs)
 
 

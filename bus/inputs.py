@@ -42,20 +42,27 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def regular_file(path: Path, *, follow_symlinks: bool = True) -> os.stat_result:
-    """The stat of `path` if it is a regular file; else InputError saying what it is instead.
+def not_regular(path: Path, *, follow_symlinks: bool = True) -> str | None:
+    """Why `path` is not a regular file, in one line naming it; None when it is one.
 
     Only a stat is taken: opening a FIFO blocks, and opening some devices has effects of its own.
     """
     try:
         info = path.stat(follow_symlinks=follow_symlinks)
     except FileNotFoundError:
-        raise InputError(f"{shown(path)} does not exist") from None
+        return f"{shown(path)} does not exist"
     except OSError as exc:
-        raise InputError(f"{shown(path)}: {exc.strerror or exc}") from None
+        return f"{shown(path)}: {exc.strerror or exc}"
     if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{shown(path)} is {kind_of(info.st_mode)}, not a regular file")
-    return info
+        return f"{shown(path)} is {kind_of(info.st_mode)}, not a regular file"
+    return None
+
+
+def regular_file(path: Path, *, follow_symlinks: bool = True) -> None:
+    """Raise InputError unless `path` is a regular file (see `not_regular`)."""
+    reason = not_regular(path, follow_symlinks=follow_symlinks)
+    if reason is not None:
+        raise InputError(reason)
 
 
 def read_text_file(path: Path, max_bytes: int = 4 * 1024 * 1024) -> str:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from bus.envelope import parse_time
-from bus.inputs import InputError, regular_file, shown
+from bus.inputs import not_regular, shown
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -72,11 +72,8 @@ def instance_name(text: str) -> str:
 def output_file(text: str) -> Path:
     """A file the verb appends to: absent, or a regular file (appending to a FIFO blocks forever)."""
     path = Path(text)
-    if path.exists() or path.is_symlink():
-        try:
-            regular_file(path)
-        except InputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+    if (path.exists() or path.is_symlink()) and (reason := not_regular(path)):
+        raise argparse.ArgumentTypeError(reason)
     return path
 
 
@@ -85,14 +82,4 @@ def output_dir(text: str) -> Path:
     path = Path(text)
     if (path.exists() or path.is_symlink()) and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{shown(path)} exists and is not a directory")
-    return path
-
-
-def input_file(text: str) -> Path:
-    """A file the verb reads: an existing regular file (a FIFO or a device would block or never end)."""
-    path = Path(text)
-    try:
-        regular_file(path)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
     return path

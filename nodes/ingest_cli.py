@@ -18,7 +18,7 @@ from typing import Any
 
 from bus.client import MqttError
 from bus.config import Settings, load_settings
-from bus.inputs import InputError, regular_file, shown
+from bus.inputs import not_regular, shown
 from bus.logs import setup_logging
 from bus.node import Node
 from nodes.argtypes import positive_float
@@ -52,11 +52,7 @@ def refusal(path: Path) -> str | None:
     """
     if not path.name.isprintable():
         return f"{shown(path)}: the name holds control characters (rename the file)"
-    try:
-        regular_file(path, follow_symlinks=False)
-    except InputError as exc:
-        return str(exc)
-    return None
+    return not_regular(path, follow_symlinks=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from bus.client import MqttError
 from bus.config import ConfigError, Settings, load_settings
 from bus.fsutil import sha256_bytes, sha256_file
-from bus.inputs import shown
+from bus.inputs import not_regular, shown
 from bus.node import Node
 from nodes.sign.keys import KeyStore, KeyStoreError, Verifier, load_public_keys
 from nodes.sign.logline import (
@@ -386,7 +386,7 @@ def collect_files(paths: Iterable[Path]) -> list[str]:
         elif path.is_file():
             found = [str(path)]
         else:
-            raise VerifyUsageError(f"{path}: no such file or directory")
+            raise VerifyUsageError(not_regular(path) or f"{path}: no such file or directory")
         for file in found:
             files.setdefault(os.path.abspath(file), file)
     return list(files.values())
