@@ -15,9 +15,10 @@ import pytest
 from bus.artifacts import write_artifact
 from bus.fsutil import sha256_bytes
 from nodes import verify
+from nodes.sign.head import ChainHead, head_path, signed_head, write_head
 from nodes.sign.keys import KeyStore, Verifier
 from nodes.sign.logline import GENESIS_PREV, build_logline, logline_hash, sign_logline, write_logline
-from nodes.verify import verify_paths
+from nodes.verify import HeadCheck, verify_paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -339,3 +340,114 @@ def test_worker_processes_give_the_same_report_as_one(tmp_path: Path) -> None:
     two = verify_paths([chain.storage], chain.keys, workers=2)
     assert [(r.path, r.reasons) for r in one.results] == [(r.path, r.reasons) for r in two.results]
     assert not two.valid and len(two.invalid) >= 1
+
+
+def anchor(chain: Chain, home: Path, logline: dict[str, Any] | None = None) -> Path:
+    """The head file the sign node writes after its newest LogLine, in `home`'s state directory."""
+    path = head_path(home / "state")
+    write_head(path, signed_head(logline or chain.loglines[-1], chain.signer))
+    return path
+
+
+def test_a_removed_newest_logline_is_invalid_against_the_head_file_found_beside_storage(
+    chain: Chain, tmp_path: Path
+) -> None:
+    head_file = anchor(chain, tmp_path)
+    head = f"seq 5 (hash {logline_hash(chain.loglines[-1])})"
+    ok = run_cli(str(chain.storage), home=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[-3:-1] == [
+        f"chain head: {head_file}, the head file beside the storage tree (default; --head for another)",
+        f"VALID head {head_file}: edge-01 {head} reached",
+    ]
+    assert lines[-1].endswith("; chain heads: 1 reached, 0 INVALID")
+    chain.paths[4].unlink()
+    cut = run_cli(str(chain.storage), home=tmp_path)
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert f"INVALID head {head_file}: chain cut off: head is {head}, newest LogLine is seq 4" in cut.stdout
+    assert "4 LogLines: 4 valid, 0 invalid" in cut.stdout and "Traceback" not in cut.stderr
+    as_json = run_cli(str(tmp_path), "--json", home=tmp_path)  # VV_HOME itself works too
+    assert as_json.returncode == 1
+    (check,) = json.loads(as_json.stdout)["heads"]
+    assert check["default"] and not check["valid"] and check["seq"] == 5
+    assert check["reason"].startswith("chain cut off: head is seq 5")
+
+
+def test_a_forged_head_file_is_refused(chain: Chain, tmp_path: Path) -> None:
+    chain.paths[4].unlink()
+    head_file = anchor(chain, tmp_path)
+    doc = json.loads(head_file.read_text())
+    head_file.write_text(
+        json.dumps({**doc, "seq": 4, "hash": logline_hash(chain.loglines[3])})
+    )  # hide the cut
+    forged = run_cli(str(chain.storage), home=tmp_path)
+    assert forged.returncode == 1
+    assert (
+        f"INVALID head {head_file}: head file refused: signature does not verify with key "
+        f"{chain.signer.key_id}: the head was changed after signing"
+    ) in forged.stdout
+    stranger = KeyStore(tmp_path / "stranger")
+    stranger.generate()
+    elsewhere = tmp_path / "elsewhere.json"
+    write_head(elsewhere, signed_head(chain.loglines[3], stranger.signer()))
+    foreign = run_cli(str(chain.storage), "--head", str(elsewhere), home=tmp_path)
+    assert foreign.returncode == 1 and "head file refused: unknown key id" in foreign.stdout
+    assert "the head file beside the storage tree" not in foreign.stdout  # --head replaces the default
+
+
+def test_an_auditor_given_head(chain: Chain, tmp_path: Path) -> None:
+    exported = str(chain.export(tmp_path / "keys.json"))
+    head = logline_hash(chain.loglines[-1])
+    ok = run_cli(str(chain.storage), "--keys", exported, "--head", f"5:{head}", home=tmp_path / "auditor")
+    assert ok.returncode == 0, ok.stdout
+    assert f"VALID head --head: seq 5 (hash {head}) reached" in ok.stdout
+    older = run_cli(
+        str(chain.storage),
+        "--keys",
+        exported,
+        "--head",
+        f"edge-01:3:{logline_hash(chain.loglines[2])}",
+        home=tmp_path,
+    )
+    assert older.returncode == 0  # a head from yesterday: the chain may have grown since
+    wrong = run_cli(str(chain.storage), "--keys", exported, "--head", f"5:{'a' * 64}", home=tmp_path)
+    assert wrong.returncode == 1
+    assert f"the LogLine at seq 5 has hash {head}, not the head's {'a' * 64}" in wrong.stdout
+    chain.paths[4].unlink()
+    cut = run_cli(str(chain.storage), "--keys", exported, "--head", f"5:{head}", home=tmp_path)
+    assert cut.returncode == 1 and f"chain cut off: head is seq 5 (hash {head}), newest LogLine is seq 4" in (
+        cut.stdout
+    )
+    other = run_cli(str(chain.storage), "--keys", exported, "--head", f"edge-02:1:{head}", home=tmp_path)
+    assert other.returncode == 1 and "no LogLine of edge-02 found" in other.stdout
+    usage = run_cli(str(chain.storage), "--keys", exported, "--head", "5:nothex", home=tmp_path)
+    assert usage.returncode == 2 and "no such head file, nor [DEVICE:]SEQ:HASH" in usage.stderr
+
+
+def test_head_checks_in_verify_paths(chain: Chain, tmp_path: Path) -> None:
+    hashes = [logline_hash(logline) for logline in chain.loglines]
+    chain.paths[2].unlink()  # a gap at seq 3, which the head names
+    report = verify_paths(
+        [chain.storage], chain.keys, heads=[HeadCheck("h", ChainHead("edge-01", 3, hashes[2]))]
+    )
+    assert [check.reason for check in report.heads] == [f"no LogLine at the head's seq 3 (hash {hashes[2]})"]
+    seen: list[dict[str, Any]] = []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    verify_paths(
+        [empty], chain.keys, heads=[HeadCheck("h", ChainHead(None, 1, hashes[0]))], on_invalid=seen.append
+    )
+    assert seen[0]["reasons"] == [f"chain cut off: head is seq 1 (hash {hashes[0]}), no LogLine found"]
+    refused = HeadCheck("f", None, "head file refused: not JSON")
+    report = verify_paths([chain.storage], chain.keys, heads=[refused])
+    assert report.heads == [refused] and not report.valid
+    assert "chain heads: 0 reached, 1 INVALID" in report.summary_line()
+
+
+def test_without_a_head_the_output_says_a_cut_off_cannot_be_seen(chain: Chain, tmp_path: Path) -> None:
+    result = run_cli(str(chain.storage), home=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-2] == (
+        "note: no chain head given or found: removed newest LogLines cannot be detected (--head)"
+    )
