@@ -423,6 +423,8 @@ def _head_reason(
     head: ChainHead, chains: Mapping[str, ChainSummary], results: Iterable[LogLineResult]
 ) -> str | None:
     """Why the chain does not reach `head`, or None: the LogLine at the head's seq has its hash."""
+    if head.seq == 0:
+        return None  # the head of a chain that had no LogLine yet: nothing to reach
     device = head.device
     if device is None and len(chains) > 1:
         return f"LogLines of {len(chains)} devices found: give the head as DEVICE:SEQ:HASH"

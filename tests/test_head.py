@@ -13,6 +13,7 @@ from nodes.sign.head import (
     ChainHead,
     HeadError,
     check_head,
+    genesis_head,
     head_path,
     parse_head,
     read_head,
@@ -202,3 +203,13 @@ def test_the_head_file_is_one_canonical_json_line(tmp_path: Path) -> None:
     write_head(path, signed_head(logline, SIGNER))
     text = path.read_text()
     assert text.count("\n") == 1 and json.loads(text)["seq"] == 1
+
+
+def test_a_genesis_anchor_adopts_seq_1_written_just_before_a_crash(tmp_path: Path) -> None:
+    genesis = check_head(genesis_head("edge-01", SIGNER), KEYS, "edge-01")
+    assert (genesis.seq, genesis.hash) == (0, GENESIS_PREV)
+    fresh = reconcile(genesis, read_chain_tail(tmp_path, "edge-01", 0), KEYS)
+    assert (fresh.seq, fresh.anchor, fresh.problems) == (0, None, ())
+    (first,) = write_chain(tmp_path, 1)
+    crashed = reconcile(genesis, read_chain_tail(tmp_path, "edge-01", 0), KEYS)
+    assert (crashed.seq, crashed.anchor, crashed.problems) == (1, first, ())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bus.envelope import utc_now
 from bus.fsutil import atomic_write_bytes
 from bus.schemas import SchemaError, validate
 from nodes.sign.keys import Signer, Verifier
@@ -48,7 +49,8 @@ class HeadError(ValueError):
 
 @dataclass(frozen=True)
 class ChainHead:
-    """What a chain must reach: its newest LogLine's seq and hash (device None: whichever chain)."""
+    """What a chain must reach: its newest LogLine's seq and hash (device None: whichever chain;
+    seq 0: a chain that has no LogLine yet)."""
 
     device: str | None
     seq: int
@@ -66,14 +68,28 @@ def head_path(state: Path) -> Path:
 
 def signed_head(logline: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
     """The signed head document naming `logline` (already signed) as the newest of its chain."""
-    head = {
-        "chain_head_version": HEAD_VERSION,
-        "device": logline["device"],
-        "seq": logline["seq"],
-        "hash": logline_hash(logline),
-        "key_id": logline[SIGNATURE_FIELD]["key_id"],
-        "time": logline["created_at"],
-    }
+    return _signed(
+        {
+            "device": logline["device"],
+            "seq": logline["seq"],
+            "hash": logline_hash(logline),
+            "key_id": logline[SIGNATURE_FIELD]["key_id"],
+            "time": logline["created_at"],
+        },
+        signer,
+    )
+
+
+def genesis_head(device: str, signer: Signer) -> dict[str, Any]:
+    """The signed head of a chain with no LogLine yet (seq 0), anchored before seq 1 is written, so
+    that a crash right after writing seq 1 reads as "disk ahead", not as a deleted head file."""
+    return _signed(
+        {"device": device, "seq": 0, "hash": GENESIS_PREV, "key_id": signer.key_id, "time": utc_now()}, signer
+    )
+
+
+def _signed(head: dict[str, Any], signer: Signer) -> dict[str, Any]:
+    head = {"chain_head_version": HEAD_VERSION, **head}
     details = {"alg": signer.alg, "key_id": signer.key_id, "signature": signer.sign(canonical_bytes(head))}
     return {**head, SIGNATURE_FIELD: details}
 

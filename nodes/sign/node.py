@@ -21,7 +21,16 @@ from bus.envelope import Event, utc_now
 from bus.fsutil import sha256_bytes
 from bus.node import Node, RefusedClaim, on
 from nodes.common.claims import check_analytic, check_summary, check_video
-from nodes.sign.head import ChainHead, HeadError, head_path, read_head, reconcile, signed_head, write_head
+from nodes.sign.head import (
+    ChainHead,
+    HeadError,
+    genesis_head,
+    head_path,
+    read_head,
+    reconcile,
+    signed_head,
+    write_head,
+)
 from nodes.sign.keys import Ed25519Signer, HmacSigner, KeyStore, KeyStoreError
 from nodes.sign.logline import (
     LogLineError,
@@ -79,15 +88,14 @@ class Sign(Node):
                 ],
             )
         if outcome.anchor is not None:
-            self._anchor(outcome.anchor, self._signer())
+            self._record(signed_head(outcome.anchor, self._signer()))
         return self.head
 
     def _signer(self) -> Ed25519Signer | HmacSigner:
         return self.keys.signer(self.settings.sign.key_id or None, alg=self.settings.sign.alg)
 
-    def _anchor(self, logline: Mapping[str, Any], signer: Ed25519Signer | HmacSigner) -> None:
-        """Record `logline` as the chain head: the signed state file, then the health."""
-        document = signed_head(logline, signer)
+    def _record(self, document: Mapping[str, Any]) -> None:
+        """The signed head document: in the state file, then in the health."""
         write_head(head_path(self.paths.state), document)
         self.anchor = document
 
@@ -149,11 +157,13 @@ class Sign(Node):
                 "Signing failed", str(exc), "Check `vv keys list` and sign.key_id / sign.alg", video.id
             )
             return
+        if self.anchor is None and seq == 1:  # see genesis_head
+            self._record(genesis_head(self.device, signer))
         path = write_logline(directory, signed)
         self.head = (seq, logline_hash(signed))
         if self.settings.sign.failpoint == "after-write":  # tests: a crash before the head and publish
             os._exit(137)
-        self._anchor(signed, signer)
+        self._record(signed_head(signed, signer))
         if self._status == "degraded":
             self.set_status("online")
         await self._announce(signed, path, event)
