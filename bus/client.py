@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import socket
 import ssl
@@ -101,6 +102,21 @@ async def stream(
             except codec.DecodeError as exc:
                 document = exc
             yield str(message.topic), document, content_type_of(message)
+
+
+async def retained_document(settings: Settings, topic: str, client_id: str, timeout: float = 5.0) -> Any:
+    """The decoded retained message on `topic` (e.g. a node's health), or None if the broker holds
+    none within `timeout`: for tools that read a node's last word."""
+    async with make_client(settings, client_id, persistent=False) as client:
+        await client.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(timeout):
+                async for message in client.messages:
+                    if message.retain:
+                        return decode_message(message)
+        except TimeoutError:
+            pass
+    return None
 
 
 async def publish_documents(

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from bus.client import MqttError
+from bus.client import MqttError, retained_document
+from bus.codec import DecodeError
 from bus.config import ConfigError, Settings, load_settings
 from bus.fsutil import sha256_bytes, sha256_file
 from bus.node import Node
-from nodes.sign.head import ChainHead, HeadError, head_path, parse_head, read_head
+from bus.topics import health_topic
+from nodes.sign.head import ChainHead, HeadError, check_head, head_path, parse_head, read_head
 from nodes.sign.keys import KeyStore, KeyStoreError, Verifier, load_public_keys
 from nodes.sign.logline import (
     GENESIS_PREV,
@@ -586,6 +588,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "checked with the keys) or seq and hash given by an auditor; repeatable. Default: the head "
         f"file of a VV_HOME or VV_HOME/storage tree given as PATH (state/{head_path(Path())})",
     )
+    parser.add_argument(
+        "--head-from-broker",
+        action="store_true",
+        help="also check the chain head the sign node keeps in its retained health (signed, so "
+        "checked with the keys like a head file)",
+    )
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")
     parser.add_argument(
         "--alert", action="store_true", help="raise alert.critical on the bus for each INVALID"
@@ -632,9 +640,28 @@ def _head_check(given: str, keys: Mapping[str, Verifier], default: bool = False)
         return HeadCheck(str(path), None, f"head file refused: {exc}", default=default)
 
 
+def _broker_head_check(settings: Settings, keys: Mapping[str, Verifier]) -> HeadCheck:
+    """The head document in the sign node's retained health, its signature checked like a file's."""
+    topic = health_topic(settings.device, "sign")
+    source = f"retained health {topic}"
+    try:
+        health = asyncio.run(retained_document(settings, topic, f"vv-{settings.device}-verify-{os.getpid()}"))
+    except (MqttError, DecodeError) as exc:
+        raise VerifyUsageError(f"--head-from-broker: cannot read {topic}: {exc}") from None
+    details = health.get("details") if isinstance(health, dict) else None
+    document = details.get("chain_head") if isinstance(details, dict) else None
+    if document is None:
+        return HeadCheck(source, None, "the broker holds no chain head of the sign node")
+    try:
+        return HeadCheck(source, check_head(document, keys, settings.device))
+    except HeadError as exc:
+        return HeadCheck(source, None, f"head refused: {exc}")
+
+
 def _head_checks(args: argparse.Namespace, keys: Mapping[str, Verifier]) -> list[HeadCheck]:
-    if args.head:
-        return [_head_check(given, keys) for given in args.head]
+    broker = [_broker_head_check(load_settings(), keys)] if args.head_from_broker else []
+    if args.head or broker:
+        return [_head_check(given, keys) for given in args.head] + broker
     found = _default_head_file(args.paths)
     return [] if found is None else [_head_check(str(found), keys, default=True)]
 

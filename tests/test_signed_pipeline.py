@@ -110,6 +110,12 @@ def test_sign_restarted_after_its_newest_logline_was_removed_continues_at_the_an
     code, output = verify(vv)
     assert code == 1
     assert f"chain cut off: head is seq 2 (hash {second['hash']}), newest LogLine is seq 1" in output
+    witness = vv.vv("verify", "--head-from-broker", str(vv.home / "storage"))  # sign's last retained word
+    assert witness.returncode == 1, witness.stdout + witness.stderr
+    assert (
+        f"INVALID head retained health vv/{vv.settings.device}/health/sign: chain cut off: head is seq 2"
+        in (witness.stdout)
+    )
 
     vv.spawn("run", "sign", extra_env=pipeline_env, log_name="sign-2")
     cut = probe.wait_event("alert.critical", where=lambda e: e["data"]["title"] == "Chain cut off")[0]["data"]

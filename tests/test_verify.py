@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import VV, Publisher
 
 from bus.artifacts import write_artifact
 from bus.fsutil import sha256_bytes
@@ -26,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 class Chain:
     """A device's storage tree of signed LogLines with their real artifact files."""
 
-    def __init__(self, home: Path, alg: str = "ed25519") -> None:
+    def __init__(self, home: Path, alg: str = "ed25519", device: str = "edge-01") -> None:
+        self.device = device
         self.store = KeyStore(home / "keys")
         self.store.generate(alg)  # type: ignore[arg-type]
         self.signer = self.store.signer()
@@ -48,7 +50,7 @@ class Chain:
         analytic = write_artifact(directory, "analytic.json", {"frames": [{"t": 0.0, "boxes": []}]})
         summary = write_artifact(directory, "summary.json", {"text": f"clip {seq}", "counts": {"dog": seq}})
         logline = build_logline(
-            device="edge-01",
+            device=self.device,
             seq=seq,
             prev=prev,
             video={
@@ -451,3 +453,29 @@ def test_without_a_head_the_output_says_a_cut_off_cannot_be_seen(chain: Chain, t
     assert result.stdout.splitlines()[-2] == (
         "note: no chain head given or found: removed newest LogLines cannot be detected (--head)"
     )
+
+
+def test_head_from_broker_checks_the_signed_head_in_the_retained_health(vv: VV) -> None:
+    """The retained health is only a claim of whoever could publish it: its head's signature decides."""
+    chain = Chain(vv.home, device=vv.settings.device).add(3)
+    head = signed_head(chain.loglines[-1], chain.signer)
+    topic = f"vv/{vv.settings.device}/health/sign"
+    publisher = Publisher(vv.broker.port, *vv.admin())
+
+    def retain_health(chain_head: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        health = {"node": "sign", "device": vv.settings.device, "status": "online", "time": head["time"]}
+        payload = json.dumps({**health, "details": {"chain_head": chain_head}}).encode()
+        publisher.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        return vv.vv("verify", "--head-from-broker", str(chain.storage))
+
+    try:
+        genuine = retain_health(head)
+        assert genuine.returncode == 0, genuine.stdout + genuine.stderr
+        assert f"VALID head retained health {topic}: {vv.settings.device} seq 3" in genuine.stdout
+        forged = retain_health({**head, "seq": 2})  # would hide seq 3
+        assert forged.returncode == 1
+        assert (
+            f"INVALID head retained health {topic}: head refused: signature does not verify" in forged.stdout
+        )
+    finally:
+        publisher.close()
