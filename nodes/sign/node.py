@@ -83,7 +83,8 @@ class Sign(Node):
                 details,
                 context={"node": self.name, "seq": outcome.seq, "head_file": str(path)},
                 actions=[
-                    "Restore the missing LogLines from a backup or the central copy; `vv verify` shows the gap",
+                    "Run `vv verify` on the storage tree: it names what is missing or refused",
+                    "Compare the chain with the console's or a backup's, and restore what is missing",
                     "Check who had write access to VV_HOME (storage and state)",
                 ],
             )
