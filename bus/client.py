@@ -14,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bus import codec
+from bus.backoff import Backoff
 from bus.config import Settings
 
 MqttError = aiomqtt.MqttError
@@ -90,18 +91,41 @@ def decode_message(message: aiomqtt.Message) -> Any:
 
 
 async def stream(
-    settings: Settings, filters: list[str], client_id: str
+    settings: Settings,
+    filters: list[str],
+    client_id: str,
+    on_outage: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[str, Any, str | None]]:
-    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools."""
-    async with make_client(settings, client_id, persistent=False) as client:
-        for topic_filter in filters:
-            await client.subscribe(topic_filter, qos=1)
-        async for message in client.messages:
-            try:
-                document: Any = decode_message(message)
-            except codec.DecodeError as exc:
-                document = exc
-            yield str(message.topic), document, content_type_of(message)
+    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools.
+
+    A broker never reached raises MqttError. Once connected, a lost broker is waited for with the
+    nodes' capped backoff and the stream resumes (`on_outage` hears of the loss and the return;
+    what was published meanwhile is not replayed: this is a live view).
+    """
+    backoff = Backoff(settings.mqtt.reconnect_min_s, settings.mqtt.reconnect_max_s)
+    connected = False
+    while True:
+        try:
+            async with make_client(settings, client_id, persistent=False) as client:
+                for topic_filter in filters:
+                    await client.subscribe(topic_filter, qos=1)
+                if connected and on_outage is not None:
+                    on_outage("broker back: live again (messages published meanwhile are not shown)")
+                connected = True
+                backoff.reset()
+                async for message in client.messages:
+                    try:
+                        document: Any = decode_message(message)
+                    except codec.DecodeError as exc:
+                        document = exc
+                    yield str(message.topic), document, content_type_of(message)
+        except MqttError as exc:
+            if not connected:
+                raise
+            delay = backoff.next_delay()
+            if on_outage is not None:
+                on_outage(f"broker connection lost ({exc}); reconnecting in {delay:.1f}s")
+            await asyncio.sleep(delay)
 
 
 async def retained_document(settings: Settings, topic: str, client_id: str, timeout: float = 5.0) -> Any:

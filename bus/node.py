@@ -10,6 +10,7 @@ outgoing event to a durable outbox before sending it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -18,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ log = logging.getLogger("vv.node")
 
 # Events emitted while a handler runs are collected here and committed together with the
 # "seen" mark of the input event: either the handler's whole effect is durable or none of it.
+SPOOLED_PREFIXES = ("alert.", "cmd.")  # sent from memory when the disk cannot hold them
 _handler_batch: contextvars.ContextVar[list[Event] | None] = contextvars.ContextVar(
     "handler_batch", default=None
 )
@@ -118,6 +121,7 @@ class Node:
         self.epoch = 0
         self._store: NodeStore | None = None
         self._storm = StormFolder()
+        self._spool: collections.deque[tuple[str, bytes, str]] = collections.deque(maxlen=1000)
         self._dead = DeadLetters(
             self.paths.state / "deadletter" / f"{self.name}{suffix}.jsonl",
             max_bytes=settings.bus.deadletter_max_bytes,
@@ -195,9 +199,37 @@ class Node:
         batch = _handler_batch.get()
         if batch is not None and not immediate:
             batch.append(event)
-        else:
+            return event
+        try:
             self._persist([event])
+        except (OSError, sqlite3.Error) as exc:
+            if not event_type.startswith(SPOOLED_PREFIXES):
+                raise
+            self._spool_unpersisted(event, exc)
         return event
+
+    def _spool_unpersisted(self, event: Event, error: BaseException) -> None:
+        """An alert or command that cannot be persisted (the disk is full or failing) is sent from
+        memory: the news that the box is in trouble must not depend on the box's disk."""
+        event = dataclasses.replace(event, seq=self.store.next_seq(reserve=False))
+        topic = topic_for(self.device, event.type)
+        self._spool.append(
+            (topic, codec.encode(event.to_dict(), event.datacontenttype), event.datacontenttype)
+        )
+        log.warning("%s could not be persisted (%s): sending it from memory", event.type, error)
+        if self._client is not None:
+            asyncio.get_running_loop().create_task(self._send_spool(self._client))
+
+    async def _send_spool(self, client: aiomqtt.Client) -> None:
+        while self._spool:
+            topic, payload, content_type = self._spool[0]
+            try:
+                await client.publish(
+                    topic, payload, qos=1, properties=publish_properties(content_type), timeout=5
+                )
+            except MqttError:
+                return  # sent on the next connection
+            self._spool.popleft()
 
     async def raise_alert(
         self,
@@ -370,6 +402,7 @@ class Node:
             await self._publish_outage(client, *self._lost_at)
             self._lost_at = None
         await self._publish_health(client)
+        await self._send_spool(client)
         log.info("connected to %s:%d as %s", self.settings.mqtt.host, self.settings.mqtt.port, self.client_id)
         tasks = [
             asyncio.create_task(self._sender(client)),
@@ -648,7 +681,11 @@ class Node:
     def _flush_acked(self) -> None:
         if self._acked and self._store is not None:
             acked, self._acked = self._acked, []
-            self.store.delete_sent(acked)
+            try:
+                self.store.delete_sent(acked)
+            except sqlite3.Error as exc:  # a full disk: kept for the next flush (a resend is deduped)
+                self._acked = acked + self._acked
+                log.warning("sent outbox rows not cleared yet: %s", exc)
 
     async def _drain(self, timeout: float) -> None:
         """Give queued and in-flight publishes a moment to be acknowledged before disconnecting."""
