@@ -1,4 +1,4 @@
-"""`vv verify PATH...`: check LogLines offline (schema, signature, known key, chain, artifact hashes).
+"""`vv verify PATH...`: check LogLines offline (schema, signature, known key, chain and its head, artifacts).
 
 `verify_paths` is the whole verification as a plain function shared by the CLI and bench/sign.py.
 Every problem becomes a reason on the LogLine where it is detected, never a traceback: a chain break

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VV, Publisher
+from conftest import VV, Probe, Publisher
 
 from bus.artifacts import write_artifact
 from bus.fsutil import sha256_bytes
@@ -479,3 +479,14 @@ def test_head_from_broker_checks_the_signed_head_in_the_retained_health(vv: VV) 
         )
     finally:
         publisher.close()
+
+
+def test_alert_raises_critical_for_a_chain_that_does_not_reach_its_head(vv: VV, probe: Probe) -> None:
+    chain = Chain(vv.home, device=vv.settings.device).add(2)
+    head_file = anchor(chain, vv.home)
+    chain.paths[1].unlink()
+    result = vv.vv("verify", "--alert", str(vv.home / "storage"))
+    assert result.returncode == 1 and "chain cut off" in result.stdout
+    alert = probe.wait_event("alert.critical")[0]["data"]
+    assert alert["title"] == "Chain head not reached" and alert["context"]["path"] == str(head_file)
+    assert alert["message_details"].startswith(f"{head_file}: chain cut off: head is seq 2")
