@@ -214,10 +214,12 @@ def test_write_logline_names_the_file_by_video_id(tmp_path: Path) -> None:
 
 def test_chain_tail_after_a_crash_between_write_and_publish(tmp_path: Path) -> None:
     storage = tmp_path / "storage"
-    assert read_chain_tail(storage, "edge-01").head == (0, GENESIS_PREV)
+    empty = read_chain_tail(storage, "edge-01")
+    assert (empty.seq, empty.hash, empty.loglines) == (0, GENESIS_PREV, {})
     chain = write_chain(storage, 3)  # seq 3 written, its event never published: still the head
     write_chain(tmp_path / "storage" / "other", 5, device="edge-02")
-    assert read_chain_tail(storage, "edge-01").head == (3, logline_hash(chain[2]))
+    tail = read_chain_tail(storage, "edge-01")
+    assert (tail.seq, tail.hash, tail.loglines) == (3, logline_hash(chain[2]), {3: chain[2]})
     assert read_chain_tail(storage, "edge-02").seq == 5
 
 

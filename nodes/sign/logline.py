@@ -243,10 +243,6 @@ class ChainTail:
     hash: str  # its hash (GENESIS_PREV when there is none)
     loglines: dict[int, dict[str, Any]]  # the newest LogLine and every one above the seq asked for
 
-    @property
-    def head(self) -> tuple[int, str]:
-        return self.seq, self.hash
-
 
 def read_chain_tail(storage_root: Path, device: str, above: int | None = None) -> ChainTail:
     """The newest of `device`'s LogLines on disk, plus (by seq) every one above `above`.
