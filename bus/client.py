@@ -128,6 +128,21 @@ async def stream(
             await asyncio.sleep(delay)
 
 
+async def retained_document(settings: Settings, topic: str, client_id: str, timeout: float = 5.0) -> Any:
+    """The decoded retained message on `topic` (e.g. a node's health), or None if the broker holds
+    none within `timeout`: for tools that read a node's last word."""
+    async with make_client(settings, client_id, persistent=False) as client:
+        await client.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(timeout):
+                async for message in client.messages:
+                    if message.retain:
+                        return decode_message(message)
+        except TimeoutError:
+            pass
+    return None
+
+
 async def publish_documents(
     settings: Settings,
     items: Iterable[tuple[str, dict[str, Any], str]],
