@@ -456,7 +456,8 @@ def collect_files(paths: Iterable[Path]) -> list[str]:
         elif path.is_file():
             found = [str(path)]
         else:
-            raise VerifyUsageError(not_regular(path) or f"{path}: no such file or directory")
+            kind = not_regular(path) if path.exists() else None  # a FIFO or a device: say so
+            raise VerifyUsageError(kind or f"{path}: no such file or directory")
         for file in found:
             files.setdefault(os.path.abspath(file), file)
     return list(files.values())
@@ -713,7 +714,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
         for line in _head_notes(heads) + [check.line() for check in report.heads]:
-            print(line)
+            print(shown(line))
         print(report.summary_line() if report.results else "no LogLines found: nothing verified")
     return 0 if report.valid else 1
 
