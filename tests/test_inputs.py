@@ -71,6 +71,7 @@ CONFIG_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "fifo": (fifo, "is a FIFO, not a regular file"),  # before: read_text blocked forever
     "binary": (lambda p: (p.write_bytes(b"\xff\xfe\x00"), p)[1], "is not UTF-8 text"),
     "missing, control characters": (lambda p: p.with_name(CONTROL), "does not exist"),
+    "under a file": (lambda p: (p.write_text(""), p / "vv.toml")[1], "Not a directory"),  # an OSError
 }
 
 
@@ -126,6 +127,24 @@ def test_alerter_channel_files_are_checked_before_reading(tmp_path: Path, value:
     (tmp_path / "binary.json").write_bytes(b"\xff[]")
     with pytest.raises(ConfigError, match=message):
         load_channels(value.format(dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "message"),
+    [
+        ("alertmanager", "http://", "'http://' is not an http(s) URL with a host"),
+        ("alertmanager", "http://am b:9093", "is not an http(s) URL with a host"),
+        ("alertmanager", "http://[::1", "url: not a valid URL (Invalid IPv6 URL)"),  # before: ValueError
+        ("alertmanager", "http://am:99999", "url: not a valid URL (Port out of range"),
+        ("pagerduty", "https://events.example/\x1b[2J", "is not an http(s) URL with a host"),
+        ("apprise", "ntfy://ntfy.sh/topic\nx", "urls[0]: holds spaces or control characters"),
+    ],
+)
+def test_channel_urls_are_checked_at_start(kind: str, url: str, message: str) -> None:
+    table = {"kind": kind, "url": url, **({"routing_key": "k"} if kind == "pagerduty" else {})}
+    with pytest.raises(ConfigError) as caught:
+        load_channels(json.dumps([table]))
+    assert message in str(caught.value) and str(caught.value).startswith("alerter.channels[0]")
 
 
 def test_a_config_error_reaches_the_terminal_as_one_escaped_line(

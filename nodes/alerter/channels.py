@@ -276,7 +276,7 @@ def read_channel_tables(value: str) -> list[dict[str, Any]]:
         try:
             raw = read_text_file(path)
         except InputError as exc:
-            raise ConfigError(f"{SETTING}: {exc}") from None
+            raise ConfigError(f"{SETTING}: cannot read the file: {exc}") from None
         try:
             if path.suffix == ".toml":
                 tables = tomllib.loads(raw).get("channels", [])
@@ -301,6 +301,25 @@ def _string(table: Mapping[str, Any], key: str, where: str, default: str | None 
     return value
 
 
+def _one_token(url: str) -> bool:
+    """A URL is one printable token: a space or "\\n" in it is a paste mistake or an injection."""
+    return url.isprintable() and not any(c.isspace() for c in url)
+
+
+def _http_url(url: str, where: str) -> str:
+    """An http(s) URL with a host, checked at start (before: "http://" passed, and "http://[x"
+    raised ValueError from urlsplit, a traceback, at the first alert or at start)."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and _one_token(url)
+        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError when out of range
+    except ValueError as exc:
+        raise ConfigError(f"{where}.url: not a valid URL ({exc})") from None  # unparsed: may hold a secret
+    if not (valid and port_ok):
+        raise ConfigError(f"{where}.url: {redact_url(url)!r} is not an http(s) URL with a host")
+    return url
+
+
 def build_channel(table: Mapping[str, Any], name: str, where: str) -> Channel:
     """One channel from its table; every mistake is a ConfigError naming the key."""
     kind = table.get("kind")
@@ -323,13 +342,14 @@ def build_channel(table: Mapping[str, Any], name: str, where: str) -> Channel:
             urls = [urls]
         if not urls or not all(isinstance(u, str) and u for u in urls):
             raise ConfigError(f"{where}: an apprise channel needs `url` or `urls` (non-empty strings)")
+        for index, url in enumerate(urls):
+            if not _one_token(url):
+                raise ConfigError(f"{where}.urls[{index}]: holds spaces or control characters")
         try:
             return AppriseChannel(name, severity, urls)
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None
-    url = _string(table, "url", where, PAGERDUTY_URL if kind == "pagerduty" else None)
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise ConfigError(f"{where}.url: {redact_url(url)!r} is not an http(s) URL")
+    url = _http_url(_string(table, "url", where, PAGERDUTY_URL if kind == "pagerduty" else None), where)
     if kind == "alertmanager":
         resend = table.get("resend_s", 60.0)
         if isinstance(resend, bool) or not isinstance(resend, int | float) or resend <= 0:
