@@ -32,33 +32,40 @@ from bus.node import RejectedMessage
 REJECTIONS = (RejectedMessage, codec.DecodeError, schemas.SchemaError, ValueError)  # as Node._receive
 CONTENT_TYPES = st.sampled_from([MSGPACK, JSON, None, "text/plain", "", "application/msgpack; v=2"])
 EVENT_TYPES = ["video.new", "scan.done", "summary.done", "logline.signed", "video.quarantined"]
-HOSTILE_TEXT = st.sampled_from(
-    ["/etc/passwd", "../../x", "/dev/zero", "\x1b[2J", "a\nb", "", "x" * 70_000, "vv/+/#"]
-)
-LEAVES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**64 - 1),
-    st.floats(),  # NaN and infinities included
-    st.text(max_size=30),
-    HOSTILE_TEXT,
-    st.binary(max_size=30),
-)
+# Text aimed at files and terminals. The live-process test swaps "/etc/passwd" for a decoy of its own:
+# should a check ever regress, a node there would move the real file.
+HOSTILE = ["../../x", "/dev/zero", "\x1b[2J", "a\nb", "", "x" * 70_000, "vv/+/#"]
+HOSTILE_TEXT = st.sampled_from(["/etc/passwd", *HOSTILE])
+
+
+def leaves(hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.floats(),  # NaN and infinities included
+        st.text(max_size=30),
+        hostile,
+        st.binary(max_size=30),
+    )
+
+
+def trees(leaf: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+        ),
+        max_leaves=15,
+    )
+
+
+VALUES = trees(leaves(HOSTILE_TEXT))
 # JSON adds integers of any size and lone surrogates ("\udcff" escaped), which msgpack cannot carry
-JSON_LEAVES = st.one_of(LEAVES.filter(lambda v: not isinstance(v, bytes)), st.integers(), st.just("\udcff"))
-VALUES = st.recursive(
-    LEAVES,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=15,
-)
-JSON_VALUES = st.recursive(
-    JSON_LEAVES,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=15,
+JSON_VALUES = trees(
+    st.one_of(
+        leaves(HOSTILE_TEXT).filter(lambda v: not isinstance(v, bytes)), st.integers(), st.just("\udcff")
+    )
 )
 UNIT = settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -114,7 +121,9 @@ def places(document: Any) -> list[tuple[Any, Any]]:
 
 
 @st.composite
-def near_valid(draw: st.DrawFn, values: st.SearchStrategy[Any] = VALUES) -> dict[str, Any]:
+def near_valid(
+    draw: st.DrawFn, values: st.SearchStrategy[Any] = VALUES, hostile: st.SearchStrategy[Any] = HOSTILE_TEXT
+) -> dict[str, Any]:
     """A valid envelope of a real event type with one to three values replaced, added or removed."""
     event_type = draw(st.sampled_from(EVENT_TYPES))
     document = envelope(event_type, valid_data(event_type))
@@ -126,11 +135,11 @@ def near_valid(draw: st.DrawFn, values: st.SearchStrategy[Any] = VALUES) -> dict
         elif action == "add" and isinstance(container, dict):
             container[draw(st.text(max_size=10))] = draw(values)
         else:
-            container[key] = draw(st.one_of(like(container[key]), values))
+            container[key] = draw(st.one_of(like(container[key], hostile), values))
     return document
 
 
-def like(value: Any) -> st.SearchStrategy[Any]:
+def like(value: Any, hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """A value of the same JSON type, so that many mutants stay schema-valid and reach the handlers."""
     if isinstance(value, bool):
         return st.booleans()
@@ -139,12 +148,12 @@ def like(value: Any) -> st.SearchStrategy[Any]:
     if isinstance(value, float):
         return st.floats(min_value=0, max_value=1e12)
     if isinstance(value, str):
-        return st.one_of(HOSTILE_TEXT, st.text(min_size=1, max_size=30))
+        return st.one_of(hostile, st.text(min_size=1, max_size=30))
     return st.just(value)
 
 
 # ----------------------------------------------------------------- unit level
-@UNIT
+@settings(UNIT, max_examples=2000)
 @given(st.binary(max_size=300), CONTENT_TYPES)
 def test_any_bytes_are_an_event_or_a_rejection(payload: bytes, content_type: str | None) -> None:
     check(payload, content_type)
@@ -233,29 +242,24 @@ def test_the_envelope_fixtures_still_decode_in_both_codecs() -> None:
 TOPICS = {"video.new": "scan", "summary.done": "sign"}
 
 
-def hostile_values(home: Path, decoy: Path) -> st.SearchStrategy[Any]:
-    """Values aimed at files: the decoy outside, traversals to it, links, devices, long and odd names."""
+def aimed_at(home: Path, decoy: Path) -> st.SearchStrategy[Any]:
+    """Values aimed at files: the decoy outside, traversals to it, VV_HOME's own dirs, a FIFO, its hash."""
     storage = home / "storage"
     depth = len(storage.parts) - 1
-    return st.one_of(
-        st.sampled_from(
-            [
-                str(decoy),
-                str(storage) + "/.." * depth + str(decoy),
-                f"{storage}/2026/01/01/{'0' * 32}/../../../../../{decoy.name}",
-                str(home / "keys"),
-                str(home / "state"),
-                "../../x",
-                "/dev/zero",
-                str(decoy.parent / "fifo"),
-                "\x1b[2J\n",
-                "x" * 5000,
-                hashlib.sha256(decoy.read_bytes()).hexdigest(),
-                hashlib.sha256(decoy.read_bytes()).hexdigest()[:32],
-                decoy.stat().st_size,
-            ]
-        ),
-        VALUES,
+    digest = hashlib.sha256(decoy.read_bytes()).hexdigest()
+    return st.sampled_from(
+        [
+            str(decoy),
+            str(storage) + "/.." * depth + str(decoy),
+            f"{storage}/2026/01/01/{'0' * 32}/../../../../../{decoy.name}",
+            str(home / "keys"),
+            str(home / "state"),
+            str(decoy.parent / "fifo"),
+            digest,
+            digest[:32],
+            decoy.stat().st_size,
+            *HOSTILE,
+        ]
     )
 
 
@@ -271,13 +275,13 @@ def test_scan_and_sign_survive_hostile_payloads_and_touch_nothing(
     procs = dict(zip(("scan", "sign"), vv.procs, strict=True))
     statuses = {node: probe.health(node)[-1] for node in TOPICS.values()}
     before, outside_before = listing(vv.home), listing(outside)
-    values = hostile_values(vv.home, decoy)
+    aimed = aimed_at(vv.home, decoy)
     sent = dict.fromkeys(TOPICS.values(), 0)
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(
         st.sampled_from(sorted(TOPICS)),
-        st.one_of(near_valid(values), st.binary(max_size=200)),
+        st.one_of(near_valid(trees(leaves(aimed)), aimed), st.binary(max_size=200)),
         st.sampled_from([MSGPACK, JSON, None]),
     )
     def publish(event_type: str, document: Any, content_type: str | None) -> None:
@@ -310,3 +314,6 @@ def test_scan_and_sign_survive_hostile_payloads_and_touch_nothing(
         assert health["details"]["dead_letters"] > 0  # the refusals went where they belong
     assert listing(vv.home) == before  # state/, logs/ (and the test's .out captures) aside
     assert listing(outside) == outside_before
+    for log in [vv.home / "logs" / "app.log", *(vv.home / f"{node}.out" for node in procs)]:
+        raw = [line for line in log.read_text().splitlines() if not line.isprintable()]
+        assert not raw, f"{log.name}: control characters reached the log: {raw[0]!r}"
