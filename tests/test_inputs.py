@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ CONTROL = "a\x1b[2Jb\n"  # clears a terminal, then splits the line: must never r
 
 
 @pytest.fixture
-def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A clean environment whose VV_HOME (`place/home`) does not exist yet: a refusal must not create it."""
     for var in [v for v in os.environ if v.startswith("VV_")]:
         monkeypatch.delenv(var)
@@ -38,7 +38,7 @@ def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("VV_DEVICE", "edge1")
     monkeypatch.setenv("VV_MQTT_PORT", "1")  # nothing listens: a verb that got as far as the broker fails
     (tmp_path / "decoy.txt").write_text("keep me")
-    yield tmp_path
+    return tmp_path
 
 
 def vv(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -50,14 +50,13 @@ def vv(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def assert_one_clean_line(stderr: str, *expected: str) -> str:
+def assert_one_clean_line(stderr: str, *expected: str) -> None:
     """The message is the last line (argparse prints its usage first), holds `expected`, nothing raw."""
     assert "Traceback" not in stderr
     assert stderr.replace("\n", "").isprintable(), repr(stderr)
     line = stderr.strip().splitlines()[-1]
     for part in expected:
         assert part in line, (part, line)
-    return line
 
 
 # ----------------------------------------------------------------- settings
