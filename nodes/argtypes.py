@@ -83,3 +83,18 @@ def output_dir(text: str) -> Path:
     if (path.exists() or path.is_symlink()) and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{shown(path)} exists and is not a directory")
     return path
+
+
+def mqtt_filter(text: str) -> str:
+    """A topic filter (`vv/+/alert/#`) or an event type pattern (`alert.*`): the broker would drop
+    the connection over a malformed one, and tail would then retry it forever."""
+    levels = text.split("/" if "/" in text else ".")
+    misplaced = any(
+        ("#" in level and (level != "#" or index != len(levels) - 1)) or ("+" in level and level != "+")
+        for index, level in enumerate(levels)
+    )
+    if not text or not text.isprintable() or misplaced:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a topic filter ('#' only as the last level, '+' only as a whole level)"
+        )
+    return text

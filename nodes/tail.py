@@ -17,8 +17,9 @@ from typing import Any
 from bus.client import MqttError, stream
 from bus.codec import DecodeError
 from bus.config import Settings, load_settings
+from bus.inputs import shown
 from bus.topics import subscription
-from nodes.argtypes import non_negative_int
+from nodes.argtypes import mqtt_filter, non_negative_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "filter",
         nargs="?",
         default="#",
+        type=mqtt_filter,
         help="topic filter or event type pattern (default: all of this device)",
     )
     parser.add_argument(
@@ -60,7 +62,14 @@ def _gist(event_type: str, data: dict[str, Any]) -> str:
 
 
 def format_line(topic: str, document: Any) -> str:
-    """A readable line: events by type and subject, health by node and status, alerts by title."""
+    """A readable line: events by type and subject, health by node and status, alerts by title.
+
+    Anyone with a credential writes what is shown here: control characters come out escaped, so a
+    message cannot clear or drive the operator's terminal."""
+    return shown(_describe(topic, document))
+
+
+def _describe(topic: str, document: Any) -> str:
     if isinstance(document, DecodeError):
         return f"{topic}  <undecodable: {document}>"
     if isinstance(document, dict) and "specversion" in document:

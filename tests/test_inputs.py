@@ -15,16 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import FIXTURES_DIR, REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_forged_events import listing
 
 from bus.config import ConfigError, load_settings
+from bus.envelope import Event
 from bus.inputs import shown
 from bus.logs import ConsoleFormatter, JsonFormatter
 from nodes.alerter.channels import load_channels
 from nodes.cli import main
+from nodes.tail import format_line
 
 CONTROL = "a\x1b[2Jb\n"  # clears a terminal, then splits the line: must never reach stderr raw
 
@@ -222,6 +224,9 @@ def test_ingest_refuses_every_bad_file_before_touching_a_good_one(
         (["status", "--since", CONTROL], r"argument --since: 'a\x1b[2Jb\n' is not an RFC 3339 time"),
         (["replay", "--since", "yesterday"], "argument --since: 'yesterday' is not an RFC 3339 time"),
         (["tail", "--count", "-1"], "argument --count: '-1' must not be negative"),
+        (["tail", "vv/#/x"], "argument filter: 'vv/#/x' is not a topic filter"),
+        (["tail", "alert.warn+"], "argument filter: 'alert.warn+' is not a topic filter"),
+        (["tail", CONTROL], r"argument filter: 'a\x1b[2Jb\n' is not a topic filter"),
         (["run", "journal", "--instance", "../../../x"], "argument --instance: '../../../x' must be"),
         (["run", "journal", "--instance", "a/b"], "argument --instance: 'a/b' must be"),
         (["ingest", f"--{CONTROL}", "x"], r"unrecognized arguments: --a\x1b[2Jb\n"),
@@ -294,6 +299,14 @@ def test_shown_is_one_printable_line_and_leaves_printable_text_alone(text: str) 
     assert result.isprintable()
     if text.isprintable():
         assert result == text
+
+
+def test_tail_shows_what_anyone_published_escaped() -> None:
+    data = json.loads((FIXTURES_DIR / "video.new" / "valid-1.json").read_text())
+    data["original_name"] = CONTROL
+    envelope = Event(type="video.new", source="vv://edge1/x", device="edge1", epoch=1, seq=1, data=data)
+    line = format_line("vv/edge1/video/new", envelope.to_dict())
+    assert line.isprintable() and r"a\x1b[2Jb\n: " in line  # the gist names the file
 
 
 def test_logs_escape_control_characters_for_terminals_and_files() -> None:
