@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.dry_run:
         for topic, event, _ in items:
-            print(f"{event['time']}  {topic}  {event.get('subject', '-')}  {event['id']}")
+            print(shown(f"{event['time']}  {topic}  {event.get('subject', '-')}  {event['id']}"))
         print(f"{len(items)} event(s) would be re-published", file=sys.stderr)
         return 0
 

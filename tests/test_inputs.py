@@ -26,6 +26,7 @@ from bus.inputs import shown
 from bus.logs import ConsoleFormatter, JsonFormatter
 from nodes.alerter.channels import load_channels
 from nodes.cli import main
+from nodes.journal.fold import VideoState, format_table, format_video
 from nodes.tail import format_line
 
 CONTROL = "a\x1b[2Jb\n"  # clears a terminal, then splits the line: must never reach stderr raw
@@ -307,6 +308,14 @@ def test_tail_shows_what_anyone_published_escaped() -> None:
     envelope = Event(type="video.new", source="vv://edge1/x", device="edge1", epoch=1, seq=1, data=data)
     line = format_line("vv/edge1/video/new", envelope.to_dict())
     assert line.isprintable() and r"a\x1b[2Jb\n: " in line  # the gist names the file
+
+
+def test_status_shows_journal_text_escaped() -> None:
+    state = VideoState(
+        "0" * 32, stage="quarantined", quarantine_reason=CONTROL, summary_text=f"{CONTROL}\x9b"
+    )
+    assert all(line.isprintable() for line in format_video(state).splitlines())
+    assert r"quarantine a\x1b[2Jb\n" in format_video(state) and r"\x1b[2J" in format_table([state])
 
 
 def test_logs_escape_control_characters_for_terminals_and_files() -> None:

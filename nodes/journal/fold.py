@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
+from bus.inputs import shown
 from nodes.journal.store import iter_records, parse_rfc3339
 
 STAGES = ("ingested", "scanned", "summarized", "signed", "quarantined")
@@ -273,7 +274,7 @@ def format_table(states: Mapping[str, VideoState] | Iterable[VideoState], now: d
             f"{state.video_id:<32}  {state.stage or 'unknown':<11}  {_ago(state.first_event_time, now):>6}  "
             f"{_ago(state.stage_since, now):>8}  {len(state.failures):>5}  {summary}".rstrip()
         )
-    return "\n".join(lines)
+    return "\n".join(map(shown, lines))  # names, reasons, texts come from the bus
 
 
 def format_video(state: VideoState, now: datetime | None = None) -> str:
@@ -308,7 +309,7 @@ def format_video(state: VideoState, now: datetime | None = None) -> str:
     for entry in state.timeline:
         note = f"  {entry['note']}" if entry["note"] else ""
         lines.append(f"  {format_time(entry['time'])}  {entry['type']:<18} {entry['source']}{note}")
-    return "\n".join(lines)
+    return "\n".join(map(shown, lines))  # names, reasons, texts come from the bus
 
 
 def to_json(state: VideoState) -> dict[str, Any]:
