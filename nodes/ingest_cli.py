@@ -51,7 +51,7 @@ def refusal(path: Path) -> str | None:
     characters would travel into storage paths, events, LogLines and every terminal that shows them.
     """
     if not path.name.isprintable():
-        return f"{shown(path)}: the name holds control characters (rename the file)"
+        return f"{shown(path)}: the name holds control characters or non-UTF-8 bytes (rename the file)"
     return not_regular(path, follow_symlinks=False)
 
 
