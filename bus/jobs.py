@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+from bus.argtypes import positive_float
 from bus.client import MqttError
 from bus.config import Settings
 from bus.envelope import utc_now
@@ -71,7 +72,7 @@ async def report_job(
 def add_job_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--job-period",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="run as a scheduled job: publish a retained health with last_success and this period, "
         "so the monitor raises an ERROR when a run is missed or fails (e.g. 86400 for a daily timer)",

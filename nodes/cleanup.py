@@ -40,10 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from bus.argtypes import non_negative_float, output_file
 from bus.fsutil import iter_open_fds
 from bus.inputs import shown
 from bus.jobs import add_job_argument, report_if_job
-from nodes.argtypes import non_negative_float, output_file
 
 DAY_S = 86400.0
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # non-UTF-8 names stay loggable

@@ -40,10 +40,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from bus.argtypes import non_negative_int, output_dir
 from bus.fsutil import CHUNK, atomic_write_json, canonical_json, fsync_dir, sha256_file
 from bus.inputs import regular_file, shown
 from bus.jobs import add_job_argument, report_if_job
-from nodes.argtypes import non_negative_int, output_dir
 
 MANIFEST_VERSION = 1
 GZIP_LEVEL = 6

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bus.argtypes import positive_float
 from bus.client import MqttError
 from bus.config import Settings, load_settings
 from bus.inputs import not_regular, shown
 from bus.logs import setup_logging
 from bus.node import Node
-from nodes.argtypes import positive_float
 from nodes.ingest import IngestCounts, Outcome, announce, ingest_file, ledger_for
 
 

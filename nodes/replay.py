@@ -13,11 +13,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from bus.argtypes import rfc3339
 from bus.client import MqttError, publish_documents
 from bus.config import load_settings
 from bus.inputs import shown
 from bus.topics import topic_for
-from nodes.argtypes import rfc3339
 from nodes.journal.store import JournalError, iter_records
 
 

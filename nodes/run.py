@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bus.argtypes import instance_name
 from bus.config import load_settings
 from bus.inputs import shown
 from bus.logs import setup_logging
-from nodes.argtypes import instance_name
 from nodes.registry import NODES, load_node_class
 
 

@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 
+from bus.argtypes import rfc3339
 from bus.config import load_settings
 from bus.inputs import shown
-from nodes.argtypes import rfc3339
 from nodes.journal.fold import fold_journal, format_table, format_video, to_json
 from nodes.journal.store import JournalError
 

@@ -14,12 +14,12 @@ import os
 import sys
 from typing import Any
 
+from bus.argtypes import mqtt_filter, non_negative_int
 from bus.client import MqttError, stream
 from bus.codec import DecodeError
 from bus.config import Settings, load_settings
 from bus.inputs import shown
 from bus.topics import subscription
-from nodes.argtypes import mqtt_filter, non_negative_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

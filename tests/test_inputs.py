@@ -228,6 +228,10 @@ def test_ingest_refuses_every_bad_file_before_touching_a_good_one(
         (["cleanup", "--days", "nan", "--dirs", "{place}"], "argument --days: 'nan' is not a finite number"),
         (["cleanup", "--days", "inf", "--dirs", "{place}"], "argument --days: 'inf' is not a finite number"),
         (["cleanup", "--days", "1", "--dirs", "{place}", "--log-file", "{place}/pipe"], "is a FIFO"),
+        (
+            ["cleanup", "--days", "1", "--dirs", "{place}", "--job-period", "nan"],
+            "--job-period: 'nan' is not a",
+        ),
         (["export", "--retention-days", "-5"], "argument --retention-days: '-5' must not be negative"),
         (["export", "--out", "{place}/decoy.txt"], "decoy.txt exists and is not a directory"),
         (["export", "--verify", "{place}/x.manifest.json"], "x.manifest.json is a FIFO, not a regular file"),

@@ -1,4 +1,4 @@
-"""argparse types for the `vv` verbs: a bad value is a usage error (exit 2) naming the option.
+"""argparse types for the `vv` verbs (and `--job-period`): a bad value is a usage error (exit 2) naming it.
 
 `type=float` alone takes "nan", "inf" and "-1": `--days nan` then matched no file and cleaned
 nothing while reporting success, and `--timeout -1` gave up before trying.
