@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bus.argtypes import positive_float
 from bus.broker import ADMIN_USER, secret_for
 from bus.client import MqttError, stream
 from bus.config import Settings, load_settings
@@ -39,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--home", type=Path, default=Path("var/demo"), help="VV_HOME for the demo (default: var/demo)"
     )
     parser.add_argument("--video", type=Path, help="use this video instead of building the sample clip")
-    parser.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=180.0, help="give up after this many seconds"
+    )
 
 
 def sample_photos() -> list[Path]:
