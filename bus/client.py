@@ -36,12 +36,16 @@ def make_client(
     settings: Settings,
     client_id: str,
     *,
+    username: str = "",
     will: aiomqtt.Will | None = None,
     persistent: bool = True,
     manual_ack: bool = False,
 ) -> aiomqtt.Client:
-    """A client that resumes its session (queued QoS 1 events survive our restarts) when persistent."""
-    username, password = settings.mqtt_credentials()
+    """A client that resumes its session (queued QoS 1 events survive our restarts) when persistent.
+
+    It logs in as `username` (a node's own user, `vv-admin`; default: the read-only device user)
+    unless the settings name a user explicitly."""
+    username, password = settings.mqtt_credentials(username)
     connect_props = mqtt_properties(PacketTypes.CONNECT)
     connect_props.SessionExpiryInterval = settings.mqtt.session_expiry_s if persistent else 0
     tls_context = ssl.create_default_context(cafile=settings.mqtt.tls_ca) if settings.mqtt.tls_ca else None
@@ -91,7 +95,8 @@ def decode_message(message: aiomqtt.Message) -> Any:
 async def stream(
     settings: Settings, filters: list[str], client_id: str
 ) -> AsyncIterator[tuple[str, Any, str | None]]:
-    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools."""
+    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools,
+    as the read-only device user."""
     async with make_client(settings, client_id, persistent=False) as client:
         for topic_filter in filters:
             await client.subscribe(topic_filter, qos=1)
@@ -108,10 +113,13 @@ async def publish_documents(
     items: Iterable[tuple[str, dict[str, Any], str]],
     client_id: str,
     progress: Callable[[int], None] | None = None,
+    *,
+    username: str,
 ) -> int:
-    """Publish (topic, document, content type) items with QoS 1, each waiting for PUBACK; returns the count."""
+    """Publish (topic, document, content type) items with QoS 1 as `username`, each waiting for
+    PUBACK; returns the count."""
     sent = 0
-    async with make_client(settings, client_id, persistent=False) as client:
+    async with make_client(settings, client_id, username=username, persistent=False) as client:
         for topic, document, content_type in items:
             await client.publish(
                 topic,
