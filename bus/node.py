@@ -48,6 +48,7 @@ from bus.topics import health_topic, is_pipeline_event, parse_topic, subscriptio
 __version__ = "0.1.0"
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
+REFUSED = "the broker refused an event (not authorized?): restart `vv broker` to re-render its ACL"
 log = logging.getLogger("vv.node")
 
 # Events emitted while a handler runs are collected here and committed together with the
@@ -617,11 +618,11 @@ class Node:
                 return
             if reason_code.is_failure:  # e.g. 135: a broker whose ACL predates this node's `produces`
                 log.error("the broker refused an event (%s); it stays in the outbox", reason_code)
-                self.set_status(
-                    "degraded", f"broker refused a publish ({reason_code}): re-render `vv broker`"
-                )
+                self.set_status("degraded", REFUSED)
                 room.set()
                 return
+            if self._reason == REFUSED:  # the broker takes our events again (re-rendered, restarted)
+                self.set_status("online")
             self._acked.append(rowid)
             if len(self._acked) >= 256:
                 self._flush_acked()

@@ -12,15 +12,17 @@ subscription is governed by the plain topic's `read` line.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import DEVICE, VV, Probe, wait_until
+from conftest import DEVICE, FIXTURES_DIR, VV, Probe, Publisher, wait_until
 
-from bus.broker import ADMIN_USER, render_broker
+from bus.broker import ADMIN_USER, Grant, render_broker
 from bus.config import load_settings
 from bus.node import Node, UndeclaredEvent
 from nodes.registry import NODES, VERB_NODES, broker_grants
@@ -236,3 +238,41 @@ def test_an_undeclared_instance_is_refused_at_connect_with_a_hint(vv: VV) -> Non
     vv.spawn("run", "journal", "--instance", "zz", log_name="journal-zz")
     hint = "does the broker know journal-zz? see broker.nodes and broker.instances"
     wait_until(lambda: hint in (vv.home / "journal-zz.out").read_text(), 20, "the refusal hint")
+
+
+def test_an_event_a_stale_acl_refuses_stays_in_the_outbox_until_the_broker_is_re_rendered(vv: VV) -> None:
+    """A broker rendered before a node declared a type: the node degrades, keeps the event, and
+    sends it once `vv broker` renders the ACL from the node's code again."""
+    grants = broker_grants(vv.settings)
+    stale = [
+        dataclasses.replace(g, write=tuple(t for t in g.write if not t.endswith("/scan/done")))
+        if g.username == vv.settings.mqtt_username("echo")
+        else g
+        for g in grants
+    ]
+
+    def restart_broker(with_grants: list[Grant]) -> None:
+        vv.broker.stop()
+        render_broker(vv.settings, grants=with_grants)
+        vv.broker.start()
+
+    restart_broker(stale)
+    probe = vv.probe()
+    publisher = Publisher(vv.broker.port, *vv.admin())
+    vv.spawn("run", "echo_node:Echo")
+    probe.wait_health("echo", "online")
+    video = publisher.event(
+        "video.new", json.loads((FIXTURES_DIR / "video.new" / "valid-1.json").read_text())
+    )
+    publisher.publish(video)
+    degraded = probe.wait_health("echo", "degraded")
+    assert "refused" in degraded["reason"] and not probe.events("scan.done")
+    probe.close()
+    publisher.close()
+
+    restart_broker(grants)
+    watcher = vv.probe()
+    answer = watcher.wait_event("scan.done", timeout=20)[0]
+    assert answer["causationid"] == video.id
+    watcher.wait_health("echo", "online")
+    watcher.close()
