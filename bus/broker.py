@@ -34,7 +34,7 @@ class BrokerFiles:
 @dataclass(frozen=True)
 class Grant:
     """What one broker user may do, as topic filters; mosquitto checks `write` on every publish
-    (and on the will at connect) and `read` on every message it would deliver."""
+    (a will included) and `read` on every message it would deliver."""
 
     username: str
     write: tuple[str, ...]

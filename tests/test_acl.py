@@ -1,8 +1,9 @@
 """Least privilege on the device broker: each node's credential, against the real mosquitto rendered
 from the repo's templates and the node classes (no mocks).
 
-What mosquitto 2.0.11's ACL file does, as these tests observe it: a PUBLISH (and a will) to a topic
-the user may not write is answered with PUBACK 135 and routed nowhere; a SUBSCRIBE is always granted
+What mosquitto 2.0.11's ACL file does, as these tests observe it: a PUBLISH to a topic the user may
+not write is answered with PUBACK 135 and routed nowhere (a will there is accepted at CONNECT and
+dropped when due); a SUBSCRIBE is always granted
 (its ACL check is not implemented for the ACL file), and each message is then checked against the
 user's `read` lines by its own topic before delivery, retained ones included. So a node that
 subscribes beyond what it consumes gets an empty subscription, and a `$share/<group>/...`
@@ -21,6 +22,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from conftest import DEVICE, FIXTURES_DIR, VV, Probe, Publisher, wait_until
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from bus.broker import ADMIN_USER, Grant, render_broker
 from bus.config import load_settings
@@ -276,3 +279,17 @@ def test_an_event_a_stale_acl_refuses_stays_in_the_outbox_until_the_broker_is_re
     assert answer["causationid"] == video.id
     watcher.wait_health("echo", "online")
     watcher.close()
+
+
+def test_a_last_will_outside_the_acl_is_never_published(vv: VV, probe: Probe) -> None:
+    """mosquitto accepts the CONNECT but drops the will: ingest cannot fake scan offline on leaving."""
+    for will_topic in (f"{TOPIC}/health/scan", f"{TOPIC}/health/ingest"):  # forbidden, then allowed
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        client.username_pw_set(*vv.login("ingest"))
+        client.will_set(will_topic, b'{"status": "offline"}', qos=1)
+        client.connect("127.0.0.1", vv.broker.port)
+        client.loop_start()
+        wait_until(client.is_connected, 10, "CONNACK")
+        client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+        client.loop_stop()
+    assert seen_after_marker(probe, f"{TOPIC}/health/ingest").count(f"{TOPIC}/health/scan") == 0
