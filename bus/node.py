@@ -2,10 +2,10 @@
 
 A node subscribes with `@on("<event type>")`, receives validated, deduplicated `Event`s, and
 publishes with `await self.emit(...)` the event types it declares in `produces`; from these two
-declarations `vv broker` renders the node's own credential and ACL. The base connects (MQTT 5, persistent session, fixed
-client id), reconnects with backoff, keeps a retained health document (LWT: offline), validates
-both directions against `schemas/`, dead-letters what it cannot accept, and writes every
-outgoing event to a durable outbox before sending it.
+declarations `vv broker` renders the node's own credential and ACL. The base connects (MQTT 5,
+persistent session, fixed client id), reconnects with backoff, keeps a retained health document
+(LWT: offline), validates both directions against `schemas/`, dead-letters what it cannot accept,
+and writes every outgoing event to a durable outbox before sending it.
 """
 
 from __future__ import annotations
