@@ -3,11 +3,10 @@ from the repo's templates and the node classes (no mocks).
 
 What mosquitto 2.0.11's ACL file does, as these tests observe it: a PUBLISH to a topic the user may
 not write is answered with PUBACK 135 and routed nowhere (a will there is accepted at CONNECT and
-dropped when due); a SUBSCRIBE is always granted
-(its ACL check is not implemented for the ACL file), and each message is then checked against the
-user's `read` lines by its own topic before delivery, retained ones included. So a node that
-subscribes beyond what it consumes gets an empty subscription, and a `$share/<group>/...`
-subscription is governed by the plain topic's `read` line.
+dropped when due); a SUBSCRIBE is always granted (the ACL file does not check subscriptions), and
+each message is then checked against the user's `read` lines by its own topic before delivery,
+retained ones included. So a node that subscribes beyond what it consumes gets an empty
+subscription, and a `$share/<group>/...` subscription is governed by the plain topic's `read` line.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ class Login:
     def __init__(self, port: int, username: str, password: str) -> None:
         self.pubacks: dict[int, int] = {}
         self.subacks: dict[int, list[int]] = {}
-        self.received: list[tuple[str, bool]] = []  # (topic, retained)
+        self.received: list[str] = []  # topics, in order of arrival
         self._lock = threading.Lock()
         connected = threading.Event()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -57,7 +56,7 @@ class Login:
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         with self._lock:
-            self.received.append((message.topic, bool(message.retain)))
+            self.received.append(message.topic)
 
     def publish(self, topic: str, retain: bool = False) -> int:
         """Publish QoS 1 and return the broker's PUBACK reason code (0/16 accepted, 135 refused)."""
@@ -73,7 +72,7 @@ class Login:
 
     def topics(self) -> list[str]:
         with self._lock:
-            return [topic for topic, _ in self.received]
+            return list(self.received)
 
     def close(self) -> None:
         self.client.loop_stop()
