@@ -14,7 +14,8 @@ from pathlib import Path
 from bus.envelope import parse_time
 from bus.inputs import not_regular, shown
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A worker instance (`vv run NODE --instance`, `broker.instances`): part of a client id and of paths
+INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _number(text: str, kind: type[int] | type[float]) -> float:
@@ -62,7 +63,7 @@ def rfc3339(text: str) -> str:
 def instance_name(text: str) -> str:
     """A worker suffix ("" for none): it becomes part of a client id and of directory names, so no
     '/', no leading '.', no spaces or control characters (`--instance ../../x` wrote outside VV_HOME)."""
-    if text and not _NAME.fullmatch(text):
+    if text and not INSTANCE.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} must be 1-64 letters, digits, '_', '.', '-' (not starting with '.' or '-')"
         )

@@ -38,12 +38,16 @@ def make_client(
     settings: Settings,
     client_id: str,
     *,
+    username: str = "",
     will: aiomqtt.Will | None = None,
     persistent: bool = True,
     manual_ack: bool = False,
 ) -> aiomqtt.Client:
-    """A client that resumes its session (queued QoS 1 events survive our restarts) when persistent."""
-    username, password = settings.mqtt_credentials()
+    """A client that resumes its session (queued QoS 1 events survive our restarts) when persistent.
+
+    It logs in as `username` (a node's own user, `vv-admin`; default: the read-only device user)
+    unless the settings name a user explicitly."""
+    username, password = settings.mqtt_credentials(username)
     connect_props = mqtt_properties(PacketTypes.CONNECT)
     connect_props.SessionExpiryInterval = settings.mqtt.session_expiry_s if persistent else 0
     tls_context = ssl.create_default_context(cafile=settings.mqtt.tls_ca) if settings.mqtt.tls_ca else None
@@ -96,7 +100,8 @@ async def stream(
     client_id: str,
     on_outage: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[str, Any, str | None]]:
-    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools.
+    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools,
+    as the read-only device user.
 
     A broker never reached raises MqttError. Once connected, a lost broker is waited for with the
     nodes' capped backoff and the stream resumes (`on_outage` hears of the loss and the return;
@@ -148,10 +153,13 @@ async def publish_documents(
     items: Iterable[tuple[str, dict[str, Any], str]],
     client_id: str,
     progress: Callable[[int], None] | None = None,
+    *,
+    username: str,
 ) -> int:
-    """Publish (topic, document, content type) items with QoS 1, each waiting for PUBACK; returns the count."""
+    """Publish (topic, document, content type) items with QoS 1 as `username`, each waiting for
+    PUBACK; returns the count."""
     sent = 0
-    async with make_client(settings, client_id, persistent=False) as client:
+    async with make_client(settings, client_id, username=username, persistent=False) as client:
         for topic, document, content_type in items:
             await client.publish(
                 topic,

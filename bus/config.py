@@ -32,8 +32,8 @@ class ConfigError(ValueError):
 class MqttSettings:
     host: str = "127.0.0.1"
     port: int = 1883
-    username: str = ""  # default: the device id
-    password: str = ""  # default: read from VV_HOME/keys/mqtt.secret (written by `vv broker`)
+    username: str = ""  # default: each node its own (`<node>@<device>`), tools the device id (read-only)
+    password: str = ""  # default: that user's secret in VV_HOME/keys/ (written by `vv broker`)
     tls_ca: str = ""
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600  # queued events survive a node being down this long
@@ -61,6 +61,9 @@ class BrokerSettings:
     max_queued_bytes: int = 512 * 1024 * 1024
     autosave_interval: int = 1  # with autosave_on_changes: save after this many changes
     persistent_client_expiration: str = "14d"
+    # Every registered node gets its own credential; these get one too (comma-separated):
+    nodes: str = ""  # `module:Class` nodes of your own
+    instances: str = ""  # `NODE:INSTANCE` workers (`vv run NODE --instance INSTANCE`), e.g. "scan:2"
 
 
 @dataclass(frozen=True)
@@ -229,11 +232,20 @@ class Settings:
         """Absolute, so a path written into an event means the same file to every process."""
         return VVPaths(self.home.absolute())
 
-    def mqtt_credentials(self) -> tuple[str, str]:
-        """The broker login: explicit settings first, else the device id and the secret `vv broker` wrote."""
-        username = self.mqtt.username or self.device
+    def mqtt_username(self, node: str) -> str:
+        """A node's own broker user: the ACL lets it publish only what it declares it produces."""
+        return f"{node}@{self.device}"
+
+    def mqtt_secret(self, username: str) -> Path:
+        """Where a broker user's password lives: `keys/mqtt.secret` for the device, else one per user."""
+        return self.paths.keys / ("mqtt.secret" if username == self.device else f"mqtt-{username}.secret")
+
+    def mqtt_credentials(self, username: str = "") -> tuple[str, str]:
+        """The broker login: explicit settings first, else `username` (default: the device id, whose
+        credential only reads) and the secret `vv broker` wrote for it."""
+        username = self.mqtt.username or username or self.device
         password = self.mqtt.password
-        secret = self.paths.keys / "mqtt.secret"
+        secret = self.mqtt_secret(username)
         if not password and secret.exists():
             password = secret.read_text().strip()
         return username, password

@@ -1,10 +1,11 @@
 """The Node base: everything about MQTT a node needs, so a node's own file holds only its logic.
 
 A node subscribes with `@on("<event type>")`, receives validated, deduplicated `Event`s, and
-publishes with `await self.emit(...)`. The base connects (MQTT 5, persistent session, fixed
-client id), reconnects with backoff, keeps a retained health document (LWT: offline), validates
-both directions against `schemas/`, dead-letters what it cannot accept, and writes every
-outgoing event to a durable outbox before sending it.
+publishes with `await self.emit(...)` the event types it declares in `produces`; from these two
+declarations `vv broker` renders the node's own credential and ACL. The base connects (MQTT 5,
+persistent session, fixed client id), reconnects with backoff, keeps a retained health document
+(LWT: offline), validates both directions against `schemas/`, dead-letters what it cannot accept,
+and writes every outgoing event to a durable outbox before sending it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from bus import codec, schemas
 from bus.alerts import Severity, StormFolder, build_alert
 from bus.backoff import Backoff
+from bus.broker import Grant
 from bus.client import (
     MqttError,
     ack,
@@ -49,6 +51,7 @@ from bus.topics import health_topic, is_pipeline_event, parse_topic, subscriptio
 __version__ = "0.1.0"
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
+REFUSED = "the broker refused an event (not authorized?): restart `vv broker` to re-render its ACL"
 log = logging.getLogger("vv.node")
 
 # Events emitted while a handler runs are collected here and committed together with the
@@ -84,6 +87,10 @@ class RefusedClaim(RejectedMessage):
     corrupt. Dead-lettered with `alert.critical`; the handler touched nothing."""
 
 
+class UndeclaredEvent(TypeError):
+    """A node emitted an event type missing from its `produces`: the broker's ACL would refuse it."""
+
+
 @dataclass
 class NodeStats:
     received: int = 0
@@ -102,6 +109,9 @@ class Node:
     """Base of every node process. Subclasses set `name` and add `@on(...)` handlers."""
 
     name: ClassVar[str] = ""
+    # Event types this node publishes (health and alerts need no declaration). The broker's ACL
+    # is rendered from it and `emit` refuses anything else, so the two cannot drift apart.
+    produces: ClassVar[tuple[str, ...]] = ()
     shared_group: ClassVar[str] = ""  # e.g. "scan": workers of a stage split the load via $share
     max_inflight: ClassVar[int] = 20  # paho's own in-flight limit: more would only queue inside paho
     max_batch: ClassVar[int] = 64  # messages already delivered that are handled in one transaction
@@ -112,18 +122,18 @@ class Node:
         self.settings = settings
         self.device = settings.device
         self.instance = instance
-        suffix = f"-{instance}" if instance else ""
-        self.client_id = f"vv-{self.device}-{self.name}{suffix}"
+        self.node_name = self.name + (f"-{instance}" if instance else "")  # health topic, broker user
+        self.client_id = f"vv-{self.device}-{self.node_name}"
         self.source = f"vv://{self.device}/{self.name}"
         self.paths = settings.paths
-        self.state_dir = self.paths.state / "nodes" / f"{self.name}{suffix}"
+        self.state_dir = self.paths.state / "nodes" / self.node_name
         self.stats = NodeStats()
         self.epoch = 0
         self._store: NodeStore | None = None
         self._storm = StormFolder()
         self._spool: collections.deque[tuple[str, bytes, str]] = collections.deque(maxlen=1000)
         self._dead = DeadLetters(
-            self.paths.state / "deadletter" / f"{self.name}{suffix}.jsonl",
+            self.paths.state / "deadletter" / f"{self.node_name}.jsonl",
             max_bytes=settings.bus.deadletter_max_bytes,
             max_age_s=settings.bus.deadletter_max_age_days * 86400,
             payload_bytes=settings.bus.deadletter_payload_bytes,
@@ -141,13 +151,39 @@ class Node:
         self._connected = asyncio.Event()
         self._lost_at: tuple[str, float] | None = None
         self._uncommitted: list[OutboxRow] | None = None
-        self._handlers = self._collect_handlers()
+        self._handlers = {
+            getattr(type(self), attr)._vv_event_type: getattr(self, attr)
+            for attr in self._marked("_vv_event_type")
+        }
         self._routes: dict[str, Callable[[Event], Awaitable[None]] | None] = {}
-        self._health_handlers = [
-            getattr(self, attr)
-            for attr in dir(type(self))
-            if getattr(getattr(type(self), attr), "_vv_health", False)
-        ]
+        self._health_handlers = [getattr(self, attr) for attr in self._marked("_vv_health")]
+
+    # ----------------------------------------------------------------- declarations
+    @classmethod
+    def _marked(cls, mark: str) -> list[str]:
+        """Names of the methods carrying a decorator's mark (`@on`, `@on_health`)."""
+        return [attr for attr in dir(cls) if getattr(getattr(cls, attr), mark, None) not in (None, False)]
+
+    @classmethod
+    def consumes(cls) -> list[str]:
+        """The event-type patterns of the `@on` handlers: what the node subscribes to."""
+        return [getattr(cls, attr)._vv_event_type for attr in cls._marked("_vv_event_type")]
+
+    @classmethod
+    def grant(cls, settings: Settings, node: str) -> Grant:
+        """The broker rights of `node` (this class's name, or `<name>-<instance>`), from what the
+        class declares: publish its `produces`, its own health and alerts; read what it consumes.
+
+        Reads are plain topics even for a shared group: mosquitto checks each delivered message by
+        its topic, never the `$share/...` filter.
+        """
+        device = settings.device
+        write = [topic_for(device, t) for t in cls.produces]
+        write += [health_topic(device, node), topic_for(device, "alert.#")]
+        reads = [subscription(device, pattern) for pattern in cls.consumes()]
+        if cls._marked("_vv_health"):
+            reads.append(subscription(device, "health.*"))
+        return Grant(settings.mqtt_username(node), tuple(write), tuple(dict.fromkeys(reads)))
 
     # ----------------------------------------------------------------- for subclasses
     async def setup(self) -> None:
@@ -181,8 +217,14 @@ class Node:
         """Publish an event: validated now, durable in the outbox before it is sent.
 
         Inside a handler the event is committed with the handler's completion (unless
-        `immediate`); elsewhere it is committed at once.
+        `immediate`); elsewhere it is committed at once. Only declared types (`produces`) and
+        alerts may be emitted: the broker would refuse anything else.
         """
+        if event_type not in self.produces and not event_type.startswith("alert."):
+            raise UndeclaredEvent(
+                f"{type(self).__name__} emits {event_type!r} but does not declare it: add it to "
+                f"{type(self).__name__}.produces and re-render the broker (`vv broker`) so its ACL allows it"
+            )
         schemas.validate(schemas.schema_name_for(event_type), data)
         codec_json = not is_pipeline_event(event_type) or self.settings.bus.codec == "json"
         event = Event(
@@ -375,7 +417,13 @@ class Node:
     async def _connection_loop(self) -> None:
         backoff = Backoff(self.settings.mqtt.reconnect_min_s, self.settings.mqtt.reconnect_max_s)
         while not self._stop.is_set():
-            client = make_client(self.settings, self.client_id, will=self._will(), manual_ack=True)
+            client = make_client(
+                self.settings,
+                self.client_id,
+                username=self.settings.mqtt_username(self.node_name),
+                will=self._will(),
+                manual_ack=True,
+            )
             try:
                 async with client:
                     backoff.reset()
@@ -384,7 +432,12 @@ class Node:
                 if self._stop.is_set():
                     break
                 delay = backoff.next_delay()
-                log.warning("broker connection lost or refused (%s); retrying in %.1fs", exc, delay)
+                hint = (
+                    f" (does the broker know {self.node_name}? see broker.nodes and broker.instances)"
+                    if getattr(exc, "rc", None) in (134, 135)  # bad user name or password, not authorized
+                    else ""
+                )
+                log.warning("broker connection lost or refused (%s)%s; retrying in %.1fs", exc, hint, delay)
                 if self._lost_at is None:
                     self._lost_at = (utc_now(), time.monotonic())
                 self.stats.reconnects += 1
@@ -436,14 +489,6 @@ class Node:
         if self._health_handlers:
             filters.append(subscription(self.device, "health.*"))
         return filters
-
-    def _collect_handlers(self) -> dict[str, Callable[[Event], Awaitable[None]]]:
-        handlers: dict[str, Callable[[Event], Awaitable[None]]] = {}
-        for attr in dir(type(self)):
-            pattern = getattr(getattr(type(self), attr), "_vv_event_type", None)
-            if pattern is not None:
-                handlers[pattern] = getattr(self, attr)
-        return handlers
 
     # ----------------------------------------------------------------- receiving
     async def _consume(self, client: aiomqtt.Client) -> None:
@@ -650,6 +695,13 @@ class Node:
             if rowid is None:  # one of aiomqtt's own publishes (health)
                 aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
                 return
+            if reason_code.is_failure:  # e.g. 135: a broker whose ACL predates this node's `produces`
+                log.error("the broker refused an event (%s); it stays in the outbox", reason_code)
+                self.set_status("degraded", REFUSED)
+                room.set()
+                return
+            if self._reason == REFUSED:  # the broker takes our events again (re-rendered, restarted)
+                self.set_status("online")
             self._acked.append(rowid)
             if len(self._acked) >= 256:
                 self._flush_acked()
@@ -706,7 +758,7 @@ class Node:
     # ----------------------------------------------------------------- health
     def health_document(self, status: str | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "node": self.name + (f"-{self.instance}" if self.instance else ""),
+            "node": self.node_name,
             "device": self.device,
             "status": status or self._status,
             "time": utc_now(),
@@ -734,7 +786,7 @@ class Node:
         return doc
 
     def _health_topic(self) -> str:
-        return health_topic(self.device, self.name + (f"-{self.instance}" if self.instance else ""))
+        return health_topic(self.device, self.node_name)
 
     def _will(self) -> aiomqtt.Will:
         props = mqtt_properties(PacketTypes.WILLMESSAGE)

@@ -107,6 +107,7 @@ class DiskWatch(Node):
     """Watches free space; raises and resolves alerts; pauses and resumes ingest."""
 
     name = "disk"
+    produces = ("cmd.ingest.pause", "cmd.ingest.resume")
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)

@@ -436,6 +436,7 @@ class Ingest(Node):
     """Watches `input/`; each complete file becomes a stored video (`video.new`) or a quarantined one."""
 
     name = "ingest"
+    produces = ("video.new", "video.quarantined")
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)

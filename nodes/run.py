@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--instance",
         default="",
         type=instance_name,
-        help="worker suffix when several workers of one stage run",
+        help="worker suffix when several workers of one stage run (list NODE:INSTANCE in broker.instances)",
     )
 
 

@@ -47,6 +47,7 @@ log = logging.getLogger("vv.sign")
 
 class Sign(Node):
     name = "sign"
+    produces = ("logline.signed",)
 
     async def setup(self) -> None:
         self.keys = KeyStore(self.paths.keys)
