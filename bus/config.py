@@ -46,6 +46,12 @@ class BusSettings:
     max_event_bytes: int = 256 * 1024
     outbox_sync: Literal["normal", "full"] = "normal"  # sqlite synchronous mode for outbox/dedupe
     shared_group: str = ""  # non-empty: consume via $share/<group>/... with other workers
+    catchup_max_age_s: float = 24 * 3600.0  # a catch-up from the journal never reaches further back
+    catchup_timeout_s: float = 10.0  # idle time without an answer before the journal is asked again
+    catchup_retry_max_s: float = 30.0  # cap of the backoff between catch-up requests to a silent journal
+    resend_window_s: float = (
+        30.0  # after a lost connection, events the broker acknowledged this recently are re-sent
+    )
 
 
 @dataclass(frozen=True)

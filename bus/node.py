@@ -28,6 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from bus import codec, schemas
 from bus.alerts import Severity, build_alert
 from bus.backoff import Backoff
+from bus.catchup import Catchup, GroupClaims, replayable
 from bus.client import (
     MqttError,
     ack,
@@ -41,7 +42,16 @@ from bus.config import Settings
 from bus.deadletter import DeadLetters
 from bus.envelope import JSON, MSGPACK, Event, utc_now
 from bus.store import NodeStore, OutboxRow
-from bus.topics import health_topic, is_pipeline_event, parse_topic, subscription, topic_for
+from bus.topics import (
+    CATCHUP_REQUEST,
+    catchup_topic,
+    health_topic,
+    is_catchup_reply,
+    is_pipeline_event,
+    parse_topic,
+    subscription,
+    topic_for,
+)
 
 __version__ = "0.1.0"
 
@@ -96,6 +106,7 @@ class Node:
     shared_group: ClassVar[str] = ""  # e.g. "scan": workers of a stage split the load via $share
     max_inflight: ClassVar[int] = 20  # paho's own in-flight limit: more would only queue inside paho
     max_batch: ClassVar[int] = 64  # messages already delivered that are handled in one transaction
+    catchup: ClassVar[bool] = True  # on every connection, ask the journal for events missed (bus/catchup.py)
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         if not self.name:
@@ -132,6 +143,8 @@ class Node:
             for attr in dir(type(self))
             if getattr(getattr(type(self), attr), "_vv_health", False)
         ]
+        self._catchup = self._make_catchup()
+        self._group_claims: GroupClaims | None = None
 
     # ----------------------------------------------------------------- for subclasses
     async def setup(self) -> None:
@@ -289,6 +302,8 @@ class Node:
             await asyncio.gather(background, return_exceptions=True)
             await self.teardown()
             self.store.close()
+            if self._group_claims is not None:
+                self._group_claims.close()
         log.info("stopped")
         return 0
 
@@ -340,19 +355,22 @@ class Node:
                 self._connected.clear()
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        """One connected session: subscribe, announce, resend, consume until stop or disconnect."""
+        """One connected session: subscribe, announce, resend, catch up, consume until stop or disconnect."""
         for filt in self._subscriptions():
             await client.subscribe(filt, qos=1)
         self._client = client
+        resend = self._resend_after_outage()
         if self._lost_at is not None:
             await self._publish_outage(client, *self._lost_at)
             self._lost_at = None
         await self._publish_health(client)
         log.info("connected to %s:%d as %s", self.settings.mqtt.host, self.settings.mqtt.port, self.client_id)
         tasks = [
-            asyncio.create_task(self._sender(client)),
+            asyncio.create_task(self._sender(client, resend)),
             asyncio.create_task(self._heartbeat(client)),
         ]
+        if self._catchup is not None:  # subscribed first: what the journal does not return arrives live
+            tasks.append(asyncio.create_task(self._guard(self._catchup.run(), "catch-up")))
         self._connected.set()
         try:
             self._consumer = asyncio.create_task(self._consume(client))
@@ -373,12 +391,54 @@ class Node:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._flush_acked()
 
+    @property
+    def group(self) -> str:
+        """The shared group this node's workers split their load in ("" when it works alone)."""
+        return self.settings.bus.shared_group or self.shared_group
+
+    @property
+    def full_name(self) -> str:
+        """The name with the instance (`scan-a`): its health topic, unique on the device."""
+        return self.name + (f"-{self.instance}" if self.instance else "")
+
     def _subscriptions(self) -> list[str]:
-        group = self.settings.bus.shared_group or self.shared_group
-        filters = [subscription(self.device, pattern, group) for pattern in self._handlers]
+        filters = [subscription(self.device, pattern, self.group) for pattern in self._handlers]
         if self._health_handlers:
             filters.append(subscription(self.device, "health.*"))
+        if self._catchup is not None:
+            filters.append(self._catchup.reply_topic)
         return filters
+
+    def _make_catchup(self) -> Catchup | None:
+        """A node with event handlers catches up from the journal on each connection (bus/catchup.py)."""
+        patterns = replayable(list(self._handlers))
+        if not (self.catchup and patterns):
+            return None
+
+        async def request(data: dict[str, Any]) -> Event:
+            return await self.emit(CATCHUP_REQUEST, data, immediate=True)
+
+        return Catchup(
+            self.settings,
+            reply_topic=catchup_topic(self.device, self.full_name),
+            patterns=patterns,
+            group=self.group,
+            store=lambda: self.store,
+            request=request,
+            replay=self._receive,
+            busy=lambda: self._busy,
+        )
+
+    def _resend_after_outage(self) -> float | None:
+        """After a lost connection: the time (time.time()) from which acknowledged events are re-sent.
+
+        A broker killed outright forgets messages still in flight to its clients (the journal
+        included) even though it acknowledged them; consumers dedupe the copies by event id.
+        """
+        if self._lost_at is None:
+            return None
+        lost_wall = time.time() - (time.monotonic() - self._lost_at[1])
+        return lost_wall - self.settings.bus.resend_window_s
 
     def _collect_handlers(self) -> dict[str, Callable[[Event], Awaitable[None]]]:
         handlers: dict[str, Callable[[Event], Awaitable[None]]] = {}
@@ -433,6 +493,9 @@ class Node:
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         try:
             device, event_type = parse_topic(topic)
+            if is_catchup_reply(event_type):
+                await self._receive_catchup(topic, message)
+                return
             if len(payload) > self.settings.bus.max_event_bytes:
                 raise RejectedMessage(
                     f"oversized: {len(payload)} bytes > {self.settings.bus.max_event_bytes}"
@@ -449,7 +512,7 @@ class Node:
         except (RejectedMessage, codec.DecodeError, schemas.SchemaError, ValueError) as exc:
             await self._dead_letter(topic, bytes(payload), content_type_of(message), str(exc))
             return
-        if not self.store.claim(event.id):  # rolled back with the batch if we crash before it commits
+        if not self._claim(event):  # rolled back with the batch if we crash before it commits
             self.stats.duplicates += 1
             log.debug("duplicate %s %s ignored", event.type, event.id)
             return
@@ -458,6 +521,25 @@ class Node:
         if handler is None:
             return
         await self._dispatch(handler, event, topic, bytes(payload), content_type_of(message))
+
+    def _claim(self, event: Event) -> bool:
+        """Dedupe by event id: for this node, and once across the workers of its shared group."""
+        if not self.store.claim(event.id):
+            return False
+        if not self.group:
+            return True
+        if self._group_claims is None:
+            self._group_claims = GroupClaims(self.paths.state / "groups" / f"{self.group}.sqlite")
+        return self._group_claims.take(event.id, self.full_name)
+
+    async def _receive_catchup(self, topic: str, message: aiomqtt.Message) -> None:
+        """A page of the journal's answer: ours is replayed; the journal (on `#`) sees every node's."""
+        if self._catchup is None or topic != self._catchup.reply_topic:
+            return
+        page = decode_message(message)
+        if not isinstance(page, dict):
+            raise RejectedMessage(f"catch-up page is a {type(page).__name__}, not a map")
+        await self._catchup.on_page(page)
 
     async def _receive_health(self, event_type: str, document: Any) -> None:
         schemas.validate("health", document)
@@ -551,14 +633,19 @@ class Node:
             self._uncommitted.extend(rows)
         self.stats.emitted += len(rows)
 
-    async def _sender(self, client: aiomqtt.Client) -> None:
+    async def _sender(self, client: aiomqtt.Client, resend_since: float | None) -> None:
         """Send the outbox: everything unacknowledged first (after a restart or reconnect), then new events.
 
-        Publishes go to paho directly and each PUBACK marks its row sent from paho's callback: no
-        task and no future per event (aiomqtt's publish() costs both), at most `max_inflight` open.
+        With `resend_since` (a reconnect after a lost connection), rows acknowledged since then go
+        again first. Publishes go to paho directly and each PUBACK marks its row sent from paho's
+        callback: no task and no future per event (aiomqtt's publish() costs both), at most
+        `max_inflight` open.
         """
         self._send_queue = asyncio.Queue()
-        for row in self.store.pending():
+        resent = self.store.sent_since(resend_since) if resend_since is not None else []
+        if resent:
+            log.info("re-sending %d event(s) acknowledged just before the connection was lost", len(resent))
+        for row in [*resent, *self.store.pending()]:
             if row.rowid not in self._acked:
                 self._send_queue.put_nowait(row)
         paho = client._client
@@ -602,7 +689,7 @@ class Node:
     def _flush_acked(self) -> None:
         if self._acked and self._store is not None:
             acked, self._acked = self._acked, []
-            self.store.delete_sent(acked)
+            self.store.mark_sent(acked, self.settings.bus.resend_window_s)
 
     async def _drain(self, timeout: float) -> None:
         """Give queued and in-flight publishes a moment to be acknowledged before disconnecting."""
@@ -623,7 +710,7 @@ class Node:
     # ----------------------------------------------------------------- health
     def health_document(self, status: str | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "node": self.name + (f"-{self.instance}" if self.instance else ""),
+            "node": self.full_name,
             "device": self.device,
             "status": status or self._status,
             "time": utc_now(),
@@ -643,6 +730,7 @@ class Node:
                 "reconnects": self.stats.reconnects,
                 "outbox_depth": self._send_queue.qsize() + len(self._awaiting),
                 "last_event_at": self.stats.last_event_at,
+                **({"catchup": self._catchup.status()} if self._catchup is not None else {}),
                 **self.health_details(),
             },
         }
@@ -651,7 +739,7 @@ class Node:
         return doc
 
     def _health_topic(self) -> str:
-        return health_topic(self.device, self.name + (f"-{self.instance}" if self.instance else ""))
+        return health_topic(self.device, self.full_name)
 
     def _will(self) -> aiomqtt.Will:
         props = mqtt_properties(PacketTypes.WILLMESSAGE)
@@ -671,6 +759,17 @@ class Node:
         doc["time"] = since
         doc["reason"] = f"broker connection lost; reconnected after {time.monotonic() - since_monotonic:.1f}s"
         await self._publish_health(client, document=doc)
+
+    async def publish_document(self, topic: str, document: Any, content_type: str) -> None:
+        """Send a session message now (not an event: no envelope, no outbox), QoS 1, awaiting PUBACK.
+
+        Raises MqttError when not connected; for answers whose asker asks again (catch-up pages).
+        """
+        if self._client is None:
+            raise MqttError("not connected")
+        await self._client.publish(
+            topic, codec.encode(document, content_type), qos=1, properties=publish_properties(content_type)
+        )
 
     async def _publish_health(
         self, client: aiomqtt.Client, status: str | None = None, document: dict[str, Any] | None = None
