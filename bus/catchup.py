@@ -155,16 +155,15 @@ class Catchup:
     async def run(self) -> None:
         """Ask until the journal has answered completely; a down journal is asked again with backoff."""
         backoff = Backoff(RETRY_MIN_S, self.settings.bus.catchup_retry_max_s)
-        while True:
-            self._current, self._expected_page, self._complete = None, 0, False
+        self._complete = False
+        while not self._complete:  # a late answer may complete it during the backoff, too
+            self._current, self._expected_page = None, 0
             self._progress.clear()
             self.state = "requesting"
             event = await self._request(self.request_data(datetime.now(UTC)))
             self._current = event.id
             if await self._answered():
-                self.state, self.unanswered, self.waiting_since = "caught up", 0, None
-                self.last_completed = utc_now()
-                return
+                break
             self.unanswered += 1
             self.waiting_since = self.waiting_since or event.time
             self.state = "waiting for the journal"
@@ -176,6 +175,8 @@ class Catchup:
                 delay,
             )
             await asyncio.sleep(delay)
+        self.state, self.unanswered, self.waiting_since = "caught up", 0, None
+        self.last_completed = utc_now()
 
     async def _answered(self) -> bool:
         """Wait for the whole answer. Only idle time counts against the timeout: pages queue behind
