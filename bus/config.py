@@ -52,6 +52,12 @@ class BusSettings:
     deadletter_max_bytes: int = 16 * 1024 * 1024  # per node; the oldest half goes when it is full
     deadletter_max_age_days: float = 30.0
     deadletter_payload_bytes: int = 4096  # a refused payload is kept up to this, with its full sha256
+    catchup_max_age_s: float = 24 * 3600.0  # a catch-up from the journal never reaches further back
+    catchup_timeout_s: float = 10.0  # idle time without an answer before the journal is asked again
+    catchup_retry_max_s: float = 30.0  # cap of the backoff between catch-up requests to a silent journal
+    resend_window_s: float = (
+        30.0  # after a lost connection, events the broker acknowledged this recently are re-sent
+    )
 
 
 @dataclass(frozen=True)

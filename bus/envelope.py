@@ -39,7 +39,12 @@ def uuid7() -> str:
 
 def utc_now() -> str:
     """RFC 3339 UTC with milliseconds, the one timestamp format on the bus."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(datetime.now(UTC))
+
+
+def rfc3339(when: datetime) -> str:
+    """An aware datetime in the bus's timestamp format (UTC, milliseconds, `Z`)."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str) -> datetime:

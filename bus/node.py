@@ -33,6 +33,7 @@ from bus import codec, schemas
 from bus.alerts import Severity, StormFolder, build_alert
 from bus.backoff import Backoff
 from bus.broker import Grant
+from bus.catchup import Catchup, GroupClaims, replayable
 from bus.client import (
     MqttError,
     ack,
@@ -46,7 +47,16 @@ from bus.config import Settings
 from bus.deadletter import DeadLetters
 from bus.envelope import JSON, MSGPACK, Event, utc_now
 from bus.store import NodeStore, OutboxRow
-from bus.topics import health_topic, is_pipeline_event, parse_topic, subscription, topic_for
+from bus.topics import (
+    CATCHUP_REQUEST,
+    catchup_topic,
+    health_topic,
+    is_catchup_reply,
+    is_pipeline_event,
+    parse_topic,
+    subscription,
+    topic_for,
+)
 
 __version__ = "0.1.0"
 
@@ -115,6 +125,7 @@ class Node:
     shared_group: ClassVar[str] = ""  # e.g. "scan": workers of a stage split the load via $share
     max_inflight: ClassVar[int] = 20  # paho's own in-flight limit: more would only queue inside paho
     max_batch: ClassVar[int] = 64  # messages already delivered that are handled in one transaction
+    catchup: ClassVar[bool] = True  # on every connection, ask the journal for events missed (bus/catchup.py)
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         if not self.name:
@@ -157,6 +168,8 @@ class Node:
         }
         self._routes: dict[str, Callable[[Event], Awaitable[None]] | None] = {}
         self._health_handlers = [getattr(self, attr) for attr in self._marked("_vv_health")]
+        self._catchup = self._make_catchup()
+        self._group_claims: GroupClaims | None = None
 
     # ----------------------------------------------------------------- declarations
     @classmethod
@@ -170,6 +183,16 @@ class Node:
         return [getattr(cls, attr)._vv_event_type for attr in cls._marked("_vv_event_type")]
 
     @classmethod
+    def catches_up(cls) -> bool:
+        """Whether the node asks the journal for missed events on each connection (bus/catchup.py)."""
+        return cls.catchup and bool(replayable(cls.consumes()))
+
+    @classmethod
+    def publishes(cls) -> tuple[str, ...]:
+        """The event types the node may publish: its `produces`, and its catch-up requests."""
+        return cls.produces + ((CATCHUP_REQUEST,) if cls.catches_up() else ())
+
+    @classmethod
     def grant(cls, settings: Settings, node: str) -> Grant:
         """The broker rights of `node` (this class's name, or `<name>-<instance>`), from what the
         class declares: publish its `produces`, its own health and alerts; read what it consumes.
@@ -178,11 +201,13 @@ class Node:
         its topic, never the `$share/...` filter.
         """
         device = settings.device
-        write = [topic_for(device, t) for t in cls.produces]
+        write = [topic_for(device, t) for t in cls.publishes()]
         write += [health_topic(device, node), topic_for(device, "alert.#")]
         reads = [subscription(device, pattern) for pattern in cls.consumes()]
         if cls._marked("_vv_health"):
             reads.append(subscription(device, "health.*"))
+        if cls.catches_up():
+            reads.append(catchup_topic(device, node))
         return Grant(settings.mqtt_username(node), tuple(write), tuple(dict.fromkeys(reads)))
 
     # ----------------------------------------------------------------- for subclasses
@@ -220,7 +245,7 @@ class Node:
         `immediate`); elsewhere it is committed at once. Only declared types (`produces`) and
         alerts may be emitted: the broker would refuse anything else.
         """
-        if event_type not in self.produces and not event_type.startswith("alert."):
+        if event_type not in self.publishes() and not event_type.startswith("alert."):
             raise UndeclaredEvent(
                 f"{type(self).__name__} emits {event_type!r} but does not declare it: add it to "
                 f"{type(self).__name__}.produces and re-render the broker (`vv broker`) so its ACL allows it"
@@ -385,6 +410,8 @@ class Node:
             await asyncio.gather(background, return_exceptions=True)
             await self.teardown()
             self.store.close()
+            if self._group_claims is not None:
+                self._group_claims.close()
         log.info("stopped")
         return 0
 
@@ -447,10 +474,11 @@ class Node:
                 self._connected.clear()
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        """One connected session: subscribe, announce, resend, consume until stop or disconnect."""
+        """One connected session: subscribe, announce, resend, catch up, consume until stop or disconnect."""
         for filt in self._subscriptions():
             await client.subscribe(filt, qos=1)
         self._client = client
+        resend = self._resend_after_outage()
         if self._lost_at is not None:
             await self._publish_outage(client, *self._lost_at)
             self._lost_at = None
@@ -458,9 +486,11 @@ class Node:
         await self._send_spool(client)
         log.info("connected to %s:%d as %s", self.settings.mqtt.host, self.settings.mqtt.port, self.client_id)
         tasks = [
-            asyncio.create_task(self._sender(client)),
+            asyncio.create_task(self._sender(client, resend)),
             asyncio.create_task(self._heartbeat(client)),
         ]
+        if self._catchup is not None:  # subscribed first: what the journal does not return arrives live
+            tasks.append(asyncio.create_task(self._guard(self._catchup.run(), "catch-up")))
         self._connected.set()
         try:
             self._consumer = asyncio.create_task(self._consume(client))
@@ -483,12 +513,49 @@ class Node:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._flush_acked()
 
+    @property
+    def group(self) -> str:
+        """The shared group this node's workers split their load in ("" when it works alone)."""
+        return self.settings.bus.shared_group or self.shared_group
+
     def _subscriptions(self) -> list[str]:
-        group = self.settings.bus.shared_group or self.shared_group
-        filters = [subscription(self.device, pattern, group) for pattern in self._handlers]
+        filters = [subscription(self.device, pattern, self.group) for pattern in self._handlers]
         if self._health_handlers:
             filters.append(subscription(self.device, "health.*"))
+        if self._catchup is not None:
+            filters.append(self._catchup.reply_topic)
         return filters
+
+    def _make_catchup(self) -> Catchup | None:
+        """A node with event handlers catches up from the journal on each connection (bus/catchup.py)."""
+        if not self.catches_up():
+            return None
+        patterns = replayable(list(self._handlers))
+
+        async def request(data: dict[str, Any]) -> Event:
+            return await self.emit(CATCHUP_REQUEST, data, immediate=True)
+
+        return Catchup(
+            self.settings,
+            reply_topic=catchup_topic(self.device, self.node_name),
+            patterns=patterns,
+            group=self.group,
+            store=lambda: self.store,
+            request=request,
+            replay=self._receive,
+            busy=lambda: self._busy,
+        )
+
+    def _resend_after_outage(self) -> float | None:
+        """After a lost connection: the time (time.time()) from which acknowledged events are re-sent.
+
+        A broker killed outright forgets messages still in flight to its clients (the journal
+        included) even though it acknowledged them; consumers dedupe the copies by event id.
+        """
+        if self._lost_at is None:
+            return None
+        lost_wall = time.time() - (time.monotonic() - self._lost_at[1])
+        return lost_wall - self.settings.bus.resend_window_s
 
     # ----------------------------------------------------------------- receiving
     async def _consume(self, client: aiomqtt.Client) -> None:
@@ -535,6 +602,9 @@ class Node:
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         try:
             device, event_type = parse_topic(topic)
+            if is_catchup_reply(event_type):
+                await self._receive_catchup(topic, message)
+                return
             if len(payload) > self.settings.bus.max_event_bytes:
                 raise RejectedMessage(
                     f"oversized: {len(payload)} bytes > {self.settings.bus.max_event_bytes}"
@@ -551,7 +621,7 @@ class Node:
         except (RejectedMessage, codec.DecodeError, schemas.SchemaError, ValueError) as exc:
             await self._dead_letter(topic, bytes(payload), content_type_of(message), str(exc))
             return
-        if not self.store.claim(event.id):  # rolled back with the batch if we crash before it commits
+        if not self._claim(event):  # rolled back with the batch if we crash before it commits
             self.stats.duplicates += 1
             log.debug("duplicate %s %s ignored", event.type, event.id)
             return
@@ -560,6 +630,25 @@ class Node:
         if handler is None:
             return
         await self._dispatch(handler, event, topic, bytes(payload), content_type_of(message))
+
+    def _claim(self, event: Event) -> bool:
+        """Dedupe by event id: for this node, and once across the workers of its shared group."""
+        if not self.store.claim(event.id):
+            return False
+        if not self.group:
+            return True
+        if self._group_claims is None:
+            self._group_claims = GroupClaims(self.paths.state / "groups" / f"{self.group}.sqlite")
+        return self._group_claims.take(event.id, self.node_name)
+
+    async def _receive_catchup(self, topic: str, message: aiomqtt.Message) -> None:
+        """A page of the journal's answer: ours is replayed; the journal (on `#`) sees every node's."""
+        if self._catchup is None or topic != self._catchup.reply_topic:
+            return
+        page = decode_message(message)
+        if not isinstance(page, dict):
+            raise RejectedMessage(f"catch-up page is a {type(page).__name__}, not a map")
+        await self._catchup.on_page(page)
 
     async def _receive_health(self, event_type: str, document: Any) -> None:
         schemas.validate("health", document)
@@ -675,14 +764,19 @@ class Node:
             self._uncommitted.extend(rows)
         self.stats.emitted += len(rows)
 
-    async def _sender(self, client: aiomqtt.Client) -> None:
+    async def _sender(self, client: aiomqtt.Client, resend_since: float | None) -> None:
         """Send the outbox: everything unacknowledged first (after a restart or reconnect), then new events.
 
-        Publishes go to paho directly and each PUBACK marks its row sent from paho's callback: no
-        task and no future per event (aiomqtt's publish() costs both), at most `max_inflight` open.
+        With `resend_since` (a reconnect after a lost connection), rows acknowledged since then go
+        again first. Publishes go to paho directly and each PUBACK marks its row sent from paho's
+        callback: no task and no future per event (aiomqtt's publish() costs both), at most
+        `max_inflight` open.
         """
         self._send_queue = asyncio.Queue()
-        for row in self.store.pending():
+        resent = self.store.sent_since(resend_since) if resend_since is not None else []
+        if resent:
+            log.info("re-sending %d event(s) acknowledged just before the connection was lost", len(resent))
+        for row in [*resent, *self.store.pending()]:
             if row.rowid not in self._acked:
                 self._send_queue.put_nowait(row)
         paho = client._client
@@ -734,7 +828,7 @@ class Node:
         if self._acked and self._store is not None:
             acked, self._acked = self._acked, []
             try:
-                self.store.delete_sent(acked)
+                self.store.mark_sent(acked, self.settings.bus.resend_window_s)
             except sqlite3.Error as exc:  # a full disk: kept for the next flush (a resend is deduped)
                 self._acked = acked + self._acked
                 log.warning("sent outbox rows not cleared yet: %s", exc)
@@ -778,6 +872,7 @@ class Node:
                 "reconnects": self.stats.reconnects,
                 "outbox_depth": self._send_queue.qsize() + len(self._awaiting),
                 "last_event_at": self.stats.last_event_at,
+                **({"catchup": self._catchup.status()} if self._catchup is not None else {}),
                 **self.health_details(),
             },
         }
@@ -806,6 +901,17 @@ class Node:
         doc["time"] = since
         doc["reason"] = f"broker connection lost; reconnected after {time.monotonic() - since_monotonic:.1f}s"
         await self._publish_health(client, document=doc)
+
+    async def publish_document(self, topic: str, document: Any, content_type: str) -> None:
+        """Send a session message now (not an event: no envelope, no outbox), QoS 1, awaiting PUBACK.
+
+        Raises MqttError when not connected; for answers whose asker asks again (catch-up pages).
+        """
+        if self._client is None:
+            raise MqttError("not connected")
+        await self._client.publish(
+            topic, codec.encode(document, content_type), qos=1, properties=publish_properties(content_type)
+        )
 
     async def _publish_health(
         self, client: aiomqtt.Client, status: str | None = None, document: dict[str, Any] | None = None

@@ -1,8 +1,10 @@
-"""A node's durable state in one SQLite file (WAL): outbox, seen event ids, epoch and seq.
+"""A node's durable state in one SQLite file (WAL): outbox, seen event ids, epoch and seq, marks.
 
 paho keeps unacknowledged publishes in memory only, so an event a node produced would be lost if
 the node died before PUBACK. Here it is recorded first, in the same transaction that marks the
-input event as seen, and deleted only after the broker acknowledged it.
+input event as seen. After the broker acknowledged it, the row is kept a while (`acked` set):
+mosquitto loses messages still in flight to its clients when it is killed, PUBACKed or not, so
+after a lost connection the node re-sends what was acknowledged shortly before it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class NodeStore:
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
             """
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "acked" not in columns:  # a store written before acknowledged rows were kept
+            self._db.execute("ALTER TABLE outbox ADD COLUMN acked REAL")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_by_acked ON outbox(acked)")
         self._depth = 0
         # `seq` is reserved in blocks so a commit need not write it: after a restart the producer
         # continues past the whole reserved block (a new epoch, so consumers see no gap).
@@ -107,19 +113,41 @@ class NodeStore:
         assert cursor.lastrowid is not None
         return OutboxRow(cursor.lastrowid, event_id, topic, payload, content_type, retain)
 
-    def delete_sent(self, rowids: list[int]) -> None:
+    def mark_sent(self, rowids: list[int], keep_s: float) -> None:
+        """Rows the broker acknowledged; those acknowledged more than `keep_s` ago are deleted."""
         if rowids:
+            now = time.time()
             with self.transaction():
-                self._db.executemany("DELETE FROM outbox WHERE rowid=?", [(r,) for r in rowids])
+                self._db.executemany("UPDATE outbox SET acked=? WHERE rowid=?", [(now, r) for r in rowids])
+                self._db.execute("DELETE FROM outbox WHERE acked < ?", (now - keep_s,))
 
-    def pending(self) -> list[OutboxRow]:
+    def _rows(self, where: str, *args: object) -> list[OutboxRow]:
         rows = self._db.execute(
-            "SELECT rowid, event_id, topic, payload, content_type, retain FROM outbox ORDER BY rowid"
+            "SELECT rowid, event_id, topic, payload, content_type, retain FROM outbox "
+            f"WHERE {where} ORDER BY rowid",
+            args,
         ).fetchall()
         return [OutboxRow(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5])) for r in rows]
 
+    def pending(self) -> list[OutboxRow]:
+        """Rows not yet acknowledged by the broker, oldest first."""
+        return self._rows("acked IS NULL")
+
+    def sent_since(self, when: float) -> list[OutboxRow]:
+        """Rows the broker acknowledged at or after `when` (a time.time()), oldest first."""
+        return self._rows("acked >= ?", when)
+
     def outbox_depth(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM outbox WHERE acked IS NULL").fetchone()[0])
+
+    def mark(self, key: str) -> int | None:
+        """A named position kept for the node (e.g. how far it caught up from the journal)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"mark:{key}",)).fetchone()
+        return int(row[0]) if row else None
+
+    def set_mark(self, key: str, value: int) -> None:
+        """Record a named position; inside a transaction it commits with the work that earned it."""
+        self._set_meta(f"mark:{key}", value)
 
     def claim(self, event_id: str) -> bool:
         """Mark an event seen; False if it already was (one statement: the dedupe check and the mark)."""

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,7 @@ import numpy as np
 from bus.argtypes import positive_float
 from bus.client import MqttError, stream
 from bus.config import Settings, load_settings
+from bus.topics import is_catchup_reply, parse_topic
 from nodes.sign.keys import KeyStore
 from nodes.tail import format_line
 from nodes.verify import verify_paths
@@ -88,16 +90,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def watch(settings: Settings, deadline: float) -> str | None:
-    """Print every event until a LogLine is signed; return its path."""
+async def watch(settings: Settings, deadline: float, drop: Callable[[], None]) -> str | None:
+    """Report each node started once it is subscribed (its health online), then drop the sample and
+    print every event until a LogLine is signed; return its path."""
+    waiting = set(NODES)
     async for topic, document, _ in stream(settings, [f"vv/{settings.device}/#"], f"vv-demo-{os.getpid()}"):
-        if "/health/" in topic and isinstance(document, dict) and document.get("status") == "online":
+        if time.monotonic() > deadline:
+            return None
+        _, kind = parse_topic(topic)
+        online = isinstance(document, dict) and document.get("status") == "online"
+        if kind.startswith("health.") and online:
+            node = kind.removeprefix("health.")
+            if node in waiting:
+                waiting.discard(node)
+                print(f"demo: {node} started (subscribed, pid {document.get('pid')})", flush=True)
+                if not waiting:
+                    drop()
             continue  # heartbeats: too chatty for a demo
+        if waiting or is_catchup_reply(kind):
+            continue  # before the sample, and the journal's catch-up pages: not the demo's story
         print("  " + format_line(topic, document), flush=True)
         if isinstance(document, dict) and document.get("type") == "logline.signed":
             return str(document["data"]["logline"]["path"])
-        if time.monotonic() > deadline:
-            return None
     return None
 
 
@@ -109,7 +123,7 @@ def _drive(
     deadline: float,
     up: subprocess.Popen[bytes],
 ) -> str | None:
-    """Wait for the broker, drop the sample, print events until its LogLine is signed."""
+    """Wait for the broker and every node, drop the sample, print events until its LogLine is signed."""
     while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
         if time.monotonic() > deadline or up.poll() is not None:
             print("demo: the broker did not start", file=sys.stderr)
@@ -117,12 +131,15 @@ def _drive(
         time.sleep(0.05)
     settings.paths.input.mkdir(parents=True, exist_ok=True)
     source = args.video or build_clip(photos, settings.home / "sample.mp4")
-    staged = settings.paths.input / f".{source.name}.part"
-    shutil.copyfile(source, staged)
-    os.replace(staged, settings.paths.input / source.name)
-    print(f"demo: dropped {source.name} into {settings.paths.input}; live events:")
+
+    def drop() -> None:
+        staged = settings.paths.input / f".{source.name}.part"
+        shutil.copyfile(source, staged)
+        os.replace(staged, settings.paths.input / source.name)
+        print(f"demo: dropped {source.name} into {settings.paths.input}; live events:", flush=True)
+
     try:
-        return asyncio.run(watch(settings, deadline))  # as the read-only device user
+        return asyncio.run(watch(settings, deadline, drop))  # as the read-only device user
     except MqttError as exc:
         print(f"demo: broker: {exc}", file=sys.stderr)
         return None

@@ -26,7 +26,7 @@ from bus.broker import BrokerError, mosquitto_binary
 from bus.config import Settings, load_settings
 from bus.envelope import Event
 from bus.logs import setup_logging
-from bus.node import Node, RejectedMessage, on
+from bus.node import Node, RejectedMessage, on, on_health
 from nodes.registry import NODES, load_node_class
 from nodes.supervisor import Child, ChildSpec, EventKind, RestartPolicy, Supervisor
 
@@ -112,12 +112,26 @@ class SupervisorNode(Node):
         )
         self.reset, self.echo, self.out = reset, echo, out
         self._alerted: set[str] = set()  # children whose FATAL alert is firing
+        self._reported: dict[str, int] = {}  # node child -> pid reported started (subscribed)
 
     async def setup(self) -> None:
         await self.supervisor.start(reset=self.reset)
 
     def health_details(self) -> dict[str, Any]:
         return {"children": self.supervisor.status()}
+
+    @on_health
+    async def child_health(self, node: str, health: dict[str, Any]) -> None:
+        """A node child is started once it is subscribed: its process publishes health online after
+        its subscriptions, so that (with its current pid, not a retained one of an earlier run) is
+        what `vv up` reports as started."""
+        child = self.supervisor.children.get(node)
+        if child is None or child.spec.tier != NODE_TIER or health.get("status") != "online":
+            return
+        pid = health.get("pid")
+        if pid is not None and pid == child.pid and self._reported.get(node) != pid:
+            self._reported[node] = pid
+            self.say(f"{node:<12} {'started':<11} subscribed, pid {pid}")
 
     @on("cmd.supervisor.restart")
     async def restart(self, event: Event) -> None:
@@ -139,7 +153,9 @@ class SupervisorNode(Node):
             if self.echo:
                 print(f"[{child.name}] {message}", file=self.out, flush=True)
             return
-        label = "FATAL" if kind == "fatal" else kind
+        label: str = "FATAL" if kind == "fatal" else kind
+        if kind == "started" and child.spec.tier == NODE_TIER:
+            label = "launched"  # "started" is said once it is subscribed (child_health)
         self.say(f"{child.name:<12} {label:<11} {message}")
         if kind == "fatal":
             await self._alert_fatal(child)

@@ -283,10 +283,15 @@ def test_vv_up_starts_its_own_broker_when_none_listens(vv: VV, tmp_path: Path) -
     up = vv.spawn("up", "--nodes", "echo_node:Echo", log_name="up", extra_env=UP_ENV)
     probe = wait_until(lambda: _try_probe(vv), 20, "the broker started by vv up")
     try:
-        probe.wait_health("echo", "online")
+        echo = probe.wait_health("echo", "online")
         broker_pid = _children(probe, "broker", "echo")["broker"]["pid"]
     finally:
         probe.close()
+    # a node is reported started once it is subscribed (its health online), not when it is forked
+    said = f"echo         started     subscribed, pid {echo['pid']}"
+    wait_until(lambda: said in (vv.home / "up.out").read_text(), 20, "vv up to report echo started")
+    output = (vv.home / "up.out").read_text()
+    assert output.index(f"echo         launched    pid {echo['pid']}") < output.index(said)
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
     assert not psutil.pid_exists(broker_pid)

@@ -1,17 +1,40 @@
-"""The journal node: appends every event of its device to the segmented log, the source of truth."""
+"""The journal node: appends every event of its device to the segmented log, the source of truth.
+
+It also answers catch-up requests (`cmd.journal.replay`, bus/catchup.py): a request is handled in
+the order it arrived, after every event queued before it was appended, so the answer covers all the
+journal had by then; the reading and sending run beside the recording.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
-from bus.envelope import Event, utc_now
-from bus.node import Node, on
-from bus.topics import topic_for
-from nodes.journal.store import Journal
+from bus.broker import Grant
+from bus.client import MqttError
+from bus.config import Settings
+from bus.envelope import MSGPACK, Event, utc_now
+from bus.node import Node, RejectedMessage, on
+from bus.schemas import SchemaError
+from bus.topics import CATCHUP_REQUEST, catchup_topic, topic_for
+from nodes.journal.catchup import ReplayRequest, read_page
+from nodes.journal.store import Journal, JournalError
+
+log = logging.getLogger("vv.journal")
 
 
 class JournalNode(Node):
     name = "journal"
+    catchup = False  # it is what the others catch up from
+
+    @classmethod
+    def grant(cls, settings: Settings, node: str) -> Grant:
+        """Reads everything; writes no event, only catch-up answers to the node that asked."""
+        base = super().grant(settings, node)
+        return dataclasses.replace(base, write=(*base.write, catchup_topic(settings.device, "+")))
 
     async def setup(self) -> None:
         settings = self.settings.journal
@@ -21,6 +44,8 @@ class JournalNode(Node):
             fsync=settings.fsync,
             fsync_interval_s=settings.fsync_interval_s,
         )
+        self._answers: set[asyncio.Task[None]] = set()
+        self.answered = 0
         for report in self.journal.recovery:
             await self.raise_alert(
                 "WARNING",
@@ -37,6 +62,59 @@ class JournalNode(Node):
         self.journal.append(
             {"topic": topic_for(event.device, event.type), "received_at": utc_now(), "event": event.to_dict()}
         )
+        if event.type == CATCHUP_REQUEST:
+            self._answer_later(event)
+
+    def _answer_later(self, event: Event) -> None:
+        try:
+            request = ReplayRequest.from_event(event, self.device, self.journal.next_record)
+        except (SchemaError, ValueError) as exc:
+            raise RejectedMessage(f"catch-up request refused: {exc}") from None
+        if request.until is not None and request.until < datetime.now(UTC):
+            log.info("catch-up request %s expired before it was read; its sender has asked again", event.id)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(request))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    async def _answer(self, request: ReplayRequest) -> None:
+        """Send the answer page by page; a failure is only logged: the asker asks again."""
+        position, page, sent = request.start, 0, 0
+        try:
+            while True:
+                events, position = await asyncio.to_thread(
+                    read_page,
+                    self.paths.journal,
+                    request,
+                    self.device,
+                    position,
+                    self.settings.bus.max_event_bytes // 2,
+                )
+                last = position >= request.end
+                document = {
+                    "request": request.id,
+                    "page": page,
+                    "last": last,
+                    "end": request.end,
+                    "events": events,
+                }
+                await self.publish_document(request.reply_to, document, MSGPACK)
+                sent += len(events)
+                if last:
+                    break
+                page += 1
+        except (MqttError, JournalError, OSError) as exc:
+            log.warning("catch-up answer to %s abandoned after %d event(s): %s", request.reply_to, sent, exc)
+            return
+        self.answered += 1
+        log.info(
+            "caught %s up: %d event(s) in %d page(s), positions %d..%d",
+            request.reply_to,
+            sent,
+            page + 1,
+            request.start,
+            request.end,
+        )
 
     async def background(self) -> None:
         """The interval policy syncs on append; this syncs a quiet tail too, within the interval."""
@@ -48,7 +126,12 @@ class JournalNode(Node):
                 self.journal.flush()
 
     async def teardown(self) -> None:
+        for task in list(self._answers):
+            task.cancel()
+        await asyncio.gather(*self._answers, return_exceptions=True)
         self.journal.close()
 
     def health_details(self) -> dict[str, Any]:
-        return {"journal": self.journal.stats()} if hasattr(self, "journal") else {}
+        if not hasattr(self, "journal"):
+            return {}
+        return {"journal": self.journal.stats(), "catchup_answers": self.answered}

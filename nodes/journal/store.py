@@ -595,6 +595,34 @@ def iter_records(
             log.debug("journal segment %s was removed while reading", path.name)
 
 
+def iter_numbered(directory: Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(record number, record) from record `start` on, read-only, skipping whole segments before it.
+
+    Segment headers give each segment's first record number, so a reader resuming at a position
+    costs no more than the records after it. Damage is skipped (logged): numbers inside a damaged
+    segment may then run short, until the next segment's header sets them right again.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no journal at {directory}")
+    segments = []
+    for _index, path in _segments(directory):
+        with path.open("rb") as handle:
+            first = _read_header(handle, path.name)
+        if first is not None:
+            segments.append((first, path))
+    for position, (first, path) in enumerate(segments):
+        if position + 1 < len(segments) and segments[position + 1][0] <= start:
+            continue
+        try:
+            records = _segment_records(path, last=position == len(segments) - 1, skip_corrupt=True)
+            for number, (offset, payload) in enumerate(records, start=first):
+                if number >= start:
+                    yield number, _unpack(payload, path.name, offset)
+        except FileNotFoundError:
+            log.debug("journal segment %s was removed while reading", path.name)
+
+
 def journal_stats(directory: Path) -> dict[str, Any]:
     """Segments, records and bytes of a journal directory, for health and `vv status` (read-only).
 
