@@ -122,13 +122,16 @@ def test_every_node_process_gets_a_credential_and_an_acl_from_its_class(tmp_path
     assert scan.write == (
         "vv/edge9/scan/done",
         "vv/edge9/video/quarantined",
+        "vv/edge9/cmd/journal/replay",  # its catch-up requests
         "vv/edge9/health/scan",
         "vv/edge9/alert/#",
     )
-    assert scan.read == ("vv/edge9/video/new",)  # not the $share filter: mosquitto checks the topic
-    assert worker.read == scan.read and "vv/edge9/health/scan-2" in worker.write
-    assert "vv/edge9/health/scan" not in worker.write
+    # not the $share filter: mosquitto checks the topic; and its own catch-up answers
+    assert scan.read == ("vv/edge9/video/new", "vv/edge9/catchup/scan")
+    assert worker.read == ("vv/edge9/video/new", "vv/edge9/catchup/scan-2")
+    assert "vv/edge9/health/scan-2" in worker.write and "vv/edge9/health/scan" not in worker.write
     assert grants["journal@edge9"].read == ("vv/edge9/#",)
+    assert grants["journal@edge9"].write[-1] == "vv/edge9/catchup/+"  # answers, and no event
     assert grants["ingest@edge9"].read == ("vv/edge9/cmd/ingest/pause", "vv/edge9/cmd/ingest/resume")
     assert "vv/edge9/health/+" in grants["monitor@edge9"].read  # @on_health
 
