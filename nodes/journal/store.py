@@ -50,7 +50,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -745,7 +745,7 @@ def iter_records(
             log.debug("journal segment %s was removed while reading", path.name)
 
 
-def read_from(directory: Path, start: Position | None = None) -> Iterator[Entry]:
+def read_from(directory: Path, start: Position | None = None) -> Generator[Entry]:
     """Every record from `start` (None: the oldest) on, with where it starts and ends, read-only.
 
     Same damage rules as `iter_records` (a torn or in-progress tail ends it quietly). Segments below
