@@ -33,15 +33,16 @@ import logging
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bus.config import VVPaths
-from nodes.journal.fold import TERMINAL, Fold, VideoState, subject_of
+from nodes.journal.fold import STAGE_OF_TYPE, TERMINAL, Fold, VideoState, subject_of
 from nodes.journal.store import (
+    JournalError,
     Position,
     RecordReader,
     read_from,
@@ -336,6 +337,14 @@ class VideoIndex:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM videos WHERE id=?", (video_id,)).fetchone()
         return self._records([row])[0] if row else None
 
+    def oldest_open(self, limit: int) -> list[VideoRecord]:
+        """The `limit` videos that entered the pipeline first and are still in it."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM videos WHERE open = 1 ORDER BY first_time LIMIT ?", (limit,)
+            ).fetchall()
+        return self._records(rows)
+
     def recent(self, limit: int) -> list[VideoRecord]:
         """The `limit` videos with the latest events, newest first."""
         with self._lock:
@@ -398,3 +407,33 @@ def open_index(paths: VVPaths) -> VideoIndex:
         if index is None:
             index = _shared[path] = VideoIndex(paths.journal, path)
         return index
+
+
+@contextlib.contextmanager
+def _as_journal_error(paths: VVPaths) -> Iterator[None]:
+    """Nodes treat an unusable index like an unreadable journal (degraded, retried next pass)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise JournalError(f"video index {index_path(paths)}: {exc}") from exc
+
+
+def open_videos(paths: VVPaths) -> dict[str, VideoState]:
+    """Videos still in the pipeline, after folding what the journal gained: the monitor's and the
+    reconciler's view, at a cost that follows the open videos and the new records, not the history."""
+    with _as_journal_error(paths):
+        index = open_index(paths)
+        index.refresh()
+        return index.open_states()
+
+
+def last_events(paths: VVPaths, video_ids: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The last event of each pipeline type folded into each video, keyed (video id, type)."""
+    with _as_journal_error(paths):
+        index = open_index(paths)
+        return {
+            (video_id, event["type"]): event
+            for video_id in video_ids
+            for event in index.events(video_id)
+            if event.get("type") in STAGE_OF_TYPE
+        }
