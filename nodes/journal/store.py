@@ -225,6 +225,16 @@ def _record_crc(length: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(_LENGTH.pack(length)))
 
 
+def segment_header(first_record: int) -> bytes:
+    """The 16 bytes a segment starts with (also for tools that write whole segments, e.g. benchmarks)."""
+    return SEGMENT_HEADER.pack(MAGIC, VERSION, 0, first_record)
+
+
+def frame_record(payload: bytes) -> bytes:
+    """A record as stored: length, crc32, payload (msgpack of the record dict)."""
+    return RECORD_HEADER.pack(len(payload), _record_crc(len(payload), payload)) + payload
+
+
 class _RecordScan:
     """Walks the records of one segment from `offset`, reading in large chunks (no per-record I/O).
 
@@ -504,7 +514,7 @@ class Journal:
         path = self.directory / segment_name(index)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as handle:
-            handle.write(SEGMENT_HEADER.pack(MAGIC, VERSION, 0, first_record))
+            handle.write(segment_header(first_record))
             handle.flush()
             if self.fsync_policy != "never":
                 os.fsync(handle.fileno())
@@ -552,7 +562,7 @@ class Journal:
             raise ValueError(
                 f"record of {len(payload)} bytes exceeds the journal limit of {MAX_RECORD_BYTES}"
             )
-        frame = RECORD_HEADER.pack(len(payload), _record_crc(len(payload), payload)) + payload
+        frame = frame_record(payload)
         when = received_time(record)
         with self._mutex:
             if self._fd is None:
