@@ -410,7 +410,7 @@ def open_index(paths: VVPaths) -> VideoIndex:
 
 
 @contextlib.contextmanager
-def _as_journal_error(paths: VVPaths) -> Iterator[None]:
+def index_errors(paths: VVPaths) -> Iterator[None]:
     """Nodes treat an unusable index like an unreadable journal (degraded, retried next pass)."""
     try:
         yield
@@ -421,7 +421,7 @@ def _as_journal_error(paths: VVPaths) -> Iterator[None]:
 def open_videos(paths: VVPaths) -> dict[str, VideoState]:
     """Videos still in the pipeline, after folding what the journal gained: the monitor's and the
     reconciler's view, at a cost that follows the open videos and the new records, not the history."""
-    with _as_journal_error(paths):
+    with index_errors(paths):
         index = open_index(paths)
         index.refresh()
         return index.open_states()
@@ -429,7 +429,7 @@ def open_videos(paths: VVPaths) -> dict[str, VideoState]:
 
 def last_events(paths: VVPaths, video_ids: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
     """The last event of each pipeline type folded into each video, keyed (video id, type)."""
-    with _as_journal_error(paths):
+    with index_errors(paths):
         index = open_index(paths)
         return {
             (video_id, event["type"]): event

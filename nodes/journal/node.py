@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from bus.envelope import Event, utc_now
 from bus.node import Node, on
 from bus.topics import topic_for
-from nodes.journal.store import Journal
+from nodes.journal.retention import apply_retention
+from nodes.journal.store import Journal, JournalError
+
+log = logging.getLogger("vv.journal")
 
 
 class JournalNode(Node):
@@ -15,6 +20,7 @@ class JournalNode(Node):
 
     async def setup(self) -> None:
         settings = self.settings.journal
+        self.retention: dict[str, int] = {}  # the last retention pass, for health
         self.journal = Journal.open(
             self.paths.journal,
             segment_bytes=settings.segment_bytes,
@@ -39,6 +45,9 @@ class JournalNode(Node):
         )
 
     async def background(self) -> None:
+        await asyncio.gather(self._sync_quiet_tail(), self._retain())
+
+    async def _sync_quiet_tail(self) -> None:
         """The interval policy syncs on append; this syncs a quiet tail too, within the interval."""
         if self.settings.journal.fsync != "interval":
             return
@@ -47,8 +56,24 @@ class JournalNode(Node):
             if self.journal.unsynced:
                 self.journal.flush()
 
+    async def _retain(self) -> None:
+        """Retention (`retention.py`) beside the appends, in a thread: it folds the index and hashes."""
+        while True:
+            try:
+                report = await asyncio.to_thread(
+                    apply_retention, self.journal, self.paths, self.settings.journal
+                )
+            except (JournalError, OSError) as exc:
+                log.warning("journal retention skipped: %s", exc)
+            else:
+                self.retention = report.summary()
+            if await self.sleep(self.settings.journal.retention_interval_s):
+                return
+
     async def teardown(self) -> None:
         self.journal.close()
 
     def health_details(self) -> dict[str, Any]:
-        return {"journal": self.journal.stats()} if hasattr(self, "journal") else {}
+        if not hasattr(self, "journal"):
+            return {}
+        return {"journal": self.journal.stats(), "retention": self.retention}

@@ -198,7 +198,7 @@ def read_index(segment: Path) -> SegmentIndex | None:
     return index if index.size == size else None
 
 
-def _segments(directory: Path) -> list[tuple[int, Path]]:
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
     """The segment files, in order; other files in the directory are not the journal's business."""
     found = []
     for entry in os.scandir(directory):
@@ -433,7 +433,7 @@ class Journal:
         for pattern in ("*.seg.tmp", "*.idx.tmp"):  # a segment or sidecar creation cut short by a crash
             for stray in self.directory.glob(pattern):
                 stray.unlink()
-        segments = _segments(self.directory)
+        segments = list_segments(self.directory)
         while segments and segments[-1][1].stat().st_size < SEGMENT_HEADER.size:
             self._drop_headerless(segments.pop()[1])
         for position, (_index, path) in enumerate(segments[:-1]):
@@ -736,7 +736,7 @@ def iter_records(
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no journal at {directory}")
-    segments = _segments(directory)
+    segments = list_segments(directory)
     for position, (_index, path) in enumerate(segments):
         last = position == len(segments) - 1
         if threshold is not None and not last:
@@ -764,7 +764,7 @@ def read_from(directory: Path, start: Position | None = None) -> Generator[Entry
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no journal at {directory}")
-    segments = [(i, p) for i, p in _segments(directory) if start is None or i >= start.segment]
+    segments = [(i, p) for i, p in list_segments(directory) if start is None or i >= start.segment]
     for position, (index, path) in enumerate(segments):
         offset = start.offset if start is not None and index == start.segment else SEGMENT_HEADER.size
         last = position == len(segments) - 1
@@ -776,15 +776,17 @@ def read_from(directory: Path, start: Position | None = None) -> Generator[Entry
             )
 
 
-def build_index(path: Path) -> SegmentIndex:
-    """The time index of a sealed segment from its records; raises `JournalCorrupt` on damage."""
+def build_index(path: Path, *, last: bool = False) -> SegmentIndex:
+    """The time index of a segment from its records (`last`: the current one, whose tail may be in
+    progress); raises `JournalCorrupt` on damage."""
     with path.open("rb") as handle:
         first = _read_header(handle, path.name)
         if first is None:
             raise JournalCorrupt(path.name, 0, "segment header cut short in a sealed segment")
         index = SegmentIndex(os.fstat(handle.fileno()).st_size, first)
-    for offset, payload in _segment_records(path, last=False, skip_corrupt=False):
+    for offset, payload in _segment_records(path, last=last, skip_corrupt=False):
         index.add(received_time(_unpack(payload, path.name, offset)))
+        index.size = offset + RECORD_HEADER.size + len(payload)
     return index
 
 
@@ -844,7 +846,7 @@ def journal_stats(directory: Path) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
         return {"segments": 0, "records": 0, "bytes": 0}
-    segments = _segments(directory)
+    segments = list_segments(directory)
     if not segments:
         return {"segments": 0, "records": 0, "bytes": 0}
     total = sum(path.stat().st_size for _, path in segments)
