@@ -496,6 +496,7 @@ def test_removing_a_sealed_segment_keeps_stats_and_readers_right(tmp_path: Path)
             journal.remove_segment(4)
     assert not store.index_path(segment(tmp_path, 2)).exists()
     assert list(iter_records(tmp_path)) == records[:3] + records[6:]
+    assert [e.record for e in read_from(tmp_path)] == records[:3] + records[6:]  # across the gap
     assert journal_stats(tmp_path)["records"] == 9
     with Journal.open(tmp_path) as journal:
         assert journal.stats()["records"] == 9

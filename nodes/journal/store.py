@@ -758,22 +758,45 @@ def iter_records(
 def read_from(directory: Path, start: Position | None = None) -> Generator[Entry]:
     """Every record from `start` (None: the oldest) on, with where it starts and ends, read-only.
 
-    Same damage rules as `iter_records` (a torn or in-progress tail ends it quietly). Segments below
-    `start.segment` are not opened, so an incremental reader pays only for what is new.
+    Same damage rules as `iter_records` (a torn or in-progress tail ends it quietly). Only segments
+    from `start.segment` on are looked at, without listing the directory, so an incremental reader
+    pays for what is new, not for the number of segments.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no journal at {directory}")
-    segments = [(i, p) for i, p in list_segments(directory) if start is None or i >= start.segment]
-    for position, (index, path) in enumerate(segments):
-        offset = start.offset if start is not None and index == start.segment else SEGMENT_HEADER.size
-        last = position == len(segments) - 1
-        for at, payload in _segment_records(path, last=last, skip_corrupt=False, start=offset):
+    if start is None:
+        listed = list_segments(directory)
+        if not listed:
+            return
+        start = Position(listed[0][0], SEGMENT_HEADER.size)
+    number, offset = start.segment, start.offset
+    while True:
+        path = directory / segment_name(number)
+        following = _following(directory, number)
+        for at, payload in _segment_records(path, last=following is None, skip_corrupt=False, start=offset):
             yield Entry(
-                Position(index, at),
-                Position(index, at + RECORD_HEADER.size + len(payload)),
+                Position(number, at),
+                Position(number, at + RECORD_HEADER.size + len(payload)),
                 _unpack(payload, path.name, at),
             )
+        if following is None:
+            return
+        number, offset = following, SEGMENT_HEADER.size
+
+
+def _following(directory: Path, number: int) -> int | None:
+    """The segment after `number`, or None when it is the last: two stats in the usual cases.
+
+    The current segment has no sidecar yet; a sealed one without a next number sits before a gap
+    retention left, which only a listing can jump.
+    """
+    if (directory / segment_name(number + 1)).exists():
+        return number + 1
+    if not index_path(directory / segment_name(number)).exists():
+        return None
+    later = [n for n, _ in list_segments(directory) if n > number]
+    return later[0] if later else None
 
 
 def build_index(path: Path, *, last: bool = False) -> SegmentIndex:
