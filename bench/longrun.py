@@ -264,66 +264,95 @@ def _cli(argv: list[str]) -> None:
     assert code == 0, f"vv status {' '.join(argv)} exited {code}"
 
 
-def measure(label: str, days: int, repeat: int, cache: Path) -> Figures:
+@dataclass
+class Device:
+    """One synthetic device: its journal, index instances (one per process role) and nodes."""
+
+    figures: Figures
+    settings: Settings
+    end: float
+    indexes: dict[str, video_index.VideoIndex] = field(default_factory=dict)
+    passes: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    ids: Ids = field(default_factory=Ids)
+    next_video: int = 0
+
+    def environ(self) -> None:
+        """What a `vv` command of this device sees."""
+        os.environ.update({"VV_HOME": str(self.settings.paths.home), "VV_DEVICE": DEVICE})
+
+
+def prepare(label: str, days: int, repeat: int, cache: Path) -> Device:
+    """Synthesise the journal (or reuse the cached one) and build the index: the one-time costs."""
     figures = Figures(label)
     home = cache / f"days-{days}"
     os.environ.update({"VV_HOME": str(home), "VV_DEVICE": DEVICE})
     settings = load_settings()
-    journal = settings.paths.journal
-    now = time.time()
-    end = now - repeat * 60 - 60  # room for the live minutes appended below
+    end = time.time() - repeat * 60 - 60  # room for the live minutes appended during the rounds
     if home.exists() and not (home / "complete").exists():
         shutil.rmtree(home)
     if not home.exists():
         began = time.perf_counter()
-        figures.videos, figures.events = synthesise(journal, days, end)
+        figures.videos, figures.events = synthesise(settings.paths.journal, days, end)
         figures.generate_s = time.perf_counter() - began
         (home / "complete").write_text(f"{figures.videos} {figures.events}\n")
     else:
         figures.videos, figures.events = map(int, (home / "complete").read_text().split())
         shutil.rmtree(settings.paths.state, ignore_errors=True)
-    indexes: dict[str, video_index.VideoIndex] = {}
+    device = Device(figures, settings, end)
     began = time.perf_counter()
-    with _process("catch-up", indexes, settings):
+    with _process("catch-up", device.indexes, settings):
         video_index.open_index(settings.paths).refresh()
     figures.build_s = time.perf_counter() - began
     reconciler, monitor = Reconciler(settings), Monitor(settings)
     for node in (reconciler, monitor):
         node.epoch = node.store.bump_epoch()  # what Node.main does before any emit
-    templates, ids = Templates.build(), Ids()
-    ids.n = figures.events * 2  # ids of the live minutes never collide with the synthetic ones
+    device.ids.n = figures.events * 2  # ids of the live minutes never collide with the synthetic ones
+    device.next_video = figures.videos + 1_000_000  # never an id of the synthetic history
     old_video = video_id(STUCK + 7)
-    passes: dict[str, Callable[[], Any]] = {
+    device.passes = {
         "vv status VIDEO": lambda: _cli([old_video]),
         "vv status": lambda: _cli([]),
         "reconciler pass": lambda: asyncio.run(reconciler.reconcile()),
         "monitor pass": lambda: asyncio.run(monitor._check_journal()),
     }
-    next_video = figures.videos
-    with Journal.open(journal) as writer:
-        for round_ in range(
-            repeat + 1
-        ):  # the first round warms up (imports, first alerts) and is not counted
-            start = end + round_ * 60
-            for _when, payload in video_events(templates, ids, next_video, start):
-                writer.append(msgpack.unpackb(payload, raw=False))
-            next_video += 1
-            for name, run in passes.items():
-                own = (
-                    contextlib.nullcontext() if name.startswith("vv ") else _process(name, indexes, settings)
-                )
-                with own:
-                    began = time.perf_counter()
-                    run()
-                    took = time.perf_counter() - began
-                if round_:
-                    figures.passes.setdefault(name, []).append(took)
-    for index in indexes.values():
-        index.close()
-    figures.journal_bytes = journal_stats(journal)["bytes"]
-    figures.segments = journal_stats(journal)["segments"]
-    figures.state_bytes = _dir_bytes(settings.paths.state / "journal")
-    return figures
+    return device
+
+
+def one_round(device: Device, writer: Journal, templates: Templates, round_: int, counted: bool) -> None:
+    """The next minute's video through the real writer, then every pass once, timed."""
+    for _when, payload in video_events(templates, device.ids, device.next_video, device.end + round_ * 60):
+        writer.append(msgpack.unpackb(payload, raw=False))
+    device.next_video += 1
+    device.environ()
+    for name, run in device.passes.items():
+        own = (
+            contextlib.nullcontext()
+            if name.startswith("vv ")
+            else _process(name, device.indexes, device.settings)
+        )
+        with own:
+            began = time.perf_counter()
+            run()
+            took = time.perf_counter() - began
+        if counted:
+            device.figures.passes.setdefault(name, []).append(took)
+
+
+def measure(devices: list[Device], repeat: int) -> None:
+    """Rounds alternate between the devices, so a busy machine weighs on each alike."""
+    templates = Templates.build()
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(Journal.open(d.settings.paths.journal)) for d in devices]
+        for round_ in range(repeat + 1):  # round 0 warms up (imports, first alerts) and is not counted
+            for device, writer in zip(devices, writers, strict=True):
+                one_round(device, writer, templates, round_, counted=round_ > 0)
+    for device in devices:
+        for index in device.indexes.values():
+            index.close()
+        journal = device.settings.paths.journal
+        stats = journal_stats(journal)
+        device.figures.journal_bytes, device.figures.segments = stats["bytes"], stats["segments"]
+        device.figures.state_bytes = _dir_bytes(device.settings.paths.state / "journal")
 
 
 def _ms(values: list[float]) -> str:
@@ -369,15 +398,18 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("vv").setLevel(logging.CRITICAL)  # the stuck videos' alerts are expected
     cache = args.cache or Path(tempfile.mkdtemp(prefix="vv-longrun-"))
-    results = []
     try:
+        devices = []
         for days in (int(d) for d in args.days.split(",")):
-            label = f"{days} days" if days not in (30, 365) else ("1 month" if days == 30 else "1 year")
-            print(f"{label}: synthesising and folding ...", flush=True)
-            results.append(measure(label, days, args.repeat, cache))
+            label = {30: "1 month", 365: "1 year"}.get(days, f"{days} days")
+            print(f"{label}: synthesising the journal and building the index ...", flush=True)
+            devices.append(prepare(label, days, args.repeat, cache))
+        print(f"timing {args.repeat} rounds ...", flush=True)
+        measure(devices, args.repeat)
     finally:
         if args.cache is None:
             shutil.rmtree(cache, ignore_errors=True)
+    results = [device.figures for device in devices]
     report(results)
 
 
