@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if args.since is None:
             try:
                 return _from_index(args, open_index(settings.paths))
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, PermissionError) as exc:
                 print(f"vv status: video index unusable ({exc}); folding the whole journal", file=sys.stderr)
         return _from_full_fold(args, journal)
     except FileNotFoundError:

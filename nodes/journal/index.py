@@ -115,8 +115,8 @@ class VideoIndex:
         self._fold = Fold()  # the open videos' states, kept between refreshes
         self._refs: dict[str, bytes] = {}  # the refs each state in `_fold` was built from
         self._known: Position | None = None  # the position after this process's last refresh
-        if self._meta("version") != SCHEMA_VERSION:
-            with self._transaction():
+        with self._transaction():  # checked under the write lock: processes starting together agree
+            if self._meta("version") != SCHEMA_VERSION:
                 self._reset()
 
     # ----------------------------------------------------------------- storage helpers

@@ -328,6 +328,14 @@ def _unpack(payload: bytes, segment: str, offset: int) -> dict[str, Any]:
     return record
 
 
+def _payload_time(payload: bytes) -> float | None:
+    """`received_time` of a stored record; None when it does not decode (readers report that damage)."""
+    try:
+        return received_time(_unpack(payload, "", 0))
+    except JournalCorrupt:
+        return None
+
+
 def _check_sealed(path: Path, *, full: bool) -> None:
     """Raise `JournalCorrupt` for a sealed segment with a bad header, or (`full`) any bad record.
 
@@ -490,8 +498,8 @@ class Journal:
             size = os.fstat(handle.fileno()).st_size
             scan = _RecordScan(handle, SEGMENT_HEADER.size)
             self._current = SegmentIndex(SEGMENT_HEADER.size, first)
-            for offset, payload in scan:
-                self._current.add(received_time(_unpack(payload, path.name, offset)))
+            for _offset, payload in scan:
+                self._current.add(_payload_time(payload))
             count = self._current.records
             if scan.bad is not None:
                 offset, reason = scan.bad
@@ -808,7 +816,7 @@ def build_index(path: Path, *, last: bool = False) -> SegmentIndex:
             raise JournalCorrupt(path.name, 0, "segment header cut short in a sealed segment")
         index = SegmentIndex(os.fstat(handle.fileno()).st_size, first)
     for offset, payload in _segment_records(path, last=last, skip_corrupt=False):
-        index.add(received_time(_unpack(payload, path.name, offset)))
+        index.add(_payload_time(payload))
         index.size = offset + RECORD_HEADER.size + len(payload)
     return index
 
