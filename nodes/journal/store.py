@@ -208,6 +208,9 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+_segments = list_segments  # its name before it was public, kept for code written against it
+
+
 def _read_header(handle: BinaryIO, name: str) -> int | None:
     """The first record number from a segment header; None when the header is cut short."""
     raw = handle.read(SEGMENT_HEADER.size)
