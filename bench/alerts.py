@@ -41,6 +41,7 @@ from bus.config import load_settings  # noqa: E402
 from bus.envelope import JSON, Event  # noqa: E402
 from nodes.alerter.fold import Fold, FoldSettings, Route  # noqa: E402
 from nodes.alerter.queue import DiskQueue  # noqa: E402
+from nodes.registry import broker_grants  # noqa: E402
 
 DEVICE = "bench"
 
@@ -145,7 +146,9 @@ def end_to_end_rate(n: int, keys: int, autosave: int = 1000) -> tuple[float, int
         }
         settings = load_settings(env)
         broker = subprocess.Popen(
-            broker_command(render_broker(settings)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            broker_command(render_broker(settings, grants=broker_grants(settings))),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         node: subprocess.Popen[bytes] | None = None
         try:

@@ -30,6 +30,7 @@ from bus.broker import ADMIN_USER, broker_command, render_broker, secret_for  # 
 from bus.client import content_type_of, mqtt_properties  # noqa: E402
 from bus.config import load_settings  # noqa: E402
 from bus.envelope import MSGPACK, Event  # noqa: E402
+from nodes.registry import broker_grants  # noqa: E402
 
 DEVICE = "bench"
 
@@ -172,10 +173,11 @@ def measure(args: argparse.Namespace, autosave: int) -> None:
             "VV_DEVICE": DEVICE,
             "VV_MQTT_PORT": str(port),
             "VV_BROKER_AUTOSAVE_INTERVAL": str(autosave),
+            "VV_BROKER_NODES": "bench.relay_node:Relay",
             "PYTHONPATH": str(REPO),
         }
         settings = load_settings(env)
-        files = render_broker(settings)
+        files = render_broker(settings, grants=broker_grants(settings))
         broker = subprocess.Popen(broker_command(files), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10)

@@ -23,6 +23,7 @@ def fake_scan_done(event: Event, backend: str) -> dict[str, Any]:
 
 class Relay(Node):
     name = "relay"
+    produces = ("scan.done",)
 
     @on("video.new")
     async def relay(self, event: Event) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bus.envelope import utc_now
@@ -49,3 +50,48 @@ def build_alert(
         "count": count,
         "status": status,
     }
+
+
+@dataclass
+class _Window:
+    opened: float
+    sent: int = 0
+    folded: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+class StormFolder:
+    """Folds an alert storm at its source: of the alerts with one severity and title, the first
+    `burst` in a window go out as they come; the rest are counted, and when the window closes one
+    alert (the latest, with `count`) stands for them. 2,000 garbage messages make a few alerts."""
+
+    def __init__(self, burst: int = 10, window_s: float = 60.0) -> None:
+        self.burst, self.window_s = burst, window_s
+        self._windows: dict[tuple[str, str], _Window] = {}
+
+    def admit(self, alert: Mapping[str, Any], now: float) -> bool:
+        """True: send it now. False: it was counted into its window (resolutions always go out)."""
+        if alert["status"] != "firing":
+            return True
+        key = (str(alert["severity"]), str(alert["title"]))
+        window = self._windows.get(key)
+        if window is None or (now - window.opened >= self.window_s and not window.folded):
+            window = self._windows[key] = _Window(opened=now)
+        if window.sent < self.burst:
+            window.sent += 1
+            return True
+        window.folded += 1
+        window.last = dict(alert)
+        return False
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """One alert per closed window that folded some, carrying their count; the window resets."""
+        closed = []
+        for key, window in list(self._windows.items()):
+            if now - window.opened < self.window_s:
+                continue
+            del self._windows[key]
+            if window.folded:
+                details = f"{window.last['message_details']} ({window.folded} alerts like this folded in {self.window_s:.0f}s)"
+                closed.append({**window.last, "count": window.folded, "message_details": details})
+        return closed

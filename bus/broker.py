@@ -7,7 +7,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -31,6 +31,22 @@ class BrokerFiles:
     acl: Path | None
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What one broker user may do, as topic filters; mosquitto checks `write` on every publish
+    (a will included) and `read` on every message it would deliver."""
+
+    username: str
+    write: tuple[str, ...]
+    read: tuple[str, ...]
+
+    def acl_block(self) -> str:
+        lines = [f"user {self.username}"]
+        lines += [f"topic write {topic}" for topic in self.write]
+        lines += [f"topic read {topic}" for topic in self.read]
+        return "\n".join(lines) + "\n"
+
+
 def mosquitto_binary(name: str = "mosquitto") -> str:
     found = shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
@@ -44,8 +60,7 @@ def mosquitto_binary(name: str = "mosquitto") -> str:
 
 def secret_for(settings: Settings, username: str) -> str:
     """The broker password of a user, generated once into keys/ (0600)."""
-    name = "mqtt.secret" if username == settings.device else f"mqtt-{username}.secret"
-    path = settings.paths.keys / name
+    path = settings.mqtt_secret(username)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -75,9 +90,13 @@ def render_broker(
     *,
     dev: bool = False,
     directory: Path | None = None,
-    extra_users: Mapping[str, str] | None = None,
+    grants: Sequence[Grant] = (),
 ) -> BrokerFiles:
-    """Write mosquitto.conf (+ passwd and acl unless `dev`) for this device; idempotent."""
+    """Write mosquitto.conf (+ passwd and acl unless `dev`) for this device; idempotent.
+
+    `grants` are the nodes' own credentials (the caller builds them from the node classes, which
+    bus/ does not import); the device credential only reads, the admin one reads and writes `vv/#`.
+    """
     directory = directory or settings.paths.state / "broker"
     data = directory / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -86,10 +105,16 @@ def render_broker(
     if not dev:
         users = {settings.device: settings.mqtt_credentials()[1] or secret_for(settings, settings.device)}
         users[ADMIN_USER] = secret_for(settings, ADMIN_USER)
-        users.update(extra_users or {})
+        users.update({grant.username: secret_for(settings, grant.username) for grant in grants})
         passwd, acl = directory / "passwd", directory / "acl.conf"
         write_password_file(passwd, users)
-        acl.write_text(Template((templates / "acl.conf").read_text()).substitute(admin_user=ADMIN_USER))
+        acl.write_text(
+            Template((templates / "acl.conf").read_text()).substitute(
+                device=settings.device,
+                admin_user=ADMIN_USER,
+                node_users="\n".join(grant.acl_block() for grant in grants),
+            )
+        )
         os.chmod(acl, 0o600)
     broker = settings.broker
     conf_text = Template((templates / "edge.conf").read_text()).substitute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import socket
 import ssl
@@ -13,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bus import codec
+from bus.backoff import Backoff
 from bus.config import Settings
 
 MqttError = aiomqtt.MqttError
@@ -36,12 +38,16 @@ def make_client(
     settings: Settings,
     client_id: str,
     *,
+    username: str = "",
     will: aiomqtt.Will | None = None,
     persistent: bool = True,
     manual_ack: bool = False,
 ) -> aiomqtt.Client:
-    """A client that resumes its session (queued QoS 1 events survive our restarts) when persistent."""
-    username, password = settings.mqtt_credentials()
+    """A client that resumes its session (queued QoS 1 events survive our restarts) when persistent.
+
+    It logs in as `username` (a node's own user, `vv-admin`; default: the read-only device user)
+    unless the settings name a user explicitly."""
+    username, password = settings.mqtt_credentials(username)
     connect_props = mqtt_properties(PacketTypes.CONNECT)
     connect_props.SessionExpiryInterval = settings.mqtt.session_expiry_s if persistent else 0
     tls_context = ssl.create_default_context(cafile=settings.mqtt.tls_ca) if settings.mqtt.tls_ca else None
@@ -89,18 +95,57 @@ def decode_message(message: aiomqtt.Message) -> Any:
 
 
 async def stream(
-    settings: Settings, filters: list[str], client_id: str
+    settings: Settings,
+    filters: list[str],
+    client_id: str,
+    on_outage: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[str, Any, str | None]]:
-    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools."""
+    """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools,
+    as the read-only device user.
+
+    A broker never reached raises MqttError. Once connected, a lost broker is waited for with the
+    nodes' capped backoff and the stream resumes (`on_outage` hears of the loss and the return;
+    what was published meanwhile is not replayed: this is a live view).
+    """
+    backoff = Backoff(settings.mqtt.reconnect_min_s, settings.mqtt.reconnect_max_s)
+    connected = False
+    while True:
+        try:
+            async with make_client(settings, client_id, persistent=False) as client:
+                for topic_filter in filters:
+                    await client.subscribe(topic_filter, qos=1)
+                if connected and on_outage is not None:
+                    on_outage("broker back: live again (messages published meanwhile are not shown)")
+                connected = True
+                backoff.reset()
+                async for message in client.messages:
+                    try:
+                        document: Any = decode_message(message)
+                    except codec.DecodeError as exc:
+                        document = exc
+                    yield str(message.topic), document, content_type_of(message)
+        except MqttError as exc:
+            if not connected:
+                raise
+            delay = backoff.next_delay()
+            if on_outage is not None:
+                on_outage(f"broker connection lost ({exc}); reconnecting in {delay:.1f}s")
+            await asyncio.sleep(delay)
+
+
+async def retained_document(settings: Settings, topic: str, client_id: str, timeout: float = 5.0) -> Any:
+    """The decoded retained message on `topic` (e.g. a node's health), or None if the broker holds
+    none within `timeout`: for tools that read a node's last word."""
     async with make_client(settings, client_id, persistent=False) as client:
-        for topic_filter in filters:
-            await client.subscribe(topic_filter, qos=1)
-        async for message in client.messages:
-            try:
-                document: Any = decode_message(message)
-            except codec.DecodeError as exc:
-                document = exc
-            yield str(message.topic), document, content_type_of(message)
+        await client.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(timeout):
+                async for message in client.messages:
+                    if message.retain:
+                        return decode_message(message)
+        except TimeoutError:
+            pass
+    return None
 
 
 async def publish_documents(
@@ -108,10 +153,13 @@ async def publish_documents(
     items: Iterable[tuple[str, dict[str, Any], str]],
     client_id: str,
     progress: Callable[[int], None] | None = None,
+    *,
+    username: str,
 ) -> int:
-    """Publish (topic, document, content type) items with QoS 1, each waiting for PUBACK; returns the count."""
+    """Publish (topic, document, content type) items with QoS 1 as `username`, each waiting for
+    PUBACK; returns the count."""
     sent = 0
-    async with make_client(settings, client_id, persistent=False) as client:
+    async with make_client(settings, client_id, username=username, persistent=False) as client:
         for topic, document, content_type in items:
             await client.publish(
                 topic,

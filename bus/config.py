@@ -29,8 +29,8 @@ class ConfigError(ValueError):
 class MqttSettings:
     host: str = "127.0.0.1"
     port: int = 1883
-    username: str = ""  # default: the device id
-    password: str = ""  # default: read from VV_HOME/keys/mqtt.secret (written by `vv broker`)
+    username: str = ""  # default: each node its own (`<node>@<device>`), tools the device id (read-only)
+    password: str = ""  # default: that user's secret in VV_HOME/keys/ (written by `vv broker`)
     tls_ca: str = ""
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600  # queued events survive a node being down this long
@@ -50,6 +50,9 @@ class BusSettings:
     dedupe_retention_s: float = 14 * 24 * 3600.0
     dedupe_max_ids: int = 1_000_000  # ... and at most this many per node (the oldest go first)
     prune_interval_s: float = 3600.0  # how often a running node prunes them
+    deadletter_max_bytes: int = 16 * 1024 * 1024  # per node; the oldest half goes when it is full
+    deadletter_max_age_days: float = 30.0
+    deadletter_payload_bytes: int = 4096  # a refused payload is kept up to this, with its full sha256
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class BrokerSettings:
     max_queued_bytes: int = 512 * 1024 * 1024
     autosave_interval: int = 1  # with autosave_on_changes: save after this many changes
     persistent_client_expiration: str = "14d"
+    # Every registered node gets its own credential; these get one too (comma-separated):
+    nodes: str = ""  # `module:Class` nodes of your own
+    instances: str = ""  # `NODE:INSTANCE` workers (`vv run NODE --instance INSTANCE`), e.g. "scan:2"
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,11 @@ class ReconcilerSettings:
 @dataclass(frozen=True)
 class IngestSettings:
     poll_interval_s: float = 2.0  # rescan of input/ (the fallback without inotify, a safety net with it)
-    settle_s: float = 1.0  # a file is complete when two looks this far apart agree (size, mtime)
+    settle_s: float = 1.0  # a file renamed into input/ is complete when two looks this far apart agree
+    stable_s: float = 10.0  # a file written in place: size and mtime unchanged this long (slow copies pause)
+    incomplete_grace_s: float = 60.0  # written in place, unreadable, younger than this: wait, not quarantine
+    retry_min_s: float = 5.0  # a file whose ingest failed (storage fault) is retried with backoff
+    retry_max_s: float = 300.0
     inotify: bool = True  # wake on directory events where the kernel offers them
 
 
@@ -229,11 +239,20 @@ class Settings:
         """Absolute, so a path written into an event means the same file to every process."""
         return VVPaths(self.home.absolute())
 
-    def mqtt_credentials(self) -> tuple[str, str]:
-        """The broker login: explicit settings first, else the device id and the secret `vv broker` wrote."""
-        username = self.mqtt.username or self.device
+    def mqtt_username(self, node: str) -> str:
+        """A node's own broker user: the ACL lets it publish only what it declares it produces."""
+        return f"{node}@{self.device}"
+
+    def mqtt_secret(self, username: str) -> Path:
+        """Where a broker user's password lives: `keys/mqtt.secret` for the device, else one per user."""
+        return self.paths.keys / ("mqtt.secret" if username == self.device else f"mqtt-{username}.secret")
+
+    def mqtt_credentials(self, username: str = "") -> tuple[str, str]:
+        """The broker login: explicit settings first, else `username` (default: the device id, whose
+        credential only reads) and the secret `vv broker` wrote for it."""
+        username = self.mqtt.username or username or self.device
         password = self.mqtt.password
-        secret = self.paths.keys / "mqtt.secret"
+        secret = self.mqtt_secret(username)
         if not password and secret.exists():
             password = secret.read_text().strip()
         return username, password

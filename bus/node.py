@@ -1,22 +1,26 @@
 """The Node base: everything about MQTT a node needs, so a node's own file holds only its logic.
 
 A node subscribes with `@on("<event type>")`, receives validated, deduplicated `Event`s, and
-publishes with `await self.emit(...)`. The base connects (MQTT 5, persistent session, fixed
-client id), reconnects with backoff, keeps a retained health document (LWT: offline), validates
-both directions against `schemas/`, dead-letters what it cannot accept, and writes every
-outgoing event to a durable outbox before sending it.
+publishes with `await self.emit(...)` the event types it declares in `produces`; from these two
+declarations `vv broker` renders the node's own credential and ACL. The base connects (MQTT 5,
+persistent session, fixed client id), reconnects with backoff, keeps a retained health document
+(LWT: offline), validates both directions against `schemas/`, dead-letters what it cannot accept,
+and writes every outgoing event to a durable outbox before sending it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +30,9 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from bus import codec, schemas
-from bus.alerts import Severity, build_alert
+from bus.alerts import Severity, StormFolder, build_alert
 from bus.backoff import Backoff
+from bus.broker import Grant
 from bus.client import (
     MqttError,
     ack,
@@ -46,10 +51,12 @@ from bus.topics import health_topic, is_pipeline_event, parse_topic, subscriptio
 __version__ = "0.1.0"
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
+REFUSED = "the broker refused an event (not authorized?): restart `vv broker` to re-render its ACL"
 log = logging.getLogger("vv.node")
 
 # Events emitted while a handler runs are collected here and committed together with the
 # "seen" mark of the input event: either the handler's whole effect is durable or none of it.
+SPOOLED_PREFIXES = ("alert.", "cmd.")  # sent from memory when the disk cannot hold them
 _handler_batch: contextvars.ContextVar[list[Event] | None] = contextvars.ContextVar(
     "handler_batch", default=None
 )
@@ -80,6 +87,10 @@ class RefusedClaim(RejectedMessage):
     corrupt. Dead-lettered with `alert.critical`; the handler touched nothing."""
 
 
+class UndeclaredEvent(TypeError):
+    """A node emitted an event type missing from its `produces`: the broker's ACL would refuse it."""
+
+
 @dataclass
 class NodeStats:
     received: int = 0
@@ -98,6 +109,9 @@ class Node:
     """Base of every node process. Subclasses set `name` and add `@on(...)` handlers."""
 
     name: ClassVar[str] = ""
+    # Event types this node publishes (health and alerts need no declaration). The broker's ACL
+    # is rendered from it and `emit` refuses anything else, so the two cannot drift apart.
+    produces: ClassVar[tuple[str, ...]] = ()
     shared_group: ClassVar[str] = ""  # e.g. "scan": workers of a stage split the load via $share
     max_inflight: ClassVar[int] = 20  # paho's own in-flight limit: more would only queue inside paho
     max_batch: ClassVar[int] = 64  # messages already delivered that are handled in one transaction
@@ -108,15 +122,22 @@ class Node:
         self.settings = settings
         self.device = settings.device
         self.instance = instance
-        suffix = f"-{instance}" if instance else ""
-        self.client_id = f"vv-{self.device}-{self.name}{suffix}"
+        self.node_name = self.name + (f"-{instance}" if instance else "")  # health topic, broker user
+        self.client_id = f"vv-{self.device}-{self.node_name}"
         self.source = f"vv://{self.device}/{self.name}"
         self.paths = settings.paths
-        self.state_dir = self.paths.state / "nodes" / f"{self.name}{suffix}"
+        self.state_dir = self.paths.state / "nodes" / self.node_name
         self.stats = NodeStats()
         self.epoch = 0
         self._store: NodeStore | None = None
-        self._dead = DeadLetters(self.paths.state / "deadletter" / f"{self.name}{suffix}.jsonl")
+        self._storm = StormFolder()
+        self._spool: collections.deque[tuple[str, bytes, str]] = collections.deque(maxlen=1000)
+        self._dead = DeadLetters(
+            self.paths.state / "deadletter" / f"{self.node_name}.jsonl",
+            max_bytes=settings.bus.deadletter_max_bytes,
+            max_age_s=settings.bus.deadletter_max_age_days * 86400,
+            payload_bytes=settings.bus.deadletter_payload_bytes,
+        )
         self._status = "online"
         self._reason = ""
         self._started = time.monotonic()
@@ -130,13 +151,39 @@ class Node:
         self._connected = asyncio.Event()
         self._lost_at: tuple[str, float] | None = None
         self._uncommitted: list[OutboxRow] | None = None
-        self._handlers = self._collect_handlers()
+        self._handlers = {
+            getattr(type(self), attr)._vv_event_type: getattr(self, attr)
+            for attr in self._marked("_vv_event_type")
+        }
         self._routes: dict[str, Callable[[Event], Awaitable[None]] | None] = {}
-        self._health_handlers = [
-            getattr(self, attr)
-            for attr in dir(type(self))
-            if getattr(getattr(type(self), attr), "_vv_health", False)
-        ]
+        self._health_handlers = [getattr(self, attr) for attr in self._marked("_vv_health")]
+
+    # ----------------------------------------------------------------- declarations
+    @classmethod
+    def _marked(cls, mark: str) -> list[str]:
+        """Names of the methods carrying a decorator's mark (`@on`, `@on_health`)."""
+        return [attr for attr in dir(cls) if getattr(getattr(cls, attr), mark, None) not in (None, False)]
+
+    @classmethod
+    def consumes(cls) -> list[str]:
+        """The event-type patterns of the `@on` handlers: what the node subscribes to."""
+        return [getattr(cls, attr)._vv_event_type for attr in cls._marked("_vv_event_type")]
+
+    @classmethod
+    def grant(cls, settings: Settings, node: str) -> Grant:
+        """The broker rights of `node` (this class's name, or `<name>-<instance>`), from what the
+        class declares: publish its `produces`, its own health and alerts; read what it consumes.
+
+        Reads are plain topics even for a shared group: mosquitto checks each delivered message by
+        its topic, never the `$share/...` filter.
+        """
+        device = settings.device
+        write = [topic_for(device, t) for t in cls.produces]
+        write += [health_topic(device, node), topic_for(device, "alert.#")]
+        reads = [subscription(device, pattern) for pattern in cls.consumes()]
+        if cls._marked("_vv_health"):
+            reads.append(subscription(device, "health.*"))
+        return Grant(settings.mqtt_username(node), tuple(write), tuple(dict.fromkeys(reads)))
 
     # ----------------------------------------------------------------- for subclasses
     async def setup(self) -> None:
@@ -177,8 +224,14 @@ class Node:
         """Publish an event: validated now, durable in the outbox before it is sent.
 
         Inside a handler the event is committed with the handler's completion (unless
-        `immediate`); elsewhere it is committed at once.
+        `immediate`); elsewhere it is committed at once. Only declared types (`produces`) and
+        alerts may be emitted: the broker would refuse anything else.
         """
+        if event_type not in self.produces and not event_type.startswith("alert."):
+            raise UndeclaredEvent(
+                f"{type(self).__name__} emits {event_type!r} but does not declare it: add it to "
+                f"{type(self).__name__}.produces and re-render the broker (`vv broker`) so its ACL allows it"
+            )
         schemas.validate(schemas.schema_name_for(event_type), data)
         codec_json = not is_pipeline_event(event_type) or self.settings.bus.codec == "json"
         event = Event(
@@ -195,9 +248,37 @@ class Node:
         batch = _handler_batch.get()
         if batch is not None and not immediate:
             batch.append(event)
-        else:
+            return event
+        try:
             self._persist([event])
+        except (OSError, sqlite3.Error) as exc:
+            if not event_type.startswith(SPOOLED_PREFIXES):
+                raise
+            self._spool_unpersisted(event, exc)
         return event
+
+    def _spool_unpersisted(self, event: Event, error: BaseException) -> None:
+        """An alert or command that cannot be persisted (the disk is full or failing) is sent from
+        memory: the news that the box is in trouble must not depend on the box's disk."""
+        event = dataclasses.replace(event, seq=self.store.next_seq(reserve=False))
+        topic = topic_for(self.device, event.type)
+        self._spool.append(
+            (topic, codec.encode(event.to_dict(), event.datacontenttype), event.datacontenttype)
+        )
+        log.warning("%s could not be persisted (%s): sending it from memory", event.type, error)
+        if self._client is not None:
+            asyncio.get_running_loop().create_task(self._send_spool(self._client))
+
+    async def _send_spool(self, client: aiomqtt.Client) -> None:
+        while self._spool:
+            topic, payload, content_type = self._spool[0]
+            try:
+                await client.publish(
+                    topic, payload, qos=1, properties=publish_properties(content_type), timeout=5
+                )
+            except MqttError:
+                return  # sent on the next connection
+            self._spool.popleft()
 
     async def raise_alert(
         self,
@@ -220,14 +301,24 @@ class Node:
             actions=actions,
             status="resolved" if resolved else "firing",
         )
+        if self._storm.admit(alert, time.monotonic()):
+            await self._publish_alert(alert)
+        return alert
+
+    async def _publish_alert(self, alert: dict[str, Any]) -> None:
+        severity = alert["severity"]
         level = logging.ERROR if severity in ("ERROR", "CRITICAL") else logging.WARNING
         log.log(
-            level if not resolved else logging.INFO,
+            level if alert["status"] == "firing" else logging.INFO,
             "alert %s %s: %s",
             severity,
             alert["status"],
-            title,
-            extra={"alert_id": alert["alert_id"], "alert_context": alert["context"], "details": details},
+            alert["title"],
+            extra={
+                "alert_id": alert["alert_id"],
+                "alert_context": alert["context"],
+                "details": alert["message_details"],
+            },
         )
         video = alert["context"].get("video")
         await self.emit(
@@ -236,7 +327,6 @@ class Node:
             subject=video if isinstance(video, str) else None,
             immediate=True,
         )
-        return alert
 
     def set_status(self, status: str, reason: str = "") -> None:
         """`online` or `degraded` (with the reason an operator should read); published at once."""
@@ -290,6 +380,7 @@ class Node:
                 loop.add_signal_handler(sig, self._on_signal)
         self.epoch = self.store.bump_epoch()
         self.store.prune_seen()
+        self._dead.prune()
         self._started = time.monotonic()
         log.info("starting %s epoch %d", self.client_id, self.epoch, extra={"epoch": self.epoch})
         await self.setup()
@@ -333,7 +424,13 @@ class Node:
     async def _connection_loop(self) -> None:
         backoff = Backoff(self.settings.mqtt.reconnect_min_s, self.settings.mqtt.reconnect_max_s)
         while not self._stop.is_set():
-            client = make_client(self.settings, self.client_id, will=self._will(), manual_ack=True)
+            client = make_client(
+                self.settings,
+                self.client_id,
+                username=self.settings.mqtt_username(self.node_name),
+                will=self._will(),
+                manual_ack=True,
+            )
             try:
                 async with client:
                     backoff.reset()
@@ -342,7 +439,12 @@ class Node:
                 if self._stop.is_set():
                     break
                 delay = backoff.next_delay()
-                log.warning("broker connection lost or refused (%s); retrying in %.1fs", exc, delay)
+                hint = (
+                    f" (does the broker know {self.node_name}? see broker.nodes and broker.instances)"
+                    if getattr(exc, "rc", None) in (134, 135)  # bad user name or password, not authorized
+                    else ""
+                )
+                log.warning("broker connection lost or refused (%s)%s; retrying in %.1fs", exc, hint, delay)
                 if self._lost_at is None:
                     self._lost_at = (utc_now(), time.monotonic())
                 self.stats.reconnects += 1
@@ -360,6 +462,7 @@ class Node:
             await self._publish_outage(client, *self._lost_at)
             self._lost_at = None
         await self._publish_health(client)
+        await self._send_spool(client)
         log.info("connected to %s:%d as %s", self.settings.mqtt.host, self.settings.mqtt.port, self.client_id)
         tasks = [
             asyncio.create_task(self._sender(client)),
@@ -375,6 +478,8 @@ class Node:
             except asyncio.CancelledError:
                 if not self._stop.is_set():
                     raise
+            for folded in self._storm.due(math.inf):  # a folded count is not lost to a stop
+                await self._publish_alert(folded)
             await self._drain(timeout=5.0)
             self._flush_acked()
             await self._publish_health(client, "offline")
@@ -391,14 +496,6 @@ class Node:
         if self._health_handlers:
             filters.append(subscription(self.device, "health.*"))
         return filters
-
-    def _collect_handlers(self) -> dict[str, Callable[[Event], Awaitable[None]]]:
-        handlers: dict[str, Callable[[Event], Awaitable[None]]] = {}
-        for attr in dir(type(self)):
-            pattern = getattr(getattr(type(self), attr), "_vv_event_type", None)
-            if pattern is not None:
-                handlers[pattern] = getattr(self, attr)
-        return handlers
 
     # ----------------------------------------------------------------- receiving
     async def _consume(self, client: aiomqtt.Client) -> None:
@@ -605,6 +702,13 @@ class Node:
             if rowid is None:  # one of aiomqtt's own publishes (health)
                 aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
                 return
+            if reason_code.is_failure:  # e.g. 135: a broker whose ACL predates this node's `produces`
+                log.error("the broker refused an event (%s); it stays in the outbox", reason_code)
+                self.set_status("degraded", REFUSED)
+                room.set()
+                return
+            if self._reason == REFUSED:  # the broker takes our events again (re-rendered, restarted)
+                self.set_status("online")
             self._acked.append(rowid)
             if len(self._acked) >= 256:
                 self._flush_acked()
@@ -636,7 +740,11 @@ class Node:
     def _flush_acked(self) -> None:
         if self._acked and self._store is not None:
             acked, self._acked = self._acked, []
-            self.store.delete_sent(acked)
+            try:
+                self.store.delete_sent(acked)
+            except sqlite3.Error as exc:  # a full disk: kept for the next flush (a resend is deduped)
+                self._acked = acked + self._acked
+                log.warning("sent outbox rows not cleared yet: %s", exc)
 
     async def _drain(self, timeout: float) -> None:
         """Give queued and in-flight publishes a moment to be acknowledged before disconnecting."""
@@ -657,7 +765,7 @@ class Node:
     # ----------------------------------------------------------------- health
     def health_document(self, status: str | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "node": self.name + (f"-{self.instance}" if self.instance else ""),
+            "node": self.node_name,
             "device": self.device,
             "status": status or self._status,
             "time": utc_now(),
@@ -685,7 +793,7 @@ class Node:
         return doc
 
     def _health_topic(self) -> str:
-        return health_topic(self.device, self.name + (f"-{self.instance}" if self.instance else ""))
+        return health_topic(self.device, self.node_name)
 
     def _will(self) -> aiomqtt.Will:
         props = mqtt_properties(PacketTypes.WILLMESSAGE)
@@ -727,4 +835,6 @@ class Node:
         while True:
             await asyncio.sleep(self.settings.bus.health_interval_s)
             self._flush_acked()
+            for folded in self._storm.due(time.monotonic()):
+                await self._publish_alert(folded)
             await self._publish_health(client)

@@ -104,10 +104,12 @@ class NodeStore:
             self._set_meta("epoch", epoch)
         return epoch
 
-    def next_seq(self) -> int:
-        """The next sequence number; call inside a transaction (it may reserve a new block)."""
+    def next_seq(self, *, reserve: bool = True) -> int:
+        """The next sequence number; call inside a transaction (it may reserve a new block).
+        `reserve=False` never writes (an event that cannot be persisted still gets a number; a
+        restart is a new epoch, so numbers past the reserved block are never reused within one)."""
         self._seq += 1
-        if self._seq > self._reserved:
+        if reserve and self._seq > self._reserved:
             self._reserved = self._seq + SEQ_BLOCK - 1
             self._set_meta("seq", self._reserved)
         return self._seq

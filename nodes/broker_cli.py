@@ -1,7 +1,8 @@
 """Run the edge broker: mosquitto with mosquitto/edge.conf rendered for VV_HOME.
 
-Without --dev: persistence on, no anonymous access, a password file (device and admin users,
-secrets in VV_HOME/keys) and an ACL letting each device publish only under vv/<device>/.
+Without --dev: persistence on, no anonymous access, a password file (secrets in VV_HOME/keys) and
+an ACL: each node its own user, publishing only the event types its class declares, its health and
+alerts, and reading only what it consumes; the device user reads only; `vv-admin` reads and writes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 from bus.broker import BrokerError, broker_command, render_broker
 from bus.config import load_settings
+from nodes.registry import broker_grants
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
-        files = render_broker(settings, dev=args.dev)
+        files = render_broker(settings, dev=args.dev, grants=() if args.dev else broker_grants(settings))
         command = broker_command(files)
-    except BrokerError as exc:
+    except (BrokerError, LookupError, ImportError) as exc:
         print(f"vv broker: {exc}", file=sys.stderr)
         return 2
     if args.dev:

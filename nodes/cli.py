@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tail": ("nodes.tail", "print live events decoded, one line each"),
     "status": ("nodes.status", "fold the journal into each video's state"),
     "replay": ("nodes.replay", "re-publish journal events (same ids: consumers dedupe)"),
-    "verify": ("nodes.verify", "verify signed LogLines: signature, key, chain, artifacts"),
+    "verify": ("nodes.verify", "verify signed LogLines: signature, key, chain, chain head, artifacts"),
     "keys": ("nodes.keys_cli", "generate, list and export signing keys"),
     "cleanup": ("nodes.cleanup", "remove old files under given roots, safely"),
     "export": ("nodes.export", "export logs as a signed tarball, or verify one"),

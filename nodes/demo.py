@@ -23,7 +23,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bus.broker import ADMIN_USER, secret_for
 from bus.client import MqttError, stream
 from bus.config import Settings, load_settings
 from nodes.sign.keys import KeyStore
@@ -102,7 +101,6 @@ async def watch(settings: Settings, deadline: float) -> str | None:
 def _drive(
     args: argparse.Namespace,
     settings: Settings,
-    env: dict[str, str],
     port: int,
     photos: list[Path],
     deadline: float,
@@ -114,9 +112,6 @@ def _drive(
             print("demo: the broker did not start", file=sys.stderr)
             return None
         time.sleep(0.05)
-    admin = load_settings(
-        {**env, "VV_MQTT_USERNAME": ADMIN_USER, "VV_MQTT_PASSWORD": secret_for(settings, ADMIN_USER)}
-    )
     settings.paths.input.mkdir(parents=True, exist_ok=True)
     source = args.video or build_clip(photos, settings.home / "sample.mp4")
     staged = settings.paths.input / f".{source.name}.part"
@@ -124,7 +119,7 @@ def _drive(
     os.replace(staged, settings.paths.input / source.name)
     print(f"demo: dropped {source.name} into {settings.paths.input}; live events:")
     try:
-        return asyncio.run(watch(admin, deadline))
+        return asyncio.run(watch(settings, deadline))  # as the read-only device user
     except MqttError as exc:
         print(f"demo: broker: {exc}", file=sys.stderr)
         return None
@@ -154,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     with log_path.open("ab") as log:
         up = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # the broker and nodes, supervised
     try:
-        logline = _drive(args, settings, env, port, photos, deadline, up)
+        logline = _drive(args, settings, port, photos, deadline, up)
     finally:
         up.send_signal(signal.SIGTERM)
         try:

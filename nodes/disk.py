@@ -3,15 +3,17 @@
 Every `disk.interval_s` it reads the space available to the node (statvfs `f_bavail`, what a
 non-root writer can use) on the filesystem holding `VV_HOME/storage` (or its nearest existing
 parent) and on `/`; a filesystem holding both is watched once. Levels, per filesystem:
-- `critical` when the free percent is under `critical_percent` OR the free space is under
-  `critical_free_gb` (GB = 10^9 bytes): `alert.critical`, and ingest is paused (`cmd.ingest.pause`);
-- `warning` when under `warn_percent` OR `warn_free_gb`: `alert.warning`;
-- a level is entered as soon as either figure crosses, and left only once both figures are above
-  its thresholds by `hysteresis_percent` and `hysteresis_gb`, so a disk hovering at a threshold
-  does not flap. Leaving a level resolves its alert (`resolved=True`); when no filesystem is
-  critical any more, ingest resumes (`cmd.ingest.resume`).
-The levels and the pause are kept in the node's state directory: a restart neither alerts again
-for a known level nor forgets to resume.
+- `critical` when the free space is under `critical_percent` of the volume, capped at
+  `critical_free_gb` (GB = 10^9 bytes) on large volumes: `alert.critical`, and ingest is paused
+  (`cmd.ingest.pause`);
+- `warning` likewise under `warn_percent` capped at `warn_free_gb`: `alert.warning`;
+- a level is entered as soon as the free space crosses, and left only once it is above the
+  threshold by the hysteresis (`hysteresis_percent`, capped at `hysteresis_gb`), so a disk hovering
+  at a threshold does not flap. Leaving a level resolves its alert (`resolved=True`); when no
+  filesystem is critical any more, ingest resumes (`cmd.ingest.resume`).
+The levels and the pause are kept in the node's state directory, so a restart neither alerts
+again for a known level nor forgets to resume; the first look after a start judges the figures
+alone, never the saved level.
 """
 
 from __future__ import annotations
@@ -49,14 +51,29 @@ class Usage:
         return 100.0 * self.free_bytes / self.total_bytes if self.total_bytes else 0.0
 
 
+def threshold_bytes(total_bytes: int, percent: float, floor_gb: float) -> float:
+    """Free bytes below which a level is entered: a percent of the volume, capped by the absolute
+    floor. A 50 MB volume or a 32 GB card is judged by percent; a 4 TB disk need not keep 400 GB
+    free to be out of trouble: its floor (e.g. 10 GB) says when it is."""
+    return min(total_bytes * percent / 100.0, floor_gb * GB)
+
+
 def level_for(usage: Usage, settings: DiskSettings, margin: bool = False) -> Level:
     """The level these figures fall in; with `margin`, thresholds are raised by the hysteresis."""
-    pct = settings.hysteresis_percent if margin else 0.0
-    gb = settings.hysteresis_gb if margin else 0.0
-    free_gb = usage.free_bytes / GB
-    if usage.free_percent < settings.critical_percent + pct or free_gb < settings.critical_free_gb + gb:
+    if usage.total_bytes <= 0:
+        return "critical"  # an unreadable size counts as full
+    extra = (
+        threshold_bytes(usage.total_bytes, settings.hysteresis_percent, settings.hysteresis_gb)
+        if margin
+        else 0.0
+    )
+    total = usage.total_bytes
+    if (
+        usage.free_bytes
+        < threshold_bytes(total, settings.critical_percent, settings.critical_free_gb) + extra
+    ):
         return "critical"
-    if usage.free_percent < settings.warn_percent + pct or free_gb < settings.warn_free_gb + gb:
+    if usage.free_bytes < threshold_bytes(total, settings.warn_percent, settings.warn_free_gb) + extra:
         return "warning"
     return "ok"
 
@@ -90,6 +107,7 @@ class DiskWatch(Node):
     """Watches free space; raises and resolves alerts; pauses and resumes ingest."""
 
     name = "disk"
+    produces = ("cmd.ingest.pause", "cmd.ingest.resume")
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
@@ -99,6 +117,7 @@ class DiskWatch(Node):
         self.paused = False
         self.figures: dict[str, dict[str, Any]] = {}
         self._state_file = self.state_dir / "disk.json"
+        self._looked = False
 
     async def setup(self) -> None:
         try:
@@ -112,7 +131,11 @@ class DiskWatch(Node):
             self.paused = True  # unknown: assume paused, so that ingest is resumed unless critical
 
     def _save(self) -> None:
-        atomic_write_json(self._state_file, {"levels": self.levels, "paused": self.paused})
+        """Best effort: the disk this node watches may be the full one; it still alerts and pauses."""
+        try:
+            atomic_write_json(self._state_file, {"levels": self.levels, "paused": self.paused})
+        except OSError as exc:
+            log.warning("state %s not saved: %s", self._state_file, exc)
 
     async def background(self) -> None:
         while True:
@@ -137,7 +160,9 @@ class DiskWatch(Node):
         for mount, names in mounts.items():
             usage = usages[mount]
             old = self.levels.get(str(mount), "ok")
-            new = next_level(old, usage, self.config)
+            # The saved level says which alert is firing, never what the disk is now: the first look
+            # after a start judges the figures alone (the volume may have changed while we were down).
+            new = next_level(old, usage, self.config) if self._looked else level_for(usage, self.config)
             for name in names:
                 self.figures[name] = {
                     "path": str(self.watched[name]),
@@ -149,6 +174,7 @@ class DiskWatch(Node):
                 }
             if new != old:
                 await self._change(mount, names, usage, old, new)
+        self._looked = True
         critical = any(level == "critical" for level in self.levels.values())
         if critical != self.paused:
             await self._pause(critical)
@@ -178,10 +204,11 @@ class DiskWatch(Node):
                 else (self.config.warn_percent, self.config.warn_free_gb)
             )
             effect = " Ingest is paused until space returns." if new == "critical" else ""
+            limit = threshold_bytes(usage.total_bytes, percent, gb) / GB
             await self.raise_alert(
                 severity,
                 title,
-                f"{figures}; {new} below {percent:g}% or {gb:g} GB free.{effect}",
+                f"{figures}; {new} below {limit:.2f} GB free ({percent:g}% of the volume, at most {gb:g} GB).{effect}",
                 context=context,
                 actions=[
                     f"See what grows: du -xh --max-depth=2 {mount} | sort -h | tail",

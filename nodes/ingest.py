@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import shutil
+import stat
+import struct
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +46,10 @@ def is_candidate(name: str) -> bool:
 def video_id_of(sha256: str) -> str:
     """The same bytes are the same video, wherever and whenever they arrive."""
     return sha256[:32]
+
+
+class StillWriting(Exception):
+    """The file looks unfinished (it does not decode yet and was written moments ago): look again later."""
 
 
 class UnreadableVideo(Exception):
@@ -101,8 +107,9 @@ def probe_video(path: Path) -> VideoInfo:
         cap.release()
 
 
-def open_for_writing(paths: Collection[Path], proc: Path = Path("/proc")) -> set[Path]:
-    """Those of `paths` that some process holds open for writing, from one pass over /proc/*/fd.
+def held_open(paths: Collection[Path], proc: Path = Path("/proc")) -> set[Path]:
+    """Those of `paths` that some process holds open, to write or to read, from one pass over
+    /proc/*/fd: a copy in progress (cp, rsync, smbd) keeps its file open between its pauses.
 
     Only the fds of processes we may inspect are seen (all of them as root, our user's otherwise);
     without /proc the answer is empty and size/mtime stability alone decides.
@@ -117,20 +124,8 @@ def open_for_writing(paths: Collection[Path], proc: Path = Path("/proc")) -> set
         except OSError:
             continue
         if target in wanted:
-            fd_dir, fd = os.path.split(fd_path)
-            if _writable(Path(os.path.dirname(fd_dir)) / "fdinfo" / fd):
-                found.add(wanted[target])
+            found.add(wanted[target])
     return found
-
-
-def _writable(fdinfo: Path) -> bool:
-    try:
-        for line in fdinfo.read_text().splitlines():
-            if line.startswith("flags:"):
-                return int(line.split()[1], 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-    except (OSError, ValueError):
-        return False
-    return False
 
 
 def place_file(src: Path, dest: Path, *, copy: bool = False) -> None:
@@ -201,7 +196,8 @@ class Ledger:
         return self.pending_dir / f"{video_id}.json"
 
     def known(self, video_id: str) -> bool:
-        return self._done(video_id).exists() or self._pending(video_id).exists()
+        """Stored and announced. A pending entry is not: its file may still be the only copy."""
+        return self._done(video_id).exists()
 
     def begin(self, video_id: str, data: dict[str, Any]) -> None:
         atomic_write_json(self._pending(video_id), data)
@@ -247,8 +243,13 @@ def ingest_file(
     copy: bool = False,
     source: str = "input",
     component: str = "ingest",
+    grace_s: float = 0.0,
 ) -> Outcome:
-    """Hash, dedupe, probe, then store or quarantine one complete file (blocking: run in a thread)."""
+    """Hash, dedupe, probe, then store or quarantine one complete file (blocking: run in a thread).
+
+    A file that does not decode and was written less than `grace_s` ago raises StillWriting: its
+    writer may only have paused (the node passes a grace for files written in place).
+    """
     digest = sha256_file(path)
     video_id = video_id_of(digest)
     if ledger.known(video_id) or stored_before(paths, video_id):
@@ -258,6 +259,9 @@ def ingest_file(
     try:
         info = probe_video(path)
     except UnreadableVideo as exc:
+        age = time.time() - path.stat().st_mtime
+        if age < grace_s:
+            raise StillWriting(f"{path.name} does not decode yet ({exc}); written {age:.0f}s ago") from exc
         return quarantine(path, paths, exc, digest, copy=copy, component=component)
     dest = paths.storage_for(video_id) / path.name
     data = {
@@ -277,7 +281,11 @@ def ingest_file(
         "source": source,
     }
     ledger.begin(video_id, data)
-    place_file(path, dest, copy=copy)
+    try:
+        place_file(path, dest, copy=copy)
+    except BaseException:
+        ledger.discard(video_id)  # not stored: the file in input/ is still the video, retried later
+        raise
     return Outcome("ingested", path, video_id, data)
 
 
@@ -368,10 +376,14 @@ async def announce(node: Node, ledger: Ledger, outcome: Outcome, counts: IngestC
         await node.emit("video.quarantined", outcome.data, subject=outcome.video_id or None)
 
 
+IN_MOVED_TO = 0x80
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
+
+
 class DirWatch:
     """inotify on one directory through libc: any event only means "look again" (no event parsing)."""
 
-    _MASK = 0x08 | 0x80 | 0x100 | 0x04  # IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ATTRIB
+    _MASK = 0x08 | IN_MOVED_TO | 0x100 | 0x04  # IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ATTRIB
 
     def __init__(self, directory: Path) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -384,12 +396,22 @@ class DirWatch:
             raise OSError(err, f"inotify_add_watch({directory}) failed")
         self.fd: int = fd
 
-    def drain(self) -> None:
+    def drain(self) -> set[str]:
+        """Read every pending event; returns the names renamed into the directory (IN_MOVED_TO):
+        a writer that renames a finished file in has told us it is complete."""
+        moved_in: set[str] = set()
         try:
-            while os.read(self.fd, 65536):
-                pass
+            while chunk := os.read(self.fd, 65536):
+                offset = 0
+                while offset + _EVENT.size <= len(chunk):
+                    _, mask, _, length = _EVENT.unpack_from(chunk, offset)
+                    name = chunk[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
+                    if mask & IN_MOVED_TO and name:
+                        moved_in.add(os.fsdecode(name))
+                    offset += _EVENT.size + length
         except BlockingIOError:
             pass
+        return moved_in
 
     def close(self) -> None:
         os.close(self.fd)
@@ -401,10 +423,20 @@ class _Look:
     since: float  # monotonic time the signature was first seen
 
 
+@dataclass
+class _Retry:
+    """A file not taken yet: retried when it changes or at `at` (monotonic), whichever comes first."""
+
+    signature: tuple[int, int]
+    at: float
+    delay: float
+
+
 class Ingest(Node):
     """Watches `input/`; each complete file becomes a stored video (`video.new`) or a quarantined one."""
 
     name = "ingest"
+    produces = ("video.new", "video.quarantined")
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
@@ -413,10 +445,13 @@ class Ingest(Node):
         self.paused = False
         self.pause_reason = ""
         self.queued = 0  # candidate files seen in input/ at the last look
-        self.waiting_open = 0  # of those, complete-looking but still open for writing
+        self.waiting_open = 0  # of those, complete-looking but still held open by some process
         self.watch_mode = "polling"
         self._looks: dict[Path, _Look] = {}
-        self._failed: dict[Path, tuple[int, int]] = {}  # not retried until the file changes
+        self._retry: dict[Path, _Retry] = {}  # failed (storage fault) or unfinished files
+        self._failing: set[Path] = set()  # files with a firing "Cannot ingest file" alert
+        self._refused: dict[Path, str] = {}  # entries of input/ that are not regular files, alerted once
+        self._renamed_in: set[str] = set()  # names renamed into input/: complete by the writer's word
         self._wake = asyncio.Event()
         self._pause_file = self.state_dir / "paused.json"
 
@@ -489,7 +524,7 @@ class Ingest(Node):
             return None
 
         def wake() -> None:
-            watch.drain()
+            self._renamed_in |= watch.drain()
             self._wake.set()
 
         asyncio.get_running_loop().add_reader(watch.fd, wake)
@@ -507,40 +542,71 @@ class Ingest(Node):
             else:  # the move never happened: the file is still in input/ and is taken again
                 self.ledger.discard(video_id)
 
-    def _scan_input(self) -> dict[Path, tuple[int, int]]:
+    def _scan_input(self) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
+        """Regular files of input/ with their (size, mtime_ns); and what is there but is no file."""
         found: dict[Path, tuple[int, int]] = {}
+        refused: dict[Path, str] = {}
         with os.scandir(self.paths.input) as entries:
             for entry in entries:
-                if is_candidate(entry.name) and entry.is_file(follow_symlinks=False):
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
+                if not is_candidate(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
                     found[Path(entry.path)] = (st.st_size, st.st_mtime_ns)
-        return found
+                else:
+                    refused[Path(entry.path)] = _kind_of(st.st_mode)
+        return found, refused
+
+    async def _refuse(self, refused: dict[Path, str]) -> None:
+        """Say once, per entry, that something in input/ is not a file we take (a link could point
+        anywhere: /etc/shadow, a device); it stays where it is, untouched."""
+        for path, kind in refused.items():
+            if self._refused.get(path) == kind:
+                continue
+            await self.raise_alert(
+                "ERROR",
+                "Entry in input/ refused",
+                f"{safe_name(path.name)} is a {kind}, not a regular file: it is not ingested and left as it is",
+                context={"path": str(path)},
+                actions=[
+                    "Copy the video itself into input/ (temp name, then rename), then remove the " + kind
+                ],
+            )
+        self._refused = refused
+
+    def _complete(self, path: Path, signature: tuple[int, int], wall: float) -> bool:
+        """Renamed in (its writer's word that it is whole), or unmodified for `stable_s`: a writer
+        that pauses (a slow network copy) has not finished just because two looks agree."""
+        return path.name in self._renamed_in or wall - signature[1] / 1e9 >= self.settings.ingest.stable_s
 
     async def _look(self) -> None:
-        """One look at input/: remember new signatures, take the files whose two looks agree."""
-        files = self._scan_input()
+        """One look at input/: remember new signatures, take the files that are complete."""
+        files, refused = self._scan_input()
+        await self._refuse(refused)
         self.queued = len(files)
+        self._renamed_in &= {path.name for path in files}
+        self._retry = {p: r for p, r in self._retry.items() if p in files}
         if self.paused:
             return
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         settle = self.settings.ingest.settle_s
         looks: dict[Path, _Look] = {}
         stable: list[Path] = []
         for path, signature in sorted(files.items(), key=lambda item: item[1][1]):  # oldest first
-            if self._failed.get(path) == signature:
+            retry = self._retry.get(path)
+            if retry is not None and retry.signature == signature and now < retry.at:
                 continue
             look = self._looks.get(path)
             if look is None or look.signature != signature:
                 looks[path] = _Look(signature, now)
-            elif now - look.since >= settle:
+            elif now - look.since >= settle and self._complete(path, signature, wall):
                 stable.append(path)
             else:
                 looks[path] = look
-        self._failed = {p: s for p, s in self._failed.items() if p in files}
-        busy = await asyncio.to_thread(open_for_writing, stable) if stable else set()
+        busy = await asyncio.to_thread(held_open, stable) if stable else set()
         self.waiting_open = len(busy)
         for path in busy:
             looks[path] = self._looks[path]
@@ -552,22 +618,51 @@ class Ingest(Node):
             await self._take(path, files[path])
 
     async def _take(self, path: Path, signature: tuple[int, int]) -> None:
+        ingest = self.settings.ingest
+        grace = 0.0 if path.name in self._renamed_in else ingest.incomplete_grace_s
         try:
-            outcome = await asyncio.to_thread(ingest_file, path, self.paths, self.ledger, component=self.name)
+            outcome = await asyncio.to_thread(
+                ingest_file, path, self.paths, self.ledger, component=self.name, grace_s=grace
+            )
         except FileNotFoundError:
             return  # taken away meanwhile (by `vv ingest`, or its writer): nothing to do
+        except StillWriting as exc:
+            log.info("%s: looking again in %.0fs", exc, ingest.stable_s)
+            self._retry[path] = _Retry(signature, time.monotonic() + ingest.stable_s, ingest.stable_s)
+            return
         except OSError as exc:
             self.counts.failed += 1
-            self._failed[path] = signature
+            previous = self._retry.get(path)
+            delay = min(ingest.retry_max_s, previous.delay * 2) if previous else ingest.retry_min_s
+            self._retry[path] = _Retry(signature, time.monotonic() + delay, delay)
+            self._failing.add(path)
             await self.raise_alert(
                 "ERROR",
                 "Cannot ingest file",
-                f"{path.name}: {type(exc).__name__}: {exc}; it stays in input/ and is retried when it changes",
+                f"{safe_name(path.name)}: {type(exc).__name__}: {exc}; it stays in input/ and is retried "
+                f"in {delay:.0f}s (or when it changes)",
                 context={"path": str(path)},
-                actions=[
-                    "Check the file's permissions and the free space of VV_HOME",
-                    "Restart ingest to retry",
-                ],
+                actions=["Check the permissions and the free space of VV_HOME (storage/)"],
             )
             return
+        self._retry.pop(path, None)
+        if path in self._failing:
+            self._failing.discard(path)
+            await self.raise_alert(
+                "ERROR",
+                "Cannot ingest file",
+                f"{safe_name(path.name)} was ingested after all",
+                context={"path": str(path)},
+                resolved=True,
+            )
         await announce(self, self.ledger, outcome, self.counts)
+
+
+def _kind_of(mode: int) -> str:
+    kinds = ((stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"))
+    return next((name for test, name in kinds if test(mode)), "device or socket")
+
+
+def safe_name(name: str) -> str:
+    """A file name as it can be shown: control characters (a newline, an escape sequence) escaped."""
+    return name if name.isprintable() else repr(name)[1:-1]

@@ -20,13 +20,14 @@ from bus.client import MqttError
 from bus.config import Settings, load_settings
 from bus.logs import setup_logging
 from bus.node import Node
-from nodes.ingest import IngestCounts, Outcome, announce, ingest_file, ledger_for
+from nodes.ingest import Ingest, IngestCounts, Outcome, announce, ingest_file, ledger_for
 
 
 class IngestOnce(Node):
     """A short-lived producer with the ingest node's name and no subscriptions (instance `cli`)."""
 
     name = "ingest"
+    produces = Ingest.produces
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -170,6 +170,7 @@ class Job:
 
 class Monitor(Node):
     name = "monitor"
+    produces = ("cmd.supervisor.restart",)  # restarts a hung node through `vv up`
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
@@ -187,7 +188,7 @@ class Monitor(Node):
         self._storage_probe: asyncio.Task[str | None] | None = None
         self._next_journal_check = 0.0
         self._began = time.monotonic()
-        self._own = self.name + (f"-{instance}" if instance else "")
+        self._own = self.node_name
 
     # ------------------------------------------------------------------ lifecycle
     async def setup(self) -> None:

@@ -28,6 +28,8 @@ TYPE_OF_STAGE = {stage: event_type for event_type, stage in STAGE_OF_TYPE.items(
 
 class Reconciler(Node):
     name = "reconciler"
+    # re-announces a stuck stage with that stage's own event type, or quarantines the video
+    produces = ("video.new", "scan.done", "summary.done", "video.quarantined")
 
     def limits(self) -> dict[str, float]:
         s = self.settings.reconciler

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from bus.broker import ADMIN_USER
 from bus.client import MqttError, publish_documents
 from bus.config import load_settings
 from bus.envelope import parse_time
@@ -64,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         sent = asyncio.run(
-            publish_documents(settings, items, f"vv-{settings.device}-replay-{os.getpid()}", progress)
+            publish_documents(
+                settings,
+                items,
+                f"vv-{settings.device}-replay-{os.getpid()}",
+                progress,
+                username=ADMIN_USER,  # re-publishes every node's event types
+            )
         )
     except MqttError as exc:
         print(f"vv replay: broker: {exc}", file=sys.stderr)

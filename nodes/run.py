@@ -12,7 +12,11 @@ from nodes.registry import NODES, load_node_class
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("node", help=f"node name ({', '.join(sorted(NODES))}) or module:Class")
-    parser.add_argument("--instance", default="", help="worker suffix when several workers of one stage run")
+    parser.add_argument(
+        "--instance",
+        default="",
+        help="worker suffix when several workers of one stage run (list NODE:INSTANCE in broker.instances)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Print live bus traffic decoded, one line each (device, type, subject, short data); --json for machines.
 
 FILTER is an MQTT topic filter (`vv/+/alert/#`) or an event type pattern of this device (`scan.done`,
-`alert.*`, `#`). Exit codes: 0 stopped (Ctrl-C, --count reached), 1 broker unreachable, 2 usage.
+`alert.*`, `#`). A broker that restarts is waited for, like the nodes do. Exit codes: 0 stopped (Ctrl-C,
+--count reached), 1 broker unreachable at start, 2 usage.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def format_line(topic: str, document: Any) -> str:
 async def _tail(settings: Settings, args: argparse.Namespace) -> None:
     seen = 0
     async for topic, document, content_type in stream(
-        settings, [topic_filter(settings, args.filter)], f"vv-tail-{os.getpid()}"
+        settings,
+        [topic_filter(settings, args.filter)],
+        f"vv-tail-{os.getpid()}",
+        on_outage=lambda note: print(f"vv tail: {note}", file=sys.stderr, flush=True),
     ):
         if args.json:
             payload = {"error": str(document)} if isinstance(document, DecodeError) else document

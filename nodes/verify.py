@@ -1,4 +1,4 @@
-"""`vv verify PATH...`: check LogLines offline (schema, signature, known key, chain, artifact hashes).
+"""`vv verify PATH...`: check LogLines offline (schema, signature, known key, chain and its head, artifacts).
 
 `verify_paths` is the whole verification as a plain function shared by the CLI and bench/sign.py.
 Every problem becomes a reason on the LogLine where it is detected, never a traceback: a chain break
@@ -6,6 +6,11 @@ is reported on the LogLine whose link is broken ("seq 5 missing (gap after 4)"),
 neighbours, and a LogLine whose predecessor is itself invalid is not blamed for that predecessor.
 Identical copies of one LogLine (the same bytes found twice, e.g. in storage and an export) are one
 link, not a duplicate.
+
+LogLines chain backwards only, so removing the newest leaves a valid-looking shorter chain. A chain
+head (the sign node's signed head file, or seq and hash given by an auditor) closes that: a chain
+that does not reach the head, or holds another LogLine at its seq, is INVALID. The head file beside
+a VV_HOME/storage tree is used by default.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from bus.client import MqttError
+from bus.client import MqttError, retained_document
+from bus.codec import DecodeError
 from bus.config import ConfigError, Settings, load_settings
 from bus.fsutil import sha256_bytes, sha256_file
 from bus.node import Node
+from bus.topics import health_topic
+from nodes.sign.head import ChainHead, HeadError, check_head, head_path, parse_head, read_head
 from nodes.sign.keys import KeyStore, KeyStoreError, Verifier, load_public_keys
 from nodes.sign.logline import (
     GENESIS_PREV,
@@ -42,6 +50,7 @@ from nodes.sign.logline import (
     iter_logline_files,
     logline_hash,
     schema_error,
+    seq_range,
     signed_bytes_in,
 )
 
@@ -103,12 +112,44 @@ class ChainSummary:
         }
 
 
+@dataclass(frozen=True)
+class HeadCheck:
+    """A chain head the LogLines must reach: from a head file (its signature checked) or an auditor."""
+
+    source: str  # the head file, or `--head` for a SEQ:HASH given
+    head: ChainHead | None  # None: the head file itself was refused
+    reason: str | None = None  # why the check fails; None when it passes
+    default: bool = False  # the head file found beside the storage tree, not given with --head
+
+    @property
+    def valid(self) -> bool:
+        return self.reason is None
+
+    def line(self) -> str:
+        if self.head is None or self.reason is not None:
+            return f"INVALID head {self.source}: {self.reason}"
+        device = f"{self.head.device} " if self.head.device else ""
+        return f"VALID head {self.source}: {device}{self.head.describe()} reached"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "default": self.default,
+            "valid": self.valid,
+            "reason": self.reason,
+            "device": self.head.device if self.head else None,
+            "seq": self.head.seq if self.head else None,
+            "hash": self.head.hash if self.head else None,
+        }
+
+
 @dataclass
 class Report:
     results: list[LogLineResult]
     chains: dict[str, ChainSummary]
     artifacts_checked: int = 0
     artifacts_absent: int = 0
+    heads: list[HeadCheck] = field(default_factory=list)
 
     @property
     def invalid(self) -> list[LogLineResult]:
@@ -116,8 +157,8 @@ class Report:
 
     @property
     def valid(self) -> bool:
-        """Something was verified and all of it is valid."""
-        return bool(self.results) and not self.invalid
+        """Something was verified, all of it is valid, and every chain reaches its head."""
+        return bool(self.results) and not self.invalid and all(check.valid for check in self.heads)
 
     def summary_line(self) -> str:
         invalid = len(self.invalid)
@@ -125,10 +166,13 @@ class Report:
             f"{c.device} seq {c.first_seq}..{c.last_seq}"
             for c in sorted(self.chains.values(), key=lambda c: c.device)
         )
+        failed = sum(1 for check in self.heads if not check.valid)
+        heads = f"; chain heads: {len(self.heads) - failed} reached, {failed} INVALID" if self.heads else ""
         return (
             f"{len(self.results)} LogLines: {len(self.results) - invalid} valid, {invalid} invalid; "
             f"artifacts: {self.artifacts_checked} checked, {self.artifacts_absent} not present"
             + (f"; chains: {chains}" if chains else "")
+            + heads
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +182,7 @@ class Report:
             "invalid": len(self.invalid),
             "artifacts": {"checked": self.artifacts_checked, "absent": self.artifacts_absent},
             "chains": {device: chain.to_dict() for device, chain in sorted(self.chains.items())},
+            "heads": [check.to_dict() for check in self.heads],
             "loglines": [result.to_dict() for result in self.results],
         }
 
@@ -362,7 +407,7 @@ def _link_reason(
     if before is None:  # first LogLine given; earlier ones may simply not be part of this audit
         return None if seq > 1 or result.prev == GENESIS_PREV else "seq 1 must have prev of 64 zeros"
     if seq != before + 1:
-        missing = f"seq {before + 1}" if seq == before + 2 else f"seqs {before + 1}-{seq - 1}"
+        missing = seq_range(before + 1, seq - 1)
         maybe = f"; or among the {unplaced} LogLines without a readable seq" if unplaced else ""
         return f"{missing} missing (gap after {before}{maybe})"
     predecessors = by_seq[before]
@@ -374,6 +419,31 @@ def _link_reason(
     if not all(p.authentic for p in predecessors):
         return None  # the predecessor is already INVALID: the break is reported there
     return f"prev does not match hash of seq {before}"
+
+
+def _head_reason(
+    head: ChainHead, chains: Mapping[str, ChainSummary], results: Iterable[LogLineResult]
+) -> str | None:
+    """Why the chain does not reach `head`, or None: the LogLine at the head's seq has its hash."""
+    if head.seq == 0:
+        return None  # the head of a chain that had no LogLine yet: nothing to reach
+    device = head.device
+    if device is None and len(chains) > 1:
+        return f"LogLines of {len(chains)} devices found: give the head as DEVICE:SEQ:HASH"
+    device = device or next(iter(chains), None)
+    chain = chains.get(device) if device is not None else None
+    if chain is None:
+        return (
+            f"chain cut off: head is {head.describe()}, no LogLine{f' of {device}' if device else ''} found"
+        )
+    if chain.last_seq < head.seq:
+        return f"chain cut off: head is {head.describe()}, newest LogLine is seq {chain.last_seq}"
+    found = sorted({r.hash or "" for r in results if r.device == device and r.seq == head.seq})
+    if head.hash in found:
+        return None
+    if not found:
+        return f"no LogLine at the head's {head.describe()}"
+    return f"the LogLine at seq {head.seq} has hash {', '.join(found)}, not the head's {head.hash}"
 
 
 def collect_files(paths: Iterable[Path]) -> list[str]:
@@ -399,8 +469,10 @@ def verify_paths(
     on_invalid: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 0,
+    heads: Iterable[HeadCheck] = (),
 ) -> Report:
-    """Verify every LogLine under `paths`; `on_invalid` gets each INVALID result (as a dict) at the end.
+    """Verify every LogLine under `paths`, and that their chains reach `heads`; `on_invalid` gets
+    each INVALID result (as a dict) at the end, a failed head check included.
 
     `workers` processes check batches side by side (0: one per core)."""
     files = collect_files(paths)
@@ -432,12 +504,19 @@ def verify_paths(
             per_device[result.device].append(result)
     unplaced = sum(1 for result in results if result.device is None)
     chains = {device: _check_chain(device, members, unplaced) for device, members in per_device.items()}
-    report = Report(results, chains)
+    checks = [
+        check if check.head is None else replace(check, reason=_head_reason(check.head, chains, results))
+        for check in heads
+    ]
+    report = Report(results, chains, heads=checks)
     if check_artifacts:
         report.artifacts_checked, report.artifacts_absent = checked, absent
     if on_invalid is not None:
         for result in report.invalid:
             on_invalid(result.to_dict())
+        for check in checks:
+            if not check.valid:
+                on_invalid({**check.to_dict(), "path": check.source, "reasons": [check.reason]})
     return report
 
 
@@ -453,7 +532,7 @@ async def raise_invalid_alerts(settings: Settings, invalid: list[dict[str, Any]]
         for result in invalid:
             await node.raise_alert(
                 "CRITICAL",
-                "LogLine failed verification",
+                "Chain head not reached" if "source" in result else "LogLine failed verification",
                 f"{result['path']}: {'; '.join(result['reasons'])}",
                 context={"path": result["path"], "video": result.get("video_id"), "seq": result.get("seq")},
                 actions=[
@@ -500,6 +579,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="public keys: the JSON of `vv keys export`, or a directory of such files / a key store "
         "(default: the local key store, VV_HOME/keys)",
     )
+    parser.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        metavar="FILE|[DEVICE:]SEQ:HASH",
+        help="a chain head the LogLines must reach: the sign node's signed head file (its signature "
+        "checked with the keys) or seq and hash given by an auditor; repeatable. Default: the head "
+        f"file of a VV_HOME or VV_HOME/storage tree given as PATH (state/{head_path(Path())})",
+    )
+    parser.add_argument(
+        "--head-from-broker",
+        action="store_true",
+        help="also check the chain head the sign node keeps in its retained health (signed, so "
+        "checked with the keys like a head file)",
+    )
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")
     parser.add_argument(
         "--alert", action="store_true", help="raise alert.critical on the bus for each INVALID"
@@ -521,10 +615,73 @@ def _load_keys(path: Path | None) -> Mapping[str, Verifier]:
     return keys
 
 
+def _default_head_file(paths: Iterable[Path]) -> Path | None:
+    """The head file of the device whose VV_HOME (or VV_HOME/storage) is among `paths`."""
+    for path in paths:
+        homes = (path, path.parent) if path.name == "storage" else (path,)
+        for home in homes:
+            candidate = head_path(home / "state")
+            if path.is_dir() and candidate.is_file():
+                return candidate
+    return None
+
+
+def _head_check(given: str, keys: Mapping[str, Verifier], default: bool = False) -> HeadCheck:
+    """`--head` as a check: an auditor's SEQ:HASH, else a head file (refused if it does not verify)."""
+    try:
+        return HeadCheck("--head", parse_head(given))
+    except HeadError:
+        path = Path(given)
+    if not path.is_file():
+        raise VerifyUsageError(f"--head {given}: no such head file, nor [DEVICE:]SEQ:HASH")
+    try:
+        return HeadCheck(str(path), read_head(path, keys), default=default)
+    except HeadError as exc:
+        return HeadCheck(str(path), None, f"head file refused: {exc}", default=default)
+
+
+def _broker_head_check(settings: Settings, keys: Mapping[str, Verifier]) -> HeadCheck:
+    """The head document in the sign node's retained health, its signature checked like a file's."""
+    topic = health_topic(settings.device, "sign")
+    source = f"retained health {topic}"
+    try:
+        health = asyncio.run(retained_document(settings, topic, f"vv-{settings.device}-verify-{os.getpid()}"))
+    except (MqttError, DecodeError) as exc:
+        raise VerifyUsageError(f"--head-from-broker: cannot read {topic}: {exc}") from None
+    details = health.get("details") if isinstance(health, dict) else None
+    document = details.get("chain_head") if isinstance(details, dict) else None
+    if document is None:
+        return HeadCheck(source, None, "the broker holds no chain head of the sign node")
+    try:
+        return HeadCheck(source, check_head(document, keys, settings.device))
+    except HeadError as exc:
+        return HeadCheck(source, None, f"head refused: {exc}")
+
+
+def _head_checks(args: argparse.Namespace, keys: Mapping[str, Verifier]) -> list[HeadCheck]:
+    broker = [_broker_head_check(load_settings(), keys)] if args.head_from_broker else []
+    if args.head or broker:
+        return [_head_check(given, keys) for given in args.head] + broker
+    found = _default_head_file(args.paths)
+    return [] if found is None else [_head_check(str(found), keys, default=True)]
+
+
+def _head_notes(heads: list[HeadCheck]) -> list[str]:
+    """What the text output says about the heads used, before their verdicts."""
+    if not heads:
+        return ["note: no chain head given or found: removed newest LogLines cannot be detected (--head)"]
+    return [
+        f"chain head: {check.source}, the head file beside the storage tree (default; --head for another)"
+        for check in heads
+        if check.default
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         keys = _load_keys(args.keys)
         settings = load_settings() if args.alert else None
+        heads = _head_checks(args, keys)
         invalid: list[dict[str, Any]] = []
         report = verify_paths(
             args.paths,
@@ -532,6 +689,7 @@ def run(args: argparse.Namespace) -> int:
             check_artifacts=not args.no_artifacts,
             on_invalid=invalid.append,
             progress=_Progress(sys.stderr),
+            heads=heads,
         )
     except (VerifyUsageError, KeyStoreError, ConfigError) as exc:
         print(f"vv verify: {exc}", file=sys.stderr)
@@ -551,6 +709,8 @@ def run(args: argparse.Namespace) -> int:
                 if result.valid
                 else f"INVALID {result.path}: {'; '.join(result.reasons)}"
             )
+        for line in _head_notes(heads) + [check.line() for check in report.heads]:
+            print(line)
         print(report.summary_line() if report.results else "no LogLines found: nothing verified")
     return 0 if report.valid else 1
 

@@ -25,6 +25,7 @@ from bus.broker import ADMIN_USER, BrokerFiles, broker_command, render_broker, s
 from bus.client import content_type_of, mqtt_properties
 from bus.config import Settings, load_settings
 from bus.envelope import JSON, MSGPACK, Event
+from nodes.registry import broker_grants
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = REPO / "schemas" / "fixtures"
@@ -124,6 +125,10 @@ class VV:
     def admin(self) -> tuple[str, str]:
         return ADMIN_USER, secret_for(self.settings, ADMIN_USER)
 
+    def login(self, node: str) -> tuple[str, str]:
+        """The credential a node process connects with (`<node>@<device>`)."""
+        return self.settings.mqtt_credentials(self.settings.mqtt_username(node))
+
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
@@ -148,11 +153,14 @@ def vv(tmp_path: Path) -> Iterator[VV]:
         "VV_MQTT_RECONNECT_MAX_S": "1",
         "VV_MQTT_WILL_DELAY_S": "1",
         "VV_SHARED": str(SHARED),
+        # the test nodes and the scan workers tests run get their own credentials, like real ones
+        "VV_BROKER_NODES": "echo_node:Echo,crashy_node:Crashy",
+        "VV_BROKER_INSTANCES": "scan:a,scan:b",
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
         "PYTHONUNBUFFERED": "1",
     }
     settings = load_settings(env)
-    files = render_broker(settings, extra_users={"edge2": "edge2-secret"})
+    files = render_broker(settings, grants=broker_grants(settings))
     broker = Broker(files, port, tmp_path / "mosquitto.log")
     broker.start()
     device = VV(home=home, env=env, settings=settings, broker=broker)

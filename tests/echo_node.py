@@ -13,6 +13,7 @@ from bus.node import Node, on
 
 class Echo(Node):
     name = "echo"
+    produces = ("scan.done",)
 
     @on("#")
     async def record(self, event: Event) -> None:

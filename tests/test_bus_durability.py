@@ -77,9 +77,9 @@ def test_broker_sigkill_loses_no_acknowledged_event(vv: VV, probe: Probe, publis
 
 
 def test_acl_refuses_publishing_under_another_device(vv: VV) -> None:
-    """edge2's credential may publish under vv/edge2/ only; its attempt on vv/edge1/ never arrives."""
+    """A node's credential may publish under vv/edge1/ only; its attempt on vv/edge2/ never arrives."""
     watcher = vv.probe("vv/#")
-    intruder = Publisher(vv.broker.port, "edge2", "edge2-secret", device="edge1", node="intruder")
+    intruder = Publisher(vv.broker.port, *vv.login("ingest"), device="edge2", node="intruder")
     rc_received: list[int] = []
     intruder.client.on_publish = lambda client, userdata, mid, reason_code, props: rc_received.append(
         reason_code.value
@@ -88,7 +88,7 @@ def test_acl_refuses_publishing_under_another_device(vv: VV) -> None:
         "video.quarantined", json.loads((FIXTURES_DIR / "video.quarantined" / "valid-1.json").read_text())
     )
     intruder.publish(forged)
-    own = Publisher(vv.broker.port, "edge2", "edge2-secret", device="edge2", node="ingest")
+    own = Publisher(vv.broker.port, *vv.login("ingest"), device="edge1", node="ingest")
     allowed = own.event("video.quarantined", forged.data)
     own.publish(allowed)
     watcher.wait_event("video.quarantined", where=lambda e: e["id"] == allowed.id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 
@@ -87,10 +89,11 @@ def test_invalid_payloads_are_dead_lettered_and_node_keeps_working(
     assert alert["context"]["topic"] == "vv/edge1/video/new"
     dead = read_lines(vv.home / "state" / "deadletter" / "echo.jsonl")
     assert len(dead) == 1 and reason in dead[0]["reason"]
-    # the refused bytes are kept whole, and the node still handles the next good event
-    import base64
-
-    assert base64.b64decode(dead[0]["payload_b64"]) == payload
+    # the refused bytes are kept (a bounded prefix, with the hash of the whole), and the node still
+    # handles the next good event
+    assert base64.b64decode(dead[0]["payload_b64"]) == payload[:4096]
+    assert dead[0]["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert dead[0]["truncated"] == (len(payload) > 4096)
     good = publisher.event("video.new", sample("video.new"))
     publisher.publish(good)
     probe.wait_event("scan.done", where=lambda e: e["causationid"] == good.id)

@@ -90,7 +90,9 @@ def test_rendered_broker_config_has_the_safety_settings(tmp_path: Path) -> None:
         f"acl_file {files.acl}",
     ):
         assert line in conf, line
-    assert "pattern readwrite vv/%u/#" in files.acl.read_text()
+    acl = files.acl.read_text()
+    assert "user edge9\ntopic read vv/edge9/#\n" in acl  # the device user reads only
+    assert "pattern" not in acl and acl.count("readwrite") == 1  # only vv-admin writes freely
     assert files.passwd is not None and (files.passwd.stat().st_mode & 0o777) == 0o600
     assert "edge9:" in files.passwd.read_text() and "vv-admin:" in files.passwd.read_text()
     dev = render_broker(settings, dev=True, directory=tmp_path / "dev").conf.read_text()

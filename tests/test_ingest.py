@@ -17,15 +17,15 @@ from conftest import VV, Probe, Publisher, wait_until
 from bus.config import VVPaths
 from nodes.ingest import (
     UnreadableVideo,
+    held_open,
     ingest_file,
     is_candidate,
     ledger_for,
-    open_for_writing,
     probe_video,
     reserve_quarantine_name,
 )
 
-FAST = {"VV_INGEST_SETTLE_S": "0.2", "VV_INGEST_POLL_INTERVAL_S": "0.5"}
+FAST = {"VV_INGEST_SETTLE_S": "0.2", "VV_INGEST_POLL_INTERVAL_S": "0.5", "VV_INGEST_STABLE_S": "1"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -111,12 +111,13 @@ def test_candidates_skip_temp_and_hidden_names() -> None:
     assert not any(map(is_candidate, [".cam1.tmp.mp4", "clip.mp4.part", "clip.tmp", ".hidden"]))
 
 
-def test_open_for_writing_sees_writers_not_readers(tmp_path: Path) -> None:
-    written, read = tmp_path / "w.mp4", tmp_path / "r.mp4"
+def test_held_open_sees_writers_and_readers(tmp_path: Path) -> None:
+    written, read, closed = tmp_path / "w.mp4", tmp_path / "r.mp4", tmp_path / "c.mp4"
     read.write_bytes(b"x")
+    closed.write_bytes(b"x")
     with written.open("wb"), read.open("rb"):
-        assert open_for_writing([written, read]) == {written}
-    assert open_for_writing([written, read]) == set()
+        assert held_open([written, read, closed]) == {written, read}
+    assert held_open([written, read]) == set()
 
 
 def test_quarantine_names_never_overwrite(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from nodes.sign.logline import (
     hash_with_signature,
     logline_hash,
     logline_path,
-    recover_chain_head,
+    read_chain_tail,
     schema_error,
     sign_logline,
     signed_bytes_in,
@@ -212,28 +212,30 @@ def test_write_logline_names_the_file_by_video_id(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == signed
 
 
-def test_recover_chain_head_after_a_crash_between_write_and_publish(tmp_path: Path) -> None:
+def test_chain_tail_after_a_crash_between_write_and_publish(tmp_path: Path) -> None:
     storage = tmp_path / "storage"
-    assert recover_chain_head(storage, "edge-01") == (0, GENESIS_PREV)
+    empty = read_chain_tail(storage, "edge-01")
+    assert (empty.seq, empty.hash, empty.loglines) == (0, GENESIS_PREV, {})
     chain = write_chain(storage, 3)  # seq 3 written, its event never published: still the head
     write_chain(tmp_path / "storage" / "other", 5, device="edge-02")
-    assert recover_chain_head(storage, "edge-01") == (3, logline_hash(chain[2]))
-    assert recover_chain_head(storage, "edge-02")[0] == 5
+    tail = read_chain_tail(storage, "edge-01")
+    assert (tail.seq, tail.hash, tail.loglines) == (3, logline_hash(chain[2]), {3: chain[2]})
+    assert read_chain_tail(storage, "edge-02").seq == 5
 
 
-def test_recover_chain_head_refuses_to_guess(tmp_path: Path) -> None:
+def test_chain_tail_refuses_to_guess(tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     write_chain(storage, 2)
     broken = storage / "x" / "broken.logline.json"
     broken.parent.mkdir()
     broken.write_text("{")
     with pytest.raises(LogLineError, match=r"unreadable LogLines: .*broken\.logline\.json"):
-        recover_chain_head(storage, "edge-01")
+        read_chain_tail(storage, "edge-01")
     broken.unlink()
     rival = sign_logline(unsigned(2, "e" * 64), SIGNER)
     write_logline(storage / "rival", rival)
     with pytest.raises(LogLineError, match="two different LogLines claim seq 2"):
-        recover_chain_head(storage, "edge-01")
+        read_chain_tail(storage, "edge-01")
 
 
 def test_a_signature_with_spare_bits_set_is_refused() -> None:
@@ -247,3 +249,12 @@ def test_a_signature_with_spare_bits_set_is_refused() -> None:
     forged = copy.deepcopy(signed)
     forged["signature_details"]["signature"] = twin
     assert verify_signature(forged, keys_for(SIGNER)) == "signature is not in canonical base64"
+
+
+def test_chain_tail_keeps_only_the_loglines_above_the_seq_asked_for(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    chain = write_chain(storage, 5)
+    assert read_chain_tail(storage, "edge-01").loglines == {5: chain[4]}
+    assert read_chain_tail(storage, "edge-01", above=2).loglines == {3: chain[2], 4: chain[3], 5: chain[4]}
+    assert read_chain_tail(storage, "edge-01", above=7).loglines == {5: chain[4]}  # the newest, always
+    assert read_chain_tail(tmp_path / "empty", "edge-01", above=0).loglines == {}

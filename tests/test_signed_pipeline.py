@@ -11,6 +11,9 @@ from clips import Scene, require_shared, write_clip
 from conftest import VV, Probe, wait_until
 from test_pipeline import drop
 
+from nodes.sign.head import ChainHead, check_head, head_path
+from nodes.sign.keys import KeyStore
+
 ALL = ("journal", "ingest", "scan", "summarize", "sign", "reconciler")
 
 
@@ -59,7 +62,9 @@ def test_dropped_video_ends_as_a_verified_logline(
     code, output = verify(vv)
     assert code == 0, output
     sign_health = probe.wait_health("sign", "online", after=len(probe.health("sign")))
-    assert sign_health["details"]["chain_head"] == {"seq": 1, "hash": signed["hash"]}
+    head = sign_health["details"]["chain_head"]  # the signed head document, as in its state file
+    assert (head["seq"], head["hash"], head["key_id"]) == (1, signed["hash"], signed["key_id"])
+    assert head == json.loads(head_path(vv.home / "state").read_text())
     exported = vv.vv("keys", "export")
     keys_file = tmp_path / "keys.json"
     keys_file.write_text(exported.stdout)
@@ -84,6 +89,53 @@ def test_sign_killed_between_write_and_publish_neither_loses_nor_repeats_a_seq(
     assert sorted(line["seq"] for line in loglines(vv)) == [1, 2]
     code, output = verify(vv)
     assert code == 0, output
+    assert "VALID head" in output and "seq 2" in output  # the head file caught up with seq 1, then 2
+    assert not [e for e in probe.events("alert.critical") if e["data"]["source_component"] == "sign"]
+
+
+def test_sign_restarted_after_its_newest_logline_was_removed_continues_at_the_anchored_seq(
+    vv: VV, probe: Probe, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    start(vv, probe, pipeline_env, tuple(n for n in ALL if n != "sign"))
+    sign = vv.spawn("run", "sign", extra_env=pipeline_env)
+    probe.wait_health("sign", "online")
+    drop(vv, write_clip(tmp_path / "a.mp4", [Scene("person", 1.0)]))
+    probe.wait_event("logline.signed", timeout=60)
+    drop(vv, write_clip(tmp_path / "b.mp4", [Scene("dog", 1.0)]))
+    second = probe.wait_event("logline.signed", count=2, timeout=60)[1]["data"]
+    assert second["seq"] == 2
+    sign.terminate()
+    assert sign.wait(10) == 0
+    Path(second["logline"]["path"]).unlink()  # the newest LogLine removed while sign was down
+    code, output = verify(vv)
+    assert code == 1
+    assert f"chain cut off: head is seq 2 (hash {second['hash']}), newest LogLine is seq 1" in output
+    witness = vv.vv("verify", "--head-from-broker", str(vv.home / "storage"))  # sign's last retained word
+    assert witness.returncode == 1, witness.stdout + witness.stderr
+    assert (
+        f"INVALID head retained health vv/{vv.settings.device}/health/sign: chain cut off: head is seq 2"
+        in (witness.stdout)
+    )
+
+    vv.spawn("run", "sign", extra_env=pipeline_env, log_name="sign-2")
+    cut = probe.wait_event("alert.critical", where=lambda e: e["data"]["title"] == "Chain cut off")[0]["data"]
+    assert cut["source_component"] == "sign"
+    assert cut["message_details"].startswith(
+        f"seq 2 missing from storage: the anchored head is seq 2 (hash {second['hash']}), "
+        "the newest LogLine on disk is seq 1"
+    )
+    drop(vv, write_clip(tmp_path / "c.mp4", [Scene("horses", 1.0)]))
+    third = probe.wait_event("logline.signed", count=3, timeout=60)[2]["data"]
+    assert (third["seq"], third["prev"]) == (3, second["hash"])  # seq 2 is never issued again
+    assert sorted(line["seq"] for line in loglines(vv)) == [1, 3]
+    code, output = verify(vv)
+    assert code == 1 and "seq 2 missing (gap after 1)" in output  # the cut stays visible for good
+    assert f"VALID head {head_path(vv.home / 'state')}: {vv.settings.device} seq 3" in output
+    health = probe.wait_health("sign", "online", after=len(probe.health("sign")))
+    keys = KeyStore(vv.home / "keys").verifiers()
+    assert check_head(health["details"]["chain_head"], keys) == ChainHead(
+        vv.settings.device, 3, third["hash"]
+    )
 
 
 def test_twenty_videos_through_two_broker_crashes_end_with_one_valid_logline_each(

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import VV, Probe, Publisher
 
 from bus.artifacts import write_artifact
 from bus.fsutil import sha256_bytes
 from nodes import verify
+from nodes.sign.head import ChainHead, head_path, signed_head, write_head
 from nodes.sign.keys import KeyStore, Verifier
 from nodes.sign.logline import GENESIS_PREV, build_logline, logline_hash, sign_logline, write_logline
-from nodes.verify import verify_paths
+from nodes.verify import HeadCheck, verify_paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 class Chain:
     """A device's storage tree of signed LogLines with their real artifact files."""
 
-    def __init__(self, home: Path, alg: str = "ed25519") -> None:
+    def __init__(self, home: Path, alg: str = "ed25519", device: str = "edge-01") -> None:
+        self.device = device
         self.store = KeyStore(home / "keys")
         self.store.generate(alg)  # type: ignore[arg-type]
         self.signer = self.store.signer()
@@ -47,7 +50,7 @@ class Chain:
         analytic = write_artifact(directory, "analytic.json", {"frames": [{"t": 0.0, "boxes": []}]})
         summary = write_artifact(directory, "summary.json", {"text": f"clip {seq}", "counts": {"dog": seq}})
         logline = build_logline(
-            device="edge-01",
+            device=self.device,
             seq=seq,
             prev=prev,
             video={
@@ -339,3 +342,151 @@ def test_worker_processes_give_the_same_report_as_one(tmp_path: Path) -> None:
     two = verify_paths([chain.storage], chain.keys, workers=2)
     assert [(r.path, r.reasons) for r in one.results] == [(r.path, r.reasons) for r in two.results]
     assert not two.valid and len(two.invalid) >= 1
+
+
+def anchor(chain: Chain, home: Path, logline: dict[str, Any] | None = None) -> Path:
+    """The head file the sign node writes after its newest LogLine, in `home`'s state directory."""
+    path = head_path(home / "state")
+    write_head(path, signed_head(logline or chain.loglines[-1], chain.signer))
+    return path
+
+
+def test_a_removed_newest_logline_is_invalid_against_the_head_file_found_beside_storage(
+    chain: Chain, tmp_path: Path
+) -> None:
+    head_file = anchor(chain, tmp_path)
+    head = f"seq 5 (hash {logline_hash(chain.loglines[-1])})"
+    ok = run_cli(str(chain.storage), home=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[-3:-1] == [
+        f"chain head: {head_file}, the head file beside the storage tree (default; --head for another)",
+        f"VALID head {head_file}: edge-01 {head} reached",
+    ]
+    assert lines[-1].endswith("; chain heads: 1 reached, 0 INVALID")
+    chain.paths[4].unlink()
+    cut = run_cli(str(chain.storage), home=tmp_path)
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert f"INVALID head {head_file}: chain cut off: head is {head}, newest LogLine is seq 4" in cut.stdout
+    assert "4 LogLines: 4 valid, 0 invalid" in cut.stdout and "Traceback" not in cut.stderr
+    as_json = run_cli(str(tmp_path), "--json", home=tmp_path)  # VV_HOME itself works too
+    assert as_json.returncode == 1
+    (check,) = json.loads(as_json.stdout)["heads"]
+    assert check["default"] and not check["valid"] and check["seq"] == 5
+    assert check["reason"].startswith("chain cut off: head is seq 5")
+
+
+def test_a_forged_head_file_is_refused(chain: Chain, tmp_path: Path) -> None:
+    chain.paths[4].unlink()
+    head_file = anchor(chain, tmp_path)
+    doc = json.loads(head_file.read_text())
+    head_file.write_text(
+        json.dumps({**doc, "seq": 4, "hash": logline_hash(chain.loglines[3])})
+    )  # hide the cut
+    forged = run_cli(str(chain.storage), home=tmp_path)
+    assert forged.returncode == 1
+    assert (
+        f"INVALID head {head_file}: head file refused: signature does not verify with key "
+        f"{chain.signer.key_id}: the head was changed after signing"
+    ) in forged.stdout
+    stranger = KeyStore(tmp_path / "stranger")
+    stranger.generate()
+    elsewhere = tmp_path / "elsewhere.json"
+    write_head(elsewhere, signed_head(chain.loglines[3], stranger.signer()))
+    foreign = run_cli(str(chain.storage), "--head", str(elsewhere), home=tmp_path)
+    assert foreign.returncode == 1 and "head file refused: unknown key id" in foreign.stdout
+    assert "the head file beside the storage tree" not in foreign.stdout  # --head replaces the default
+
+
+def test_an_auditor_given_head(chain: Chain, tmp_path: Path) -> None:
+    exported = str(chain.export(tmp_path / "keys.json"))
+    head = logline_hash(chain.loglines[-1])
+    ok = run_cli(str(chain.storage), "--keys", exported, "--head", f"5:{head}", home=tmp_path / "auditor")
+    assert ok.returncode == 0, ok.stdout
+    assert f"VALID head --head: seq 5 (hash {head}) reached" in ok.stdout
+    older = run_cli(
+        str(chain.storage),
+        "--keys",
+        exported,
+        "--head",
+        f"edge-01:3:{logline_hash(chain.loglines[2])}",
+        home=tmp_path,
+    )
+    assert older.returncode == 0  # a head from yesterday: the chain may have grown since
+    wrong = run_cli(str(chain.storage), "--keys", exported, "--head", f"5:{'a' * 64}", home=tmp_path)
+    assert wrong.returncode == 1
+    assert f"the LogLine at seq 5 has hash {head}, not the head's {'a' * 64}" in wrong.stdout
+    chain.paths[4].unlink()
+    cut = run_cli(str(chain.storage), "--keys", exported, "--head", f"5:{head}", home=tmp_path)
+    assert cut.returncode == 1 and f"chain cut off: head is seq 5 (hash {head}), newest LogLine is seq 4" in (
+        cut.stdout
+    )
+    other = run_cli(str(chain.storage), "--keys", exported, "--head", f"edge-02:1:{head}", home=tmp_path)
+    assert other.returncode == 1 and "no LogLine of edge-02 found" in other.stdout
+    usage = run_cli(str(chain.storage), "--keys", exported, "--head", "5:nothex", home=tmp_path)
+    assert usage.returncode == 2 and "no such head file, nor [DEVICE:]SEQ:HASH" in usage.stderr
+
+
+def test_head_checks_in_verify_paths(chain: Chain, tmp_path: Path) -> None:
+    hashes = [logline_hash(logline) for logline in chain.loglines]
+    chain.paths[2].unlink()  # a gap at seq 3, which the head names
+    report = verify_paths(
+        [chain.storage], chain.keys, heads=[HeadCheck("h", ChainHead("edge-01", 3, hashes[2]))]
+    )
+    assert [check.reason for check in report.heads] == [f"no LogLine at the head's seq 3 (hash {hashes[2]})"]
+    seen: list[dict[str, Any]] = []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    verify_paths(
+        [empty], chain.keys, heads=[HeadCheck("h", ChainHead(None, 1, hashes[0]))], on_invalid=seen.append
+    )
+    assert seen[0]["reasons"] == [f"chain cut off: head is seq 1 (hash {hashes[0]}), no LogLine found"]
+    refused = HeadCheck("f", None, "head file refused: not JSON")
+    report = verify_paths([chain.storage], chain.keys, heads=[refused])
+    assert report.heads == [refused] and not report.valid
+    assert "chain heads: 0 reached, 1 INVALID" in report.summary_line()
+
+
+def test_without_a_head_the_output_says_a_cut_off_cannot_be_seen(chain: Chain, tmp_path: Path) -> None:
+    result = run_cli(str(chain.storage), home=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-2] == (
+        "note: no chain head given or found: removed newest LogLines cannot be detected (--head)"
+    )
+
+
+def test_head_from_broker_checks_the_signed_head_in_the_retained_health(vv: VV) -> None:
+    """The retained health is only a claim of whoever could publish it: its head's signature decides."""
+    chain = Chain(vv.home, device=vv.settings.device).add(3)
+    head = signed_head(chain.loglines[-1], chain.signer)
+    topic = f"vv/{vv.settings.device}/health/sign"
+    publisher = Publisher(vv.broker.port, *vv.admin())
+
+    def retain_health(chain_head: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        health = {"node": "sign", "device": vv.settings.device, "status": "online", "time": head["time"]}
+        payload = json.dumps({**health, "details": {"chain_head": chain_head}}).encode()
+        publisher.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        return vv.vv("verify", "--head-from-broker", str(chain.storage))
+
+    try:
+        genuine = retain_health(head)
+        assert genuine.returncode == 0, genuine.stdout + genuine.stderr
+        assert f"VALID head retained health {topic}: {vv.settings.device} seq 3" in genuine.stdout
+        forged = retain_health({**head, "seq": 2})  # would hide seq 3
+        assert forged.returncode == 1
+        assert (
+            f"INVALID head retained health {topic}: head refused: signature does not verify" in forged.stdout
+        )
+    finally:
+        publisher.close()
+
+
+def test_alert_raises_critical_for_a_chain_that_does_not_reach_its_head(vv: VV, probe: Probe) -> None:
+    chain = Chain(vv.home, device=vv.settings.device).add(2)
+    head_file = anchor(chain, vv.home)
+    chain.paths[1].unlink()
+    result = vv.vv("verify", "--alert", str(vv.home / "storage"))
+    assert result.returncode == 1 and "chain cut off" in result.stdout
+    alert = probe.wait_event("alert.critical")[0]["data"]
+    assert alert["title"] == "Chain head not reached" and alert["context"]["path"] == str(head_file)
+    assert alert["message_details"].startswith(f"{head_file}: chain cut off: head is seq 2")

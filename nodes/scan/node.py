@@ -61,6 +61,7 @@ class Attempts:
 
 class Scan(Node):
     name = "scan"
+    produces = ("scan.done", "video.quarantined")
     shared_group = "scan"
 
     async def setup(self) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,14 +235,25 @@ def iter_logline_files(root: Path) -> Iterator[str]:
         stack.extend(reversed(subdirs))
 
 
-def recover_chain_head(storage_root: Path, device: str) -> tuple[int, str]:
-    """(seq, hash) of `device`'s newest LogLine on disk, or (0, GENESIS_PREV) when there is none.
+@dataclass(frozen=True)
+class ChainTail:
+    """The newest end of one device's chain on disk, as the sign node needs it at start."""
 
-    The sign node calls this at start: a LogLine written just before a crash is on disk even if its
-    event never left, so its seq is never reused. A LogLine that cannot be read could be the head, so
-    it raises LogLineError instead of guessing, and so do two different LogLines at the top seq.
+    seq: int  # of the newest LogLine; 0 when there is none
+    hash: str  # its hash (GENESIS_PREV when there is none)
+    loglines: dict[int, dict[str, Any]]  # the newest LogLine and every one above the seq asked for
+
+
+def read_chain_tail(storage_root: Path, device: str, above: int | None = None) -> ChainTail:
+    """The newest of `device`'s LogLines on disk, plus (by seq) every one above `above`.
+
+    The sign node reads this at start: a LogLine written just before a crash is on disk even if its
+    event never left, so its seq is never reused. Only the tail is kept in memory, whatever the
+    storage holds. A LogLine that cannot be read could be the head, so it raises LogLineError
+    instead of guessing, and so do two different LogLines at one seq of the tail.
     """
-    head = (0, GENESIS_PREV, str(storage_root))
+    newest: tuple[int, str, str, dict[str, Any] | None] = (0, GENESIS_PREV, str(storage_root), None)
+    above_kept: dict[int, tuple[str, str, dict[str, Any]]] = {}
     unreadable: list[str] = []
     for path in iter_logline_files(storage_root):
         try:
@@ -252,10 +264,23 @@ def recover_chain_head(storage_root: Path, device: str) -> tuple[int, str]:
         except (OSError, ValueError, KeyError, TypeError):
             unreadable.append(path)
             continue
-        if seq > head[0]:
-            head = (seq, digest, path)
-        elif seq == head[0] and digest != head[1]:
-            raise LogLineError(f"two different LogLines claim seq {seq}: {head[2]} and {path}")
+        if seq > newest[0]:
+            newest = (seq, digest, path, doc)
+        elif seq == newest[0] and digest != newest[1]:
+            raise LogLineError(f"two different LogLines claim seq {seq}: {newest[2]} and {path}")
+        if above is not None and seq > above:
+            other = above_kept.setdefault(seq, (digest, path, doc))
+            if other[0] != digest:
+                raise LogLineError(f"two different LogLines claim seq {seq}: {other[1]} and {path}")
     if unreadable:
         raise LogLineError(f"cannot recover the chain head, unreadable LogLines: {', '.join(unreadable)}")
-    return head[0], head[1]
+    seq, digest, _, doc = newest
+    loglines = {n: kept_doc for n, (_, _, kept_doc) in above_kept.items()}
+    if doc is not None:
+        loglines[seq] = doc
+    return ChainTail(seq, digest, loglines)
+
+
+def seq_range(first: int, last: int) -> str:
+    """`seq 5` or `seqs 5-7`: how reasons name the LogLines of a stretch of the chain."""
+    return f"seq {first}" if first == last else f"seqs {first}-{last}"

@@ -1,8 +1,10 @@
 """The sign node: summary.done in; one signed, chained LogLine per video out as logline.signed.
 
 It never signs a video twice (the LogLine file beside the artifacts is the record) and never reuses
-a `seq`: the chain head is recovered from the LogLines on disk at start, so a crash between writing
-a LogLine and publishing it costs a re-announcement, not a fork of the chain.
+a `seq`: after each LogLine it anchors the chain head in a signed state file (and its retained
+health), and at start it reconciles that anchor with the LogLines on disk (nodes/sign/head.py). A
+crash between writing a LogLine and publishing it costs a re-announcement, not a fork of the chain;
+removed newest LogLines raise CRITICAL and their seqs stay unused.
 """
 
 from __future__ import annotations
@@ -11,20 +13,31 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bus.envelope import Event
+from bus.envelope import Event, utc_now
 from bus.fsutil import sha256_bytes
 from bus.node import Node, RefusedClaim, on
 from nodes.common.claims import check_analytic, check_summary, check_video
-from nodes.sign.keys import KeyStore, KeyStoreError
+from nodes.sign.head import (
+    ChainHead,
+    HeadError,
+    genesis_head,
+    head_path,
+    read_head,
+    reconcile,
+    signed_head,
+    write_head,
+)
+from nodes.sign.keys import Ed25519Signer, HmacSigner, KeyStore, KeyStoreError
 from nodes.sign.logline import (
     LogLineError,
     build_logline,
     logline_hash,
     logline_path,
-    recover_chain_head,
+    read_chain_tail,
     sign_logline,
     write_logline,
 )
@@ -34,24 +47,63 @@ log = logging.getLogger("vv.sign")
 
 class Sign(Node):
     name = "sign"
+    produces = ("logline.signed",)
 
     async def setup(self) -> None:
         self.keys = KeyStore(self.paths.keys)
         self.head: tuple[int, str] | None = None
+        self.anchor: Mapping[str, Any] | None = None  # the signed head document, also in the health
         try:
-            self.head = recover_chain_head(self.paths.storage, self.device)
-        except LogLineError as exc:
+            await self._recover_head()
+        except (LogLineError, KeyStoreError) as exc:
             await self._refuse(
                 "Chain head cannot be recovered",
                 str(exc),
                 "Run `vv verify` on the storage tree and repair or move the unreadable LogLine",
             )
 
+    async def _recover_head(self) -> tuple[int, str]:
+        """Continue from the anchored head reconciled with the LogLines on disk (rules: `reconcile`)."""
+        path, keys = head_path(self.paths.state), self.keys.verifiers()
+        anchored: ChainHead | HeadError | None
+        try:
+            anchored = read_head(path, keys, self.device)
+        except FileNotFoundError:
+            anchored = None
+        except HeadError as exc:
+            anchored = exc
+            path.rename(path.with_name(f"{path.name}.refused-{utc_now()}"))  # evidence, not overwritten
+        above = anchored.seq if isinstance(anchored, ChainHead) else None
+        outcome = reconcile(anchored, read_chain_tail(self.paths.storage, self.device, above), keys)
+        self.head = (outcome.seq, outcome.hash)
+        self.anchor = anchored.document if isinstance(anchored, ChainHead) else None
+        for title, details in outcome.problems:
+            await self.raise_alert(
+                "CRITICAL",
+                title,
+                details,
+                context={"node": self.name, "seq": outcome.seq, "head_file": str(path)},
+                actions=[
+                    "Run `vv verify` on the storage tree: it names what is missing or refused",
+                    "Compare the chain with the console's or a backup's, and restore what is missing",
+                    "Check who had write access to VV_HOME (storage and state)",
+                ],
+            )
+        if outcome.anchor is not None:
+            self._record(signed_head(outcome.anchor, self._signer()))
+        return self.head
+
+    def _signer(self) -> Ed25519Signer | HmacSigner:
+        return self.keys.signer(self.settings.sign.key_id or None, alg=self.settings.sign.alg)
+
+    def _record(self, document: Mapping[str, Any]) -> None:
+        """The signed head document: in the state file, then in the health."""
+        write_head(head_path(self.paths.state), document)
+        self.anchor = document
+
     def health_details(self) -> dict[str, Any]:
-        if getattr(self, "head", None) is None:
-            return {"chain_head": None}
-        seq, digest = self.head  # type: ignore[misc]
-        return {"chain_head": {"seq": seq, "hash": digest}}
+        anchor: Mapping[str, Any] | None = getattr(self, "anchor", None)  # None before setup
+        return {"chain_head": dict(anchor) if anchor else None}
 
     async def _refuse(self, title: str, details: str, action: str, video: str | None = None) -> None:
         """A signing failure: CRITICAL, nothing signed; the reconciler re-announces the video later."""
@@ -81,11 +133,10 @@ class Sign(Node):
             await self._announce(json.loads(existing.read_bytes()), existing, event)
             return
         directory = video.directory
-        if self.head is None:
-            self.head = recover_chain_head(self.paths.storage, self.device)
+        head = self.head or await self._recover_head()
         try:
-            signer = self.keys.signer(self.settings.sign.key_id or None, alg=self.settings.sign.alg)
-            seq, prev = self.head[0] + 1, self.head[1]
+            signer = self._signer()
+            seq, prev = head[0] + 1, head[1]
             logline = build_logline(
                 device=self.device,
                 seq=seq,
@@ -108,10 +159,13 @@ class Sign(Node):
                 "Signing failed", str(exc), "Check `vv keys list` and sign.key_id / sign.alg", video.id
             )
             return
+        if self.anchor is None and seq == 1:  # see genesis_head
+            self._record(genesis_head(self.device, signer))
         path = write_logline(directory, signed)
         self.head = (seq, logline_hash(signed))
-        if self.settings.sign.failpoint == "after-write":  # tests: a crash between write and publish
+        if self.settings.sign.failpoint == "after-write":  # tests: a crash before the head and publish
             os._exit(137)
+        self._record(signed_head(signed, signer))
         if self._status == "degraded":
             self.set_status("online")
         await self._announce(signed, path, event)

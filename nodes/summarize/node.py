@@ -34,6 +34,7 @@ def load_describer(spec: str) -> Describer:
 
 class Summarize(Node):
     name = "summarize"
+    produces = ("summary.done",)
 
     async def setup(self) -> None:
         self.describer = load_describer(self.settings.summarize.describer)
