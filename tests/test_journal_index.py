@@ -9,8 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_journal_fold import T0, alert, event, pipeline
 
+from nodes.journal import index as index_module
 from nodes.journal.fold import fold_journal, to_json
 from nodes.journal.index import VideoIndex, is_open
 from nodes.journal.store import Journal
@@ -131,3 +133,19 @@ def test_a_final_video_whose_segment_was_removed_keeps_its_stage(tmp_path: Path)
     assert found.state.stage == "signed" and found.state.stages["signed"] == T0 + timedelta(seconds=13)
     assert len(found.state.failures) == 1
     assert index.counts() == {"signed": 1, "ingested": 1}
+
+
+def test_a_limited_refresh_stops_after_whole_batches_and_the_next_one_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "journal"
+    with Journal.open(journal) as writer:
+        for n in range(75):
+            for envelope in pipeline(f"{n:032x}", n * 60):
+                writer.append(record(envelope))
+    monkeypatch.setattr(index_module, "BATCH", 50)
+    index = VideoIndex(journal, tmp_path / "videos.sqlite")
+    assert index.refresh(limit=100) == 100
+    assert index.counts() == {"signed": 25}
+    assert index.refresh() == 200
+    assert_same_as_full_fold(index, journal)

@@ -160,9 +160,10 @@ class VideoIndex:
             self._db.close()
 
     # ----------------------------------------------------------------- folding the tail
-    def refresh(self) -> int:
+    def refresh(self, limit: int | None = None) -> int:
         """Fold what the journal gained since the index last saw it (by any process); returns records read.
 
+        `limit` stops after about that many records (whole batches), for a caller that must stay quick.
         Raises FileNotFoundError without a journal and `JournalError` for damage (nothing is committed
         past it).
         """
@@ -177,7 +178,7 @@ class VideoIndex:
                         self._forget()  # another process folded some: cached states may be behind
                     count, self._known = self._fold_batch(reader, position)
                 total += count
-                if count < BATCH:
+                if count < BATCH or (limit is not None and total >= limit):
                     return total
 
     def _checked_position(self, reader: RecordReader) -> Position | None:

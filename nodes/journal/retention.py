@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bus.config import JournalSettings, VVPaths
 from bus.fsutil import sha256_file
-from nodes.journal.index import index_errors, open_index
+from nodes.journal.index import BATCH, index_errors, open_index
 from nodes.journal.store import DAY_S, Journal, list_segments, read_index, segment_name
 
 log = logging.getLogger("vv.journal.retention")
@@ -107,12 +107,14 @@ def plan(
 
 
 def apply_retention(journal: Journal, paths: VVPaths, settings: JournalSettings) -> RetentionReport:
-    """Bring the video index up to date, then remove what `plan` allows, through the journal's writer."""
+    """Fold one batch of the index's backlog at most (the monitor and the reconciler keep it current;
+    a first catch-up of a long journal must not hold up the journal node), then remove what `plan`
+    allows, through the journal's writer. Only segments the index has folded can go."""
     if settings.retention_days <= 0 and settings.max_bytes <= 0:
         return RetentionReport()
     with index_errors(paths):
         index = open_index(paths)
-        index.refresh()
+        index.refresh(limit=BATCH)
         folded = index.folded_up_to()
         pinned = index.pinned_segments()
     chosen, report = plan(
