@@ -78,7 +78,7 @@ def test_a_size_cap_removes_the_oldest_removable_segments_first(paths: VVPaths) 
 
 def test_segments_not_yet_folded_by_the_index_stay(paths: VVPaths, monkeypatch: pytest.MonkeyPatch) -> None:
     index = open_index(paths)
-    monkeypatch.setattr(index, "refresh", lambda: 0)  # the index has seen nothing yet
+    monkeypatch.setattr(index, "refresh", lambda limit=None: 0)  # the index has seen nothing yet
     assert retain(paths, retention_days=90, export_before_delete=False) == []
 
 

@@ -110,6 +110,8 @@ def apply_retention(journal: Journal, paths: VVPaths, settings: JournalSettings)
     """Fold one batch of the index's backlog at most (the monitor and the reconciler keep it current;
     a first catch-up of a long journal must not hold up the journal node), then remove what `plan`
     allows, through the journal's writer. Only segments the index has folded can go."""
+    for number, _path in list_segments(journal.directory)[:-1]:
+        journal.sealed_index(number)  # time index of segments sealed before sidecars existed
     if settings.retention_days <= 0 and settings.max_bytes <= 0:
         return RetentionReport()
     with index_errors(paths):

@@ -42,6 +42,7 @@ pid). Readers take no lock and never write.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -339,6 +340,20 @@ def _payload_time(payload: bytes) -> float | None:
         return None
 
 
+def _count_sealed(segments: list[tuple[int, Path]]) -> int:
+    """Records in all but the last segment: from the sidecars, else from the next segment's header
+    (retention writes every sidecar before it removes a segment, so that difference spans no gap)."""
+    total = 0
+    for (_number, path), (_next, following) in itertools.pairwise(segments):
+        index = read_index(path)
+        if index is not None:
+            total += index.records
+            continue
+        with path.open("rb") as handle, following.open("rb") as after:
+            total += (_read_header(after, following.name) or 0) - (_read_header(handle, path.name) or 0)
+    return total
+
+
 def _check_sealed(path: Path, *, full: bool) -> None:
     """Raise `JournalCorrupt` for a sealed segment with a bad header, or (`full`) any bad record.
 
@@ -458,11 +473,16 @@ class Journal:
         self._index = segments[-1][0]
         self._segment_count = len(segments)
         self._sealed_bytes = sum(path.stat().st_size for _, path in segments[:-1])
-        self._sealed_records = sum(self._sealed_index(path).records for _, path in segments[:-1])
+        self._sealed_records = _count_sealed(segments)
         self._fd = os.open(self.directory / segment_name(self._index), os.O_WRONLY | os.O_APPEND)
 
-    def _sealed_index(self, path: Path) -> SegmentIndex:
-        """A sealed segment's sidecar, rebuilt (and written) when missing or stale."""
+    def sealed_index(self, number: int) -> SegmentIndex:
+        """A sealed segment's sidecar, rebuilt (and written) when missing or stale.
+
+        Not done at open: a journal from before sidecars would hold the node up for minutes; the
+        journal node's retention pass (a background thread) calls this for every sealed segment.
+        """
+        path = self.directory / segment_name(number)
         index = read_index(path)
         if index is None:
             try:
@@ -613,7 +633,7 @@ class Journal:
             if index >= self._index:
                 raise JournalError(f"segment {segment_name(index)} is the current one or newer: not removed")
             path = self.directory / segment_name(index)
-            sealed = self._sealed_index(path)
+            sealed = self.sealed_index(index)
             path.unlink()
             index_path(path).unlink(missing_ok=True)
             if self.fsync_policy != "never":
