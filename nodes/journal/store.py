@@ -32,7 +32,8 @@ a new segment when the day changes), and when the writer seals a segment it writ
 without one), atomically. A reader asked for `since` skips a sealed segment whose sidecar shows only
 older records without opening it. A sidecar that is missing (a crash between seal and write, a
 journal from before sidecars) or does not match its segment's size is ignored (the segment is
-decoded) and rebuilt by the writer on its next open. Retention removes sealed segments whole (and
+decoded) and rebuilt by the writer when asked (`Journal.sealed_index`, which the journal node's
+retention pass does in the background, never at open). Retention removes sealed segments whole (and
 their sidecars), so segment numbers may have gaps anywhere below the last one.
 
 Only one writer at a time: it holds an exclusive `flock` on `LOCK` in the directory (which holds its
