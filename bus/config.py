@@ -49,6 +49,10 @@ class BusSettings:
     max_event_bytes: int = 256 * 1024
     outbox_sync: Literal["normal", "full"] = "normal"  # sqlite synchronous mode for outbox/dedupe
     shared_group: str = ""  # non-empty: consume via $share/<group>/... with other workers
+    # dedupe ids are kept this long (longer than any broker session, so a redelivery is recognised) ...
+    dedupe_retention_s: float = 14 * 24 * 3600.0
+    dedupe_max_ids: int = 1_000_000  # ... and at most this many per node (the oldest go first)
+    prune_interval_s: float = 3600.0  # how often a running node prunes them
     deadletter_max_bytes: int = 16 * 1024 * 1024  # per node; the oldest half goes when it is full
     deadletter_max_age_days: float = 30.0
     deadletter_payload_bytes: int = 4096  # a refused payload is kept up to this, with its full sha256
@@ -77,6 +81,11 @@ class JournalSettings:
     fsync: FsyncPolicy = "interval"
     fsync_interval_s: float = 0.2
     segment_bytes: int = 64 * 1024 * 1024
+    # retention of sealed segments; a segment holding an event of a video still in the pipeline stays
+    retention_days: float = 90.0  # older segments may go (0: keep every segment)
+    max_bytes: int = 0  # cap on the journal's size, oldest removable segments first (0: no cap)
+    export_before_delete: bool = True  # only segments a `vv export` archive in exports/ holds, same sha256
+    retention_interval_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ class AlerterSettings:
     expire_s: float = 7 * 86400.0  # an unresolved alert not seen for this long is forgotten
     inhibit_offline: bool = True  # mute a node's own alerts while its health says offline
     queue_max: int = 10_000  # notifications kept on disk per channel while it is down
+    max_alerts: int = 10_000  # alerts tracked at once; beyond it the least recently seen are forgotten
     retry_min_s: float = 1.0
     retry_max_s: float = 300.0
     send_timeout_s: float = 30.0

@@ -227,7 +227,14 @@ class Node:
     @property
     def store(self) -> NodeStore:
         if self._store is None:
-            self._store = NodeStore(self.state_dir / "node.sqlite", self.settings.bus.outbox_sync)
+            bus = self.settings.bus
+            self._store = NodeStore(
+                self.state_dir / "node.sqlite",
+                bus.outbox_sync,
+                seen_retention_s=bus.dedupe_retention_s,
+                seen_max=bus.dedupe_max_ids,
+                prune_interval_s=bus.prune_interval_s,
+            )
         return self._store
 
     async def emit(

@@ -18,6 +18,8 @@ from pathlib import Path
 
 SEQ_BLOCK = 1000
 SEEN_RETENTION_S = 14 * 24 * 3600  # longer than any broker session expiry: a redelivery is still recognised
+SEEN_MAX = 1_000_000  # dedupe ids kept at most, whatever their age
+PRUNE_INTERVAL_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +33,19 @@ class OutboxRow:
 
 
 class NodeStore:
-    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+    """Sent outbox rows are deleted on the broker's acknowledgement; dedupe ids are pruned by age and
+    count at start and then every `prune_interval_s` by `claim`, so a node running for a year keeps
+    a bounded store."""
+
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "normal",
+        *,
+        seen_retention_s: float = SEEN_RETENTION_S,
+        seen_max: int = SEEN_MAX,
+        prune_interval_s: float = PRUNE_INTERVAL_S,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -51,6 +65,9 @@ class NodeStore:
             self._db.execute("ALTER TABLE outbox ADD COLUMN acked REAL")
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_by_acked ON outbox(acked)")
         self._depth = 0
+        self._seen_retention_s, self._seen_max = seen_retention_s, seen_max
+        self._prune_interval_s = prune_interval_s
+        self._next_prune = time.monotonic() + prune_interval_s
         # `seq` is reserved in blocks so a commit need not write it: after a restart the producer
         # continues past the whole reserved block (a new epoch, so consumers see no gap).
         self._seq = self._reserved = self._meta("seq")
@@ -154,12 +171,22 @@ class NodeStore:
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO seen(event_id, seen_at) VALUES (?, ?)", (event_id, time.time())
         )
-        return cursor.rowcount == 1
+        fresh = cursor.rowcount == 1
+        if time.monotonic() >= self._next_prune:
+            self.prune_seen()
+        return fresh
 
-    def prune_seen(self, older_than_s: float = SEEN_RETENTION_S) -> int:
+    def prune_seen(self, older_than_s: float | None = None) -> int:
+        """Forget dedupe ids older than the retention, then the oldest beyond the cap; returns how many."""
+        keep_s = self._seen_retention_s if older_than_s is None else older_than_s
         with self.transaction():
-            cursor = self._db.execute("DELETE FROM seen WHERE seen_at < ?", (time.time() - older_than_s,))
-        return cursor.rowcount
+            removed = self._db.execute("DELETE FROM seen WHERE seen_at < ?", (time.time() - keep_s,)).rowcount
+            removed += self._db.execute(
+                "DELETE FROM seen WHERE seen_at <= (SELECT seen_at FROM seen ORDER BY seen_at DESC LIMIT 1 OFFSET ?)",
+                (self._seen_max,),
+            ).rowcount
+        self._next_prune = time.monotonic() + self._prune_interval_s
+        return removed
 
     def close(self) -> None:
         self._db.close()

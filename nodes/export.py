@@ -1,5 +1,8 @@
 """`vv export`: a signed, verifiable, reproducible bundle of the device's logs for a day or a range.
 
+With the logs go the journal segments of those days (`journal/NNNNNNNN.seg`, one per UTC day by the
+time index): the archive journal retention waits for before it removes a segment (by default).
+
 Output (in VV_HOME/exports or `--out`): `vv_logs_<device>_YYYYMMDD.tar.gz` (a range:
 `_YYYYMMDD-YYYYMMDD`) and `vv_logs_<device>_YYYYMMDD.manifest.json`, each written atomically
 (temp file + rename), tarball first, so a manifest never names a tarball that is not there.
@@ -44,6 +47,7 @@ from bus.argtypes import non_negative_int, output_dir
 from bus.fsutil import CHUNK, atomic_write_json, canonical_json, fsync_dir, sha256_file
 from bus.inputs import regular_file, shown
 from bus.jobs import add_job_argument, report_if_job
+from nodes.journal.store import JournalCorrupt, build_index, list_segments, read_index
 
 MANIFEST_VERSION = 1
 GZIP_LEVEL = 6
@@ -171,6 +175,28 @@ def select_logs(logs_dir: Path, first: date, last: date) -> list[LogFile]:
     return sorted(chosen, key=lambda f: f.relative)
 
 
+def select_journal(journal_dir: Path, first: date, last: date) -> list[LogFile]:
+    """The journal segments whose newest record was received within the UTC days [first, last].
+
+    A segment holds one UTC day, so each is archived by that day's export. The current segment is
+    taken as it is now: once its day is over it does not change any more (the next record starts a
+    new segment), so an export made after the day matches it for good (what retention checks).
+    """
+    start, end = day_start(first), day_start(last + timedelta(days=1))
+    chosen = []
+    for _number, path in list_segments(journal_dir):
+        span = read_index(path)
+        if span is None:
+            try:
+                span = build_index(path, last=True)
+            except (JournalCorrupt, FileNotFoundError):
+                continue  # damaged: `vv status` and the journal node report it; not archived as if whole
+        high = span.received_max
+        if high is not None and span.untimed == 0 and start <= high < end:
+            chosen.append(LogFile(path, path.relative_to(journal_dir.parent).as_posix()))
+    return chosen
+
+
 class _HashingWriter:
     """The tarball's file object: hashes and counts the compressed bytes as they are written."""
 
@@ -266,9 +292,12 @@ def export_logs(
     *,
     level: int = GZIP_LEVEL,
     now: datetime | None = None,
+    journal_dir: Path | None = None,
 ) -> ExportResult:
     """Write (or confirm) the export for the UTC days [first, last]; see the module docstring."""
     files = select_logs(logs_dir, first, last)
+    if journal_dir is not None and journal_dir.is_dir():
+        files += select_journal(journal_dir, first, last)
     if not files:
         return ExportResult(status="empty")
     stem = export_stem(device, first, last)
@@ -563,7 +592,15 @@ def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out or settings.paths.exports
     try:
         signer: Signer = KeyStore(settings.paths.keys).signer(key_id=settings.sign.key_id or None)
-        result = export_logs(settings.paths.logs, out_dir, settings.device, first, last, signer)
+        result = export_logs(
+            settings.paths.logs,
+            out_dir,
+            settings.device,
+            first,
+            last,
+            signer,
+            journal_dir=settings.paths.journal,
+        )
     except (ExportError, KeyStoreError, OSError) as exc:
         print(f"vv export: {shown(exc)}", file=sys.stderr)
         report_if_job(args, settings, "export", False, {"error": str(exc)})

@@ -39,7 +39,8 @@ from bus.alerts import Severity
 from bus.config import MonitorSettings, Settings
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on_health
-from nodes.journal.fold import fold_journal, format_duration, stuck
+from nodes.journal.fold import format_duration, stuck
+from nodes.journal.index import open_videos
 from nodes.journal.store import JournalError, parse_rfc3339
 from nodes.supervisor import RestartPolicy, RestartTracker, load_history
 
@@ -499,14 +500,12 @@ class Monitor(Node):
         if not limits:
             return
         try:
-            folded = await asyncio.to_thread(fold_journal, self.paths.journal)
+            states = await asyncio.to_thread(open_videos, self.paths)
         except FileNotFoundError:
             states = {}
         except (JournalError, OSError) as exc:
             log.warning("journal not readable for the stuck-video check: %s", exc)
             return
-        else:
-            states = folded.states
         stuck_now = {s.video_id: s for s in stuck(states, limits, datetime.now(UTC))}
         for video_id, state in stuck_now.items():
             since = state.stage_since

@@ -18,8 +18,9 @@ from bus.envelope import Event
 from bus.node import Node, RefusedClaim
 from nodes.common.claims import StoredVideo, check_video
 from nodes.ingest import UnreadableVideo, quarantine
-from nodes.journal.fold import STAGE_OF_TYPE, Fold, VideoState, format_time, stuck
-from nodes.journal.store import JournalError, iter_records
+from nodes.journal.fold import STAGE_OF_TYPE, VideoState, format_time, stuck
+from nodes.journal.index import last_events, open_videos
+from nodes.journal.store import JournalError, parse_rfc3339
 
 log = logging.getLogger("vv.reconciler")
 TYPE_OF_STAGE = {stage: event_type for event_type, stage in STAGE_OF_TYPE.items()}
@@ -43,24 +44,21 @@ class Reconciler(Node):
                 self.set_status("degraded", f"cannot read the journal: {exc}")
 
     def _fold(self, now: datetime) -> tuple[dict[str, VideoState], dict[tuple[str, str], dict[str, Any]]]:
-        """Fold the recent journal; remember each video's last event per pipeline type."""
+        """The videos in the pipeline (the shared video index: the cost follows them, not the history),
+        and the last event of each stuck video's stage types, when it lies within the fold horizon."""
         s = self.settings.reconciler
         horizon = max(self.limits().values()) * (s.max_attempts + 2)
-        since = format_time(now - timedelta(seconds=horizon))
-        folder = Fold()
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
-        journal = self.paths.journal
-        if not journal.is_dir():
+        since = now - timedelta(seconds=horizon)
+        if not self.paths.journal.is_dir():
             return {}, {}
-        for record in iter_records(journal, since=since):
-            event = record.get("event")
-            if (
-                isinstance(event, dict)
-                and folder.add(event) is not None
-                and event.get("type") in STAGE_OF_TYPE
-            ):
-                latest[(event["subject"], event["type"])] = event
-        return folder.states, latest
+        states = open_videos(self.paths)
+        stuck_ids = [state.video_id for state in stuck(states, self.limits(), now)]
+        latest = {
+            key: event
+            for key, event in last_events(self.paths, stuck_ids).items()
+            if parse_rfc3339(str(event.get("time"))) >= since
+        }
+        return states, latest
 
     async def reconcile(self, now: datetime | None = None) -> int:
         """One pass; returns how many videos were re-announced or quarantined."""

@@ -262,3 +262,17 @@ def test_active_for_lists_firing_alerts_a_channel_was_told_of(fold: Fold, clock:
     fold.due()
     assert [a["title"] for a in fold.active_for("crit")] == ["Disk full"]
     assert len(fold.active_for("all")) == 2
+
+
+def test_beyond_max_alerts_the_least_recently_seen_are_forgotten(clock: Clock) -> None:
+    fold = Fold(FoldSettings(max_alerts=10), ROUTES, clock=clock)
+    for n in range(12):
+        fold.observe(alert(f"Condition {n}", disk=str(n)))
+        clock.advance(1)
+    fold.observe(alert("Condition 0", disk="0"))  # seen again: now among the most recent
+    fold.due()
+    assert len(fold.alerts) == 10
+    assert sorted(t.alert["title"] for t in fold.alerts.values()) == sorted(
+        ["Condition 0", *(f"Condition {n}" for n in range(3, 12))]
+    )
+    assert fold.summary()["expired"] == 2

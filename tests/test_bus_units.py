@@ -110,3 +110,26 @@ def test_vv_broker_dev_says_so_loudly(tmp_path: Path) -> None:
     )
     assert result.returncode == 0 and "DEVELOPMENT MODE" in result.stderr
     assert Path(result.stdout.strip()).exists()
+
+
+def test_store_prunes_dedupe_ids_by_age_and_count_while_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wall, mono = [1000.0], [0.0]
+    monkeypatch.setattr("bus.store.time.time", lambda: wall[0])
+    monkeypatch.setattr("bus.store.time.monotonic", lambda: mono[0])
+    store = NodeStore(tmp_path / "n.sqlite", seen_retention_s=3600, seen_max=5, prune_interval_s=60)
+
+    def claim(event_id: str) -> bool:
+        wall[0] += 1
+        return store.claim(event_id)
+
+    assert all(claim(f"old-{n}") for n in range(3))
+    wall[0] += 7200  # those three are past the retention now
+    assert all(claim(f"new-{n}") for n in range(8))
+    assert not claim("old-0")  # no prune yet: the interval has not passed since the last one
+    mono[0] += 60
+    assert claim("trigger")  # a claim after the interval prunes: by age, then beyond the cap
+    assert claim("old-1")  # forgotten by age
+    assert claim("new-0") and claim("new-3")  # the oldest beyond the cap went first
+    assert not claim("new-4") and not claim("trigger")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from nodes.journal import store
 from nodes.journal.store import (
     RECORD_HEADER,
     SEGMENT_HEADER,
@@ -20,9 +21,14 @@ from nodes.journal.store import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
+    Position,
+    RecordReader,
     _RecordScan,
     iter_records,
     journal_stats,
+    parse_rfc3339,
+    read_from,
+    read_index,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -402,3 +408,98 @@ def test_bad_records_and_options_are_refused_without_damage(tmp_path: Path) -> N
     with pytest.raises(FileNotFoundError, match="no journal"):
         list(iter_records(tmp_path / "missing"))
     assert journal_stats(tmp_path / "missing") == {"segments": 0, "records": 0, "bytes": 0}
+
+
+# ----------------------------------------------------------------------------- time index
+def dated_record(n: int, day: int) -> dict[str, Any]:
+    record = make_record(n)
+    record["received_at"] = (T0 + timedelta(days=day, seconds=n)).isoformat().replace("+00:00", "Z")
+    return record
+
+
+def test_a_new_utc_day_starts_a_new_segment_with_a_sidecar_for_the_old_one(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        for day in range(3):
+            for n in range(4):
+                journal.append(dated_record(n, day))
+    assert sorted(p.name for p in tmp_path.glob("*.seg")) == [f"{i:08d}.seg" for i in (1, 2, 3)]
+    assert sorted(p.name for p in tmp_path.glob("*.idx")) == ["00000001.idx", "00000002.idx"]  # sealed ones
+    index = read_index(segment(tmp_path, 2))
+    assert index is not None and (index.first_record, index.records, index.untimed) == (4, 4, 0)
+    assert index.received_min == parse_rfc3339(dated_record(0, 1)["received_at"]).timestamp()
+    assert index.received_max == parse_rfc3339(dated_record(3, 1)["received_at"]).timestamp()
+
+
+def test_since_never_opens_a_segment_that_is_wholly_older(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.open(tmp_path) as journal:
+        records = [dated_record(n, day) for day in range(5) for n in range(10)]
+        for record in records:
+            journal.append(record)
+    opened: list[str] = []
+    real = store._segment_records
+
+    def spy(path: Path, **options: Any) -> Any:
+        opened.append(path.name)
+        return real(path, **options)
+
+    monkeypatch.setattr(store, "_segment_records", spy)
+    since = dated_record(5, 3)["received_at"]
+    assert list(iter_records(tmp_path, since=since)) == records[35:]
+    assert opened == ["00000004.seg", "00000005.seg"]  # days 0-2 skipped unread
+    opened.clear()
+    assert len(list(iter_records(tmp_path))) == 50
+    assert len(opened) == 5
+
+
+def test_a_missing_or_stale_sidecar_is_ignored_by_readers_and_rebuilt_by_the_writer_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.open(tmp_path) as journal:
+        records = [dated_record(n, day) for day in range(3) for n in range(5)]
+        for record in records:
+            journal.append(record)
+    store.index_path(segment(tmp_path, 1)).unlink()
+    store.index_path(segment(tmp_path, 2)).write_text('{"version": 1, "size": 1, "first_record": 0}')
+    since = dated_record(0, 2)["received_at"]
+    assert list(iter_records(tmp_path, since=since)) == records[10:]  # decoded, still right
+    with Journal.open(tmp_path) as journal:
+        assert journal.stats()["records"] == 15  # from the segment headers: nothing rebuilt at open
+        assert read_index(segment(tmp_path, 1)) is None
+        assert journal.sealed_index(1).records == journal.sealed_index(2).records == 5
+    assert read_index(segment(tmp_path, 1)) is not None
+    assert read_index(segment(tmp_path, 2)) is not None
+
+
+def test_read_from_a_position_and_records_by_position(tmp_path: Path) -> None:
+    records = write(tmp_path, 60, segment_bytes=4096)
+    entries = list(read_from(tmp_path))
+    assert [e.record for e in entries] == records
+    middle = entries[40]
+    assert [e.record for e in read_from(tmp_path, middle.position)] == records[40:]
+    assert list(read_from(tmp_path, entries[-1].end)) == []
+    with RecordReader(tmp_path) as reader:
+        assert reader.read(entries[7].position) == records[7]
+        assert reader.read(middle.position) == records[40]
+        with pytest.raises(JournalCorrupt):
+            reader.read(Position(middle.position.segment, middle.position.offset + 1))
+
+
+def test_removing_a_sealed_segment_keeps_stats_and_readers_right(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        records = [dated_record(n, day) for day in range(4) for n in range(3)]
+        for record in records:
+            journal.append(record)
+        freed = journal.remove_segment(2)
+        assert freed > 0
+        assert journal.stats()["records"] == 9 and journal.stats()["segments"] == 3
+        with pytest.raises(JournalError, match="current one"):
+            journal.remove_segment(4)
+    assert not store.index_path(segment(tmp_path, 2)).exists()
+    assert list(iter_records(tmp_path)) == records[:3] + records[6:]
+    assert [e.record for e in read_from(tmp_path)] == records[:3] + records[6:]  # across the gap
+    assert journal_stats(tmp_path)["records"] == 9
+    with Journal.open(tmp_path) as journal:
+        assert journal.stats()["records"] == 9
+        assert journal.append(dated_record(9, 3)) == 12

@@ -20,7 +20,9 @@ The model, Alertmanager's applied to our alert documents (keyed by `dedup_key`):
   alerts; inhibition mutes a node's own alerts (by `source_component`) while its health is
   offline. Muted alerts are still counted; they are notified once unmuted if still firing, and a
   resolve still reaches the channels that were told of the firing alert.
-- an unresolved alert not seen for `expire_s` is forgotten (sources of conditions resolve them).
+- an unresolved alert not seen for `expire_s` is forgotten (sources of conditions resolve them), and
+  beyond `max_alerts` firing alerts the least recently seen are forgotten too: a storm of distinct
+  keys cannot grow the state (and its file, rewritten on each change) without bound.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class FoldSettings:
     repeat_interval_s: float = 4 * 3600.0
     expire_s: float = 7 * 86400.0
     inhibit_offline: bool = True
+    max_alerts: int = 10_000
 
     @classmethod
     def from_settings(cls, settings: AlerterSettings) -> FoldSettings:
@@ -71,6 +74,7 @@ class FoldSettings:
             repeat_interval_s=settings.repeat_interval_s,
             expire_s=settings.expire_s,
             inhibit_offline=settings.inhibit_offline,
+            max_alerts=settings.max_alerts,
         )
 
 
@@ -346,6 +350,13 @@ class Fold:
             for k, t in self.alerts.items()
             if t.status == "firing" and now - t.last_seen > self.settings.expire_s
         ]
+        excess = len(self.alerts) - len(stale) - self.settings.max_alerts
+        if excess > 0:
+            firing = sorted(
+                (t for k, t in self.alerts.items() if t.status == "firing" and k not in stale),
+                key=lambda t: t.last_seen,
+            )
+            stale += [t.key for t in firing[:excess]]
         for key in stale:
             del self.alerts[key]
         self.stats.expired += len(stale)

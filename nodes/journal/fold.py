@@ -71,6 +71,8 @@ class VideoState:
     artifacts: dict[str, str] = field(default_factory=dict)
     timeline: list[TimelineEntry] = field(default_factory=list)
     _shown: dict[str, datetime] = field(default_factory=dict, repr=False)  # time of the data shown, per type
+    # event ids folded in: dedupe lives with the video, so a state can leave memory and come back
+    _seen: set[str] = field(default_factory=set, repr=False)
 
     @property
     def stage_since(self) -> datetime | None:
@@ -100,17 +102,38 @@ def _nested(data: Mapping[str, Any], key: str, inner: str) -> Any:
     return nested.get(key) if isinstance(nested, dict) else None
 
 
+def subject_of(event: Any) -> str | None:
+    """The video an event is about, when the fold would fold it (pipeline events, alerts, commands)."""
+    if not isinstance(event, dict):
+        return None
+    kind = event.get("type")
+    if not isinstance(kind, str) or not (
+        kind in STAGE_OF_TYPE or kind.startswith("alert.") or kind.startswith("cmd.")
+    ):
+        return None
+    subject = event.get("subject")
+    data = event.get("data")
+    if (
+        kind.startswith("alert.")
+        and not subject
+        and isinstance(data, dict)
+        and isinstance(data.get("context"), dict)
+    ):
+        subject = data["context"].get("video")
+    return subject if isinstance(subject, str) and subject else None
+
+
 class Fold:
     """An incremental fold: feed events with `add`, read `states`. `fold()` wraps it for one batch.
 
     Events that cannot be folded (not an object, no id, type or readable time, a pipeline event
-    without subject) are not dropped silently: their reasons collect in `rejected`.
+    without subject) are not dropped silently: their reasons collect in `rejected`. Each state keeps
+    the ids folded into it, so states may be dropped from `states` and rebuilt from their events.
     """
 
     def __init__(self) -> None:
         self.states: dict[str, VideoState] = {}
         self.rejected: list[str] = []
-        self._seen: set[str] = set()
 
     def add(self, event: Any) -> VideoState | None:
         """Fold one event; returns the video state it changed, or None (duplicate, unrelated, rejected)."""
@@ -121,29 +144,25 @@ class Fold:
         if not isinstance(event_id, str) or not event_id or not isinstance(kind, str) or not kind:
             self.rejected.append(f"event without id or type: id={event_id!r} type={kind!r}")
             return None
-        if event_id in self._seen:
+        subject = subject_of(event)
+        state = self.states.get(subject) if subject is not None else None
+        if state is not None and event_id in state._seen:
             return None
         try:
             when = parse_rfc3339(_text(event.get("time")))
         except ValueError as exc:
             self.rejected.append(f"event {event_id}: {exc}")
             return None
-        self._seen.add(event_id)
-        raw_data = event.get("data")
-        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-        subject = event.get("subject")
-        is_alert = kind.startswith("alert.")
-        if is_alert and not subject and isinstance(data.get("context"), dict):
-            subject = data["context"].get("video")
-        if not isinstance(subject, str) or not subject:
+        if subject is None:
             if kind in STAGE_OF_TYPE:
                 self.rejected.append(f"event {event_id}: {kind} without a subject (video id)")
             return None
-        if kind not in STAGE_OF_TYPE and not is_alert and not kind.startswith("cmd."):
-            return None
-        state = self.states.get(subject)
+        raw_data = event.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        is_alert = kind.startswith("alert.")
         if state is None:
             state = self.states[subject] = VideoState(video_id=subject)
+        state._seen.add(event_id)
         state.device = state.device or _device_of(event)
         state.first_event_time = min(when, state.first_event_time or when)
         state.last_event_time = max(when, state.last_event_time or when)

@@ -21,6 +21,7 @@ from bus.node import Node, RejectedMessage, on
 from bus.schemas import SchemaError
 from bus.topics import CATCHUP_REQUEST, catchup_topic, topic_for
 from nodes.journal.catchup import ReplayRequest, read_page
+from nodes.journal.retention import apply_retention
 from nodes.journal.store import Journal, JournalError
 
 log = logging.getLogger("vv.journal")
@@ -38,6 +39,7 @@ class JournalNode(Node):
 
     async def setup(self) -> None:
         settings = self.settings.journal
+        self.retention: dict[str, int] = {}  # the last retention pass, for health
         self.journal = Journal.open(
             self.paths.journal,
             segment_bytes=settings.segment_bytes,
@@ -117,6 +119,9 @@ class JournalNode(Node):
         )
 
     async def background(self) -> None:
+        await asyncio.gather(self._sync_quiet_tail(), self._retain())
+
+    async def _sync_quiet_tail(self) -> None:
         """The interval policy syncs on append; this syncs a quiet tail too, within the interval."""
         if self.settings.journal.fsync != "interval":
             return
@@ -124,6 +129,20 @@ class JournalNode(Node):
         while not await self.sleep(interval):
             if self.journal.unsynced:
                 self.journal.flush()
+
+    async def _retain(self) -> None:
+        """Retention (`retention.py`) beside the appends, in a thread: it folds the index and hashes."""
+        while True:
+            try:
+                report = await asyncio.to_thread(
+                    apply_retention, self.journal, self.paths, self.settings.journal
+                )
+            except (JournalError, OSError) as exc:
+                log.warning("journal retention skipped: %s", exc)
+            else:
+                self.retention = report.summary()
+            if await self.sleep(self.settings.journal.retention_interval_s):
+                return
 
     async def teardown(self) -> None:
         for task in list(self._answers):
@@ -134,4 +153,8 @@ class JournalNode(Node):
     def health_details(self) -> dict[str, Any]:
         if not hasattr(self, "journal"):
             return {}
-        return {"journal": self.journal.stats(), "catchup_answers": self.answered}
+        return {
+            "journal": self.journal.stats(),
+            "catchup_answers": self.answered,
+            "retention": self.retention,
+        }

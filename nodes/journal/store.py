@@ -26,14 +26,25 @@ segment and byte offset and nothing is truncated; readers may opt to skip to the
 On open the writer checks the last segment and the one sealed just before it (a crash right after a
 roll-over can leave that one short); older segments are checked whenever they are read.
 
+Time index: a segment holds the records of one UTC day at most (by `received_at`: the writer rolls to
+a new segment when the day changes), and when the writer seals a segment it writes a small sidecar
+`00000001.idx` (JSON: size, first record, record count, oldest and newest `received_at`, records
+without one), atomically. A reader asked for `since` skips a sealed segment whose sidecar shows only
+older records without opening it. A sidecar that is missing (a crash between seal and write, a
+journal from before sidecars) or does not match its segment's size is ignored (the segment is
+decoded) and rebuilt by the writer when asked (`Journal.sealed_index`, which the journal node's
+retention pass does in the background, never at open). Retention removes sealed segments whole (and
+their sidecars), so segment numbers may have gaps anywhere below the last one.
+
 Only one writer at a time: it holds an exclusive `flock` on `LOCK` in the directory (which holds its
 pid). Readers take no lock and never write.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
+import itertools
+import json
 import logging
 import os
 import re
@@ -41,12 +52,12 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, Self, get_args
+from typing import Any, BinaryIO, Literal, NamedTuple, Self, get_args
 
 import msgpack
 
@@ -63,8 +74,11 @@ RECORD_HEADER = struct.Struct("<II")
 _LENGTH = struct.Struct("<I")
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # events are <= 256 KiB; anything claiming more is damage
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+MAX_SEGMENT_BYTES = 0xFFFF_FFFF  # record offsets are kept as u32 (the video index's refs)
 _SEGMENT_NAME = re.compile(r"^(\d{8,})\.seg$")
 _CHUNK = 1 << 20
+INDEX_VERSION = 1
+DAY_S = 86400
 
 
 class JournalError(Exception):
@@ -101,6 +115,22 @@ class RecoveryReport:
         )
 
 
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a record starts: segment number and byte offset (what the video index keeps)."""
+
+    segment: int
+    offset: int
+
+
+class Entry(NamedTuple):
+    """A record read from a position, with the position right after it."""
+
+    position: Position
+    end: Position
+    record: dict[str, Any]
+
+
 def parse_rfc3339(value: str) -> datetime:
     """An RFC 3339 time as an aware datetime (a time without offset is taken as UTC)."""
     try:
@@ -114,7 +144,63 @@ def segment_name(index: int) -> str:
     return f"{index:08d}.seg"
 
 
-def _segments(directory: Path) -> list[tuple[int, Path]]:
+def index_path(segment: Path) -> Path:
+    """The time-index sidecar of a segment: `00000001.seg` -> `00000001.idx`."""
+    return segment.with_suffix(".idx")
+
+
+def received_time(record: dict[str, Any]) -> float | None:
+    """A record's `received_at` as epoch seconds; None when absent or unreadable."""
+    received = record.get("received_at")
+    if not isinstance(received, str):
+        return None
+    try:
+        return parse_rfc3339(received).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class SegmentIndex:
+    """What a sealed segment holds, in time: enough to skip it, export it or retire it unread."""
+
+    size: int
+    first_record: int
+    records: int = 0
+    received_min: float | None = None
+    received_max: float | None = None
+    untimed: int = 0  # records without a readable received_at: such a segment is never skipped
+
+    def add(self, when: float | None) -> None:
+        self.records += 1
+        if when is None:
+            self.untimed += 1
+            return
+        self.received_min = when if self.received_min is None else min(self.received_min, when)
+        self.received_max = when if self.received_max is None else max(self.received_max, when)
+
+    def older_than(self, threshold: float) -> bool:
+        """True when every record of the segment was received before `threshold` (epoch seconds)."""
+        return self.untimed == 0 and (self.received_max is None or self.received_max < threshold)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"version": INDEX_VERSION, **vars(self)}, separators=(",", ":")).encode()
+
+
+def read_index(segment: Path) -> SegmentIndex | None:
+    """The sidecar of a sealed segment, or None when missing, unreadable or stale (size differs)."""
+    try:
+        doc = json.loads(index_path(segment).read_bytes())
+        size = segment.stat().st_size
+        if not isinstance(doc, dict) or doc.pop("version", None) != INDEX_VERSION:
+            return None
+        index = SegmentIndex(**doc)
+    except (OSError, ValueError, TypeError):
+        return None
+    return index if index.size == size else None
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
     """The segment files, in order; other files in the directory are not the journal's business."""
     found = []
     for entry in os.scandir(directory):
@@ -122,6 +208,9 @@ def _segments(directory: Path) -> list[tuple[int, Path]]:
         if match and entry.is_file():
             found.append((int(match.group(1)), Path(entry.path)))
     return sorted(found)
+
+
+_segments = list_segments  # its name before it was public, kept for code written against it
 
 
 def _read_header(handle: BinaryIO, name: str) -> int | None:
@@ -139,6 +228,16 @@ def _read_header(handle: BinaryIO, name: str) -> int | None:
 
 def _record_crc(length: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(_LENGTH.pack(length)))
+
+
+def segment_header(first_record: int) -> bytes:
+    """The 16 bytes a segment starts with (also for tools that write whole segments, e.g. benchmarks)."""
+    return SEGMENT_HEADER.pack(MAGIC, VERSION, 0, first_record)
+
+
+def frame_record(payload: bytes) -> bytes:
+    """A record as stored: length, crc32, payload (msgpack of the record dict)."""
+    return RECORD_HEADER.pack(len(payload), _record_crc(len(payload), payload)) + payload
 
 
 class _RecordScan:
@@ -234,6 +333,28 @@ def _unpack(payload: bytes, segment: str, offset: int) -> dict[str, Any]:
     return record
 
 
+def _payload_time(payload: bytes) -> float | None:
+    """`received_time` of a stored record; None when it does not decode (readers report that damage)."""
+    try:
+        return received_time(_unpack(payload, "", 0))
+    except JournalCorrupt:
+        return None
+
+
+def _count_sealed(segments: list[tuple[int, Path]]) -> int:
+    """Records in all but the last segment: from the sidecars, else from the next segment's header
+    (retention writes every sidecar before it removes a segment, so that difference spans no gap)."""
+    total = 0
+    for (_number, path), (_next, following) in itertools.pairwise(segments):
+        index = read_index(path)
+        if index is not None:
+            total += index.records
+            continue
+        with path.open("rb") as handle, following.open("rb") as after:
+            total += (_read_header(after, following.name) or 0) - (_read_header(handle, path.name) or 0)
+    return total
+
+
 def _check_sealed(path: Path, *, full: bool) -> None:
     """Raise `JournalCorrupt` for a sealed segment with a bad header, or (`full`) any bad record.
 
@@ -281,7 +402,8 @@ class Journal:
         self._size = 0  # bytes in the current segment
         self._sealed_bytes = 0  # bytes in the segments before the current one
         self._segment_count = 0
-        self._first_record = 0  # number of the oldest record still on disk
+        self._sealed_records = 0  # records in the segments before the current one (gaps left out)
+        self._current = SegmentIndex(SEGMENT_HEADER.size, 0)  # the time index of the current segment
         self._next_record = 0
         self._unsynced = 0
         self._fsyncs = 0
@@ -305,8 +427,8 @@ class Journal:
         """
         if fsync not in get_args(FsyncPolicy):
             raise ValueError(f"fsync policy {fsync!r} is not one of {', '.join(get_args(FsyncPolicy))}")
-        if segment_bytes < 4096:
-            raise ValueError(f"segment_bytes {segment_bytes} is too small (minimum 4096)")
+        if not 4096 <= segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes {segment_bytes} is out of range (4096 to {MAX_SEGMENT_BYTES})")
         if fsync_interval_s < 0:
             raise ValueError(f"fsync_interval_s {fsync_interval_s} must not be negative")
         journal = cls(
@@ -335,9 +457,10 @@ class Journal:
             ) from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        for stray in self.directory.glob("*.seg.tmp"):  # a segment creation cut short by a crash
-            stray.unlink()
-        segments = _segments(self.directory)
+        for pattern in ("*.seg.tmp", "*.idx.tmp"):  # a segment or sidecar creation cut short by a crash
+            for stray in self.directory.glob(pattern):
+                stray.unlink()
+        segments = list_segments(self.directory)
         while segments and segments[-1][1].stat().st_size < SEGMENT_HEADER.size:
             self._drop_headerless(segments.pop()[1])
         for position, (_index, path) in enumerate(segments[:-1]):
@@ -351,9 +474,36 @@ class Journal:
         self._index = segments[-1][0]
         self._segment_count = len(segments)
         self._sealed_bytes = sum(path.stat().st_size for _, path in segments[:-1])
-        with segments[0][1].open("rb") as handle:
-            self._first_record = _read_header(handle, segments[0][1].name) or 0
+        self._sealed_records = _count_sealed(segments)
         self._fd = os.open(self.directory / segment_name(self._index), os.O_WRONLY | os.O_APPEND)
+
+    def sealed_index(self, number: int) -> SegmentIndex:
+        """A sealed segment's sidecar, rebuilt (and written) when missing or stale.
+
+        Not done at open: a journal from before sidecars would hold the node up for minutes; the
+        journal node's retention pass (a background thread) calls this for every sealed segment.
+        """
+        path = self.directory / segment_name(number)
+        index = read_index(path)
+        if index is None:
+            try:
+                index = build_index(path)
+            except JournalCorrupt as exc:  # readers meet the damage on their own terms; no index for it
+                log.warning("no time index for journal segment %s: %s", path.name, exc)
+                return SegmentIndex(path.stat().st_size, 0)
+            self._write_index(path, index)
+        return index
+
+    def _write_index(self, path: Path, index: SegmentIndex) -> None:
+        """Temp file and rename, so a reader never sees half a sidecar (a lost one is only rebuilt)."""
+        target = index_path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        with tmp.open("wb") as handle:
+            handle.write(index.to_json())
+            if self.fsync_policy != "never":
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.rename(tmp, target)
 
     def _report(self, report: RecoveryReport) -> None:
         self.recovery.append(report)
@@ -371,7 +521,10 @@ class Journal:
             first = _read_header(handle, path.name) or 0  # whole: shorter segments were dropped
             size = os.fstat(handle.fileno()).st_size
             scan = _RecordScan(handle, SEGMENT_HEADER.size)
-            count = sum(1 for _ in scan)
+            self._current = SegmentIndex(SEGMENT_HEADER.size, first)
+            for _offset, payload in scan:
+                self._current.add(_payload_time(payload))
+            count = self._current.records
             if scan.bad is not None:
                 offset, reason = scan.bad
                 resume = scan.next_valid()
@@ -386,13 +539,14 @@ class Journal:
                 size = offset
         self._size = size
         self._next_record = first + count
+        self._current.size = size
 
     def _create_segment(self, index: int, first_record: int) -> None:
         """Create a segment atomically, so that no one ever sees one without a whole header."""
         path = self.directory / segment_name(index)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as handle:
-            handle.write(SEGMENT_HEADER.pack(MAGIC, VERSION, 0, first_record))
+            handle.write(segment_header(first_record))
             handle.flush()
             if self.fsync_policy != "never":
                 os.fsync(handle.fileno())
@@ -401,13 +555,16 @@ class Journal:
             fsync_dir(self.directory)
 
     def _roll(self) -> None:
-        """Seal the current segment (durably, unless the policy is "never") and start the next."""
+        """Seal the current segment (durably, unless the policy is "never"), index it, start the next."""
         assert self._fd is not None
         if self.fsync_policy != "never":
             self._sync()
         os.close(self._fd)
         self._fd = None
         self._sealed_bytes += self._size
+        self._sealed_records += self._current.records
+        self._write_index(self.directory / segment_name(self._index), self._current)
+        self._current = SegmentIndex(SEGMENT_HEADER.size, self._next_record)
         self._create_segment(self._index + 1, self._next_record)
         self._index += 1
         self._segment_count += 1
@@ -437,7 +594,8 @@ class Journal:
             raise ValueError(
                 f"record of {len(payload)} bytes exceeds the journal limit of {MAX_RECORD_BYTES}"
             )
-        frame = RECORD_HEADER.pack(len(payload), _record_crc(len(payload), payload)) + payload
+        frame = frame_record(payload)
+        when = received_time(record)
         with self._mutex:
             if self._fd is None:
                 raise JournalError(f"journal {self.directory} is closed")
@@ -445,18 +603,46 @@ class Journal:
                 raise JournalError(
                     f"journal {self.directory} is unusable after a failed write: {self._failed}"
                 )
-            if self._size + len(frame) > self.segment_bytes and self._size > SEGMENT_HEADER.size:
+            if self._size > SEGMENT_HEADER.size and (
+                self._size + len(frame) > self.segment_bytes or self._new_day(when)
+            ):
                 self._roll()
             self._write(frame)
             number = self._next_record
             self._next_record += 1
             self._size += len(frame)
+            self._current.add(when)
+            self._current.size = self._size
             self._unsynced += 1
             if self.fsync_policy == "always" or (
                 self.fsync_policy == "interval" and self._clock() - self._last_sync >= self.fsync_interval_s
             ):
                 self._sync()
             return number
+
+    def _new_day(self, when: float | None) -> bool:
+        """A record of another UTC day than the current segment's starts a new segment (the time index)."""
+        first = self._current.received_min
+        return when is not None and first is not None and int(when // DAY_S) != int(first // DAY_S)
+
+    def remove_segment(self, index: int) -> int:
+        """Delete a sealed segment and its sidecar (retention); returns the bytes freed.
+
+        The current segment is never removed; the caller decides what may go (see retention).
+        """
+        with self._mutex:
+            if index >= self._index:
+                raise JournalError(f"segment {segment_name(index)} is the current one or newer: not removed")
+            path = self.directory / segment_name(index)
+            sealed = self.sealed_index(index)
+            path.unlink()
+            index_path(path).unlink(missing_ok=True)
+            if self.fsync_policy != "never":
+                fsync_dir(self.directory)
+            self._segment_count -= 1
+            self._sealed_bytes -= sealed.size
+            self._sealed_records -= sealed.records
+            return sealed.size
 
     def _write(self, frame: bytes) -> None:
         assert self._fd is not None
@@ -509,7 +695,7 @@ class Journal:
         """Figures for the journal node's health document, without touching the disk."""
         return {
             "segments": self._segment_count,
-            "records": self._next_record - self._first_record,
+            "records": self._sealed_records + self._current.records,
             "bytes": self._sealed_bytes + self._size,
             "next_record": self._next_record,
             "segment": segment_name(self._index),
@@ -527,8 +713,11 @@ class Journal:
         self.close()
 
 
-def _segment_records(path: Path, *, last: bool, skip_corrupt: bool) -> Iterator[tuple[int, bytes]]:
-    """(offset, payload) of one segment's records, read-only; see the module docstring for damage."""
+def _segment_records(
+    path: Path, *, last: bool, skip_corrupt: bool, start: int = SEGMENT_HEADER.size
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, payload) of one segment's records from `start`, read-only; see the module docstring
+    for damage."""
     with path.open("rb") as handle:
         try:
             first = _read_header(handle, path.name)
@@ -541,7 +730,7 @@ def _segment_records(path: Path, *, last: bool, skip_corrupt: bool) -> Iterator[
             if last:
                 return  # a segment whose creation a crash cut short: nothing in it yet
             raise JournalCorrupt(path.name, 0, "segment header cut short in a sealed segment")
-        start = SEGMENT_HEADER.size
+        start = max(start, SEGMENT_HEADER.size)
         while True:
             scan = _RecordScan(handle, start)
             yield from scan
@@ -575,21 +764,24 @@ def iter_records(
     they cannot be shown to be older). Damage elsewhere raises `JournalCorrupt` unless `skip_corrupt`,
     which logs it and goes on with the next intact record.
     """
-    threshold = parse_rfc3339(since) if since is not None else None
+    threshold = parse_rfc3339(since).timestamp() if since is not None else None
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no journal at {directory}")
-    segments = _segments(directory)
+    segments = list_segments(directory)
     for position, (_index, path) in enumerate(segments):
+        last = position == len(segments) - 1
+        if threshold is not None and not last:
+            index = read_index(path)
+            if index is not None and index.older_than(threshold):
+                continue  # the whole segment is older: not even opened
         try:
-            records = _segment_records(path, last=position == len(segments) - 1, skip_corrupt=skip_corrupt)
-            for offset, payload in records:
+            for offset, payload in _segment_records(path, last=last, skip_corrupt=skip_corrupt):
                 record = _unpack(payload, path.name, offset)
                 if threshold is not None:
-                    received = record.get("received_at")
-                    with contextlib.suppress(ValueError):
-                        if isinstance(received, str) and parse_rfc3339(received) < threshold:
-                            continue
+                    when = received_time(record)
+                    if when is not None and when < threshold:
+                        continue
                 yield record
         except FileNotFoundError:
             log.debug("journal segment %s was removed while reading", path.name)
@@ -623,25 +815,131 @@ def iter_numbered(directory: Path, start: int = 0) -> Iterator[tuple[int, dict[s
             log.debug("journal segment %s was removed while reading", path.name)
 
 
+def read_from(directory: Path, start: Position | None = None) -> Generator[Entry]:
+    """Every record from `start` (None: the oldest) on, with where it starts and ends, read-only.
+
+    Same damage rules as `iter_records` (a torn or in-progress tail ends it quietly). Only segments
+    from `start.segment` on are looked at, without listing the directory, so an incremental reader
+    pays for what is new, not for the number of segments.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no journal at {directory}")
+    if start is None:
+        listed = list_segments(directory)
+        if not listed:
+            return
+        start = Position(listed[0][0], SEGMENT_HEADER.size)
+    number, offset = start.segment, start.offset
+    while True:
+        path = directory / segment_name(number)
+        following = _following(directory, number)
+        for at, payload in _segment_records(path, last=following is None, skip_corrupt=False, start=offset):
+            yield Entry(
+                Position(number, at),
+                Position(number, at + RECORD_HEADER.size + len(payload)),
+                _unpack(payload, path.name, at),
+            )
+        if following is None:
+            return
+        number, offset = following, SEGMENT_HEADER.size
+
+
+def _following(directory: Path, number: int) -> int | None:
+    """The segment after `number`, or None when it is the last: two stats in the usual cases.
+
+    The current segment has no sidecar yet; a sealed one without a next number sits before a gap
+    retention left, which only a listing can jump.
+    """
+    if (directory / segment_name(number + 1)).exists():
+        return number + 1
+    if not index_path(directory / segment_name(number)).exists():
+        return None
+    later = [n for n, _ in list_segments(directory) if n > number]
+    return later[0] if later else None
+
+
+def build_index(path: Path, *, last: bool = False) -> SegmentIndex:
+    """The time index of a segment from its records (`last`: the current one, whose tail may be in
+    progress); raises `JournalCorrupt` on damage."""
+    with path.open("rb") as handle:
+        first = _read_header(handle, path.name)
+        if first is None:
+            raise JournalCorrupt(path.name, 0, "segment header cut short in a sealed segment")
+        index = SegmentIndex(os.fstat(handle.fileno()).st_size, first)
+    for offset, payload in _segment_records(path, last=last, skip_corrupt=False):
+        index.add(_payload_time(payload))
+        index.size = offset + RECORD_HEADER.size + len(payload)
+    return index
+
+
+class RecordReader:
+    """Reads single records by position (the video index's refs), keeping segment files open.
+
+    A removed segment raises FileNotFoundError; a record that fails its checksum, JournalCorrupt.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._files: dict[int, BinaryIO] = {}
+
+    def header(self, position: Position) -> bytes:
+        """The 8 header bytes (length, crc) of the record at `position`; fewer if the file is shorter."""
+        handle = self._file(position.segment)
+        return os.pread(handle.fileno(), RECORD_HEADER.size, position.offset)
+
+    def read(self, position: Position) -> dict[str, Any]:
+        handle = self._file(position.segment)
+        name = segment_name(position.segment)
+        head = os.pread(handle.fileno(), RECORD_HEADER.size, position.offset)
+        if len(head) < RECORD_HEADER.size:
+            raise JournalCorrupt(name, position.offset, "no record at this position")
+        length, crc = RECORD_HEADER.unpack(head)
+        payload = os.pread(handle.fileno(), length, position.offset + RECORD_HEADER.size)
+        if not 0 < length <= MAX_RECORD_BYTES or _record_crc(length, payload) != crc:
+            raise JournalCorrupt(name, position.offset, "no intact record at this position")
+        return _unpack(payload, name, position.offset)
+
+    def _file(self, segment: int) -> BinaryIO:
+        handle = self._files.get(segment)
+        if handle is None:
+            handle = self._files[segment] = (self.directory / segment_name(segment)).open("rb")
+        return handle
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 def journal_stats(directory: Path) -> dict[str, Any]:
     """Segments, records and bytes of a journal directory, for health and `vv status` (read-only).
 
-    Reads the segment headers and walks only the last segment, so it stays cheap on a long journal.
+    Reads the sidecars of sealed segments and walks only the others (the last one), so it stays
+    cheap on a long journal.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return {"segments": 0, "records": 0, "bytes": 0}
-    segments = _segments(directory)
+    segments = list_segments(directory)
     if not segments:
         return {"segments": 0, "records": 0, "bytes": 0}
     total = sum(path.stat().st_size for _, path in segments)
-    with segments[0][1].open("rb") as handle:
-        oldest = _read_header(handle, segments[0][1].name) or 0
-    next_record = oldest
-    for _index, path in reversed(segments):  # the newest segment with a whole header holds the count
+    records = 0
+    for position, (_index, path) in enumerate(segments):
+        index = read_index(path) if position < len(segments) - 1 else None
+        if index is not None:
+            records += index.records
+            continue
         with path.open("rb") as handle:
-            first = _read_header(handle, path.name)
-            if first is not None:
-                next_record = first + sum(1 for _ in _RecordScan(handle, SEGMENT_HEADER.size))
-                break
-    return {"segments": len(segments), "records": next_record - oldest, "bytes": total}
+            if _read_header(handle, path.name) is not None:
+                records += sum(1 for _ in _RecordScan(handle, SEGMENT_HEADER.size))
+    return {"segments": len(segments), "records": records, "bytes": total}
