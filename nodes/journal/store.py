@@ -210,7 +210,6 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-_segments = list_segments  # its name before it was public, kept for code written against it
 
 
 def _read_header(handle: BinaryIO, name: str) -> int | None:
@@ -798,7 +797,7 @@ def iter_numbered(directory: Path, start: int = 0) -> Iterator[tuple[int, dict[s
     if not directory.is_dir():
         raise FileNotFoundError(f"no journal at {directory}")
     segments = []
-    for _index, path in _segments(directory):
+    for _index, path in list_segments(directory):
         with path.open("rb") as handle:
             first = _read_header(handle, path.name)
         if first is not None:
