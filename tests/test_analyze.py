@@ -159,5 +159,5 @@ def test_unreadable_videos_raise_video_error(
     with pytest.raises(VideoError, match=str(path.name)):
         scan_video(path, detector, settings)
     if kind != "truncated-faststart":  # that one opens fine; only decoding finds the gap
-        with pytest.raises(VideoError):
-            open_video(path)
+        with pytest.raises(VideoError), open_video(path):
+            pass
