@@ -36,6 +36,9 @@ from nodes.common.video import FrameReader, capture_of
 
 log = logging.getLogger("vv.ingest")
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs)
+META_SUFFIX = ".meta.json"
+TEMP_ROOM = 14  # what a temporary name adds: ".<name>.<8 random>.tmp" (atomic writes), ".<name>.part"
 IGNORED_SUFFIXES = (".tmp", ".part")  # writers use temp + rename; these are never complete files
 # What cameras, DVRs and NVRs write (any case): MP4/MOV, Matroska/WebM, AVI (MS-MPEG4, MJPEG, ...),
 # MPEG-TS, raw H.264/H.265 elementary streams, MPEG-PS, FLV, ASF/WMV, 3GP. Anything else in input/
@@ -194,6 +197,7 @@ def place_file(src: Path, dest: Path, *, copy: bool = False) -> None:
 def reserve_quarantine_name(directory: Path, name: str) -> Path:
     """A free name in `corrupted/`, claimed by creating its meta file exclusively (no overwrite, no race)."""
     directory.mkdir(parents=True, exist_ok=True)
+    name = fit_name(name, len(f"-{100_000}{META_SUFFIX}") + TEMP_ROOM)
     stem, suffix = os.path.splitext(name)
     for n in range(100_000):
         candidate = directory / (name if n == 0 else f"{stem}-{n}{suffix}")
@@ -209,7 +213,19 @@ def reserve_quarantine_name(directory: Path, name: str) -> Path:
 
 
 def meta_path_for(quarantined: Path) -> Path:
-    return quarantined.with_name(quarantined.name + ".meta.json")
+    return quarantined.with_name(quarantined.name + META_SUFFIX)
+
+
+def fit_name(name: str, room: int = 0) -> str:
+    """`name` with its stem cut (on a character boundary) so that `room` more bytes still fit in
+    NAME_MAX: escaping lengthens a name, a quarantined one gets `-N` and `.meta.json`, and a
+    255-byte name (85 CJK characters) is a legal one to arrive with."""
+    excess = len(os.fsencode(name)) + room - NAME_MAX
+    if excess <= 0:
+        return name
+    stem, suffix = os.path.splitext(name)
+    encoded = os.fsencode(stem)
+    return encoded[: max(0, len(encoded) - excess)].decode("utf-8", "ignore") + suffix
 
 
 class Ledger:
@@ -297,7 +313,7 @@ def ingest_file(
         if age < grace_s:
             raise StillWriting(f"{path.name} does not decode yet ({exc}); written {age:.0f}s ago") from exc
         return quarantine(path, paths, exc, digest, copy=copy, component=component)
-    dest = paths.storage_for(video_id) / safe_name(path.name)
+    dest = paths.storage_for(video_id) / fit_name(safe_name(path.name), TEMP_ROOM)
     data = {
         "video": {
             "id": video_id,

@@ -24,9 +24,17 @@ from conftest import VV, Probe, Publisher, store_video, wait_until
 from test_pipeline import FAST, drop
 from test_signed_pipeline import loglines, verify
 
-from bus.config import ScanSettings
+from bus.config import ScanSettings, VVPaths
 from nodes.common.video import Decoded
-from nodes.ingest import UnreadableVideo, is_candidate, is_video_name, probe_video, safe_name
+from nodes.ingest import (
+    UnreadableVideo,
+    ingest_file,
+    is_candidate,
+    is_video_name,
+    ledger_for,
+    probe_video,
+    safe_name,
+)
 from nodes.scan.analyze import DamagedVideo, scan_video
 from nodes.scan.detectors.base import Detection, Frame
 from nodes.summarize.summary import THUMBNAIL_MAX_SIDE, build_summary, write_thumbnails
@@ -272,3 +280,29 @@ def test_a_damaged_video_that_reaches_scan_is_quarantined_at_the_first_attempt(
     meta = json.loads(Path(quarantined["meta_path"]).read_text())
     assert meta["error_type"] == "ScanFailed" and "frames decode" in meta["error_message"]
     assert probe.wait_event("alert.error")[0]["data"]["context"]["video"] == data["video"]["id"]
+
+
+def test_the_longest_legal_names_are_stored_and_quarantined_whole(
+    footage: dict[str, Path], tmp_path: Path
+) -> None:
+    """85 CJK characters make a legal 255-byte name; escaping, `-N` and `.meta.json` must not
+    push what ingest writes past NAME_MAX (that was an endless retry, the file stuck in input/)."""
+    paths = VVPaths(tmp_path / "home")
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    good = inbox / ("入" * 83 + ".mp4")  # 253 bytes
+    shutil.copyfile(footage["dvr.mp4"], good)
+    escaped = inbox / ("\x1b" * 251 + ".mp4")  # 255 bytes, 1,004 once escaped
+    shutil.copyfile(footage["cam3.mov"], escaped)
+    bad = inbox / ("入" * 83 + ".mkv")
+    shutil.copyfile(footage["shredded.mkv"], bad)
+    ledger = ledger_for(paths)
+    stored = [ingest_file(path, paths, ledger) for path in (good, escaped)]
+    assert [outcome.kind for outcome in stored] == ["ingested", "ingested"]
+    assert stored[0].data["original_name"] == good.name and Path(stored[0].data["video"]["path"]).is_file()
+    assert stored[1].data["original_name"] == "\\x1b" * 251 + ".mp4"
+    stored_name = Path(stored[1].data["video"]["path"]).name  # cut to fit, room left for a .part copy
+    assert stored_name.startswith("\\x1b") and stored_name.endswith(".mp4") and len(stored_name) <= 255 - 14
+    quarantined = ingest_file(bad, paths, ledger)
+    assert quarantined.kind == "quarantined" and Path(quarantined.data["quarantine_path"]).is_file()
+    assert json.loads(Path(quarantined.data["meta_path"]).read_text())["error_type"] == "TruncatedVideo"
