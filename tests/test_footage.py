@@ -261,7 +261,9 @@ def test_camera_and_dvr_footage_each_ends_as_one_logline_or_quarantined(
     scratched = next(line for line in lines if line["video"]["id"] == by_name["scratched.mp4"]["subject"])
     assert "frames were damaged" in scratched["summary"]["text"]
     assert [p.name for p in (vv.home / "input").iterdir()] == [sidecar.name]  # nothing stuck
-    assert all(up(probe, node) for node in NODES)  # no crash on the way
+    assert all(up(probe, node) for node in NODES)  # no crash on the way, nothing logged as one
+    assert not [out.name for out in vv.home.glob("*.out") if "Traceback" in out.read_text(errors="replace")]
+    assert all(json.loads(line) for line in (vv.home / "logs" / "app.log").read_text().splitlines())
     print(f"\n{len(FOOTAGE)} inputs ended in {elapsed:.1f}s")
 
 
