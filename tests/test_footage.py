@@ -72,7 +72,7 @@ FOOTAGE = [
     Footage("cam2.mkv", H264, 2.5),
     Footage("cam3.mov", H264, 2.0),
     Footage("dvr.mp4", H264, 3.5),
-    Footage("dvr.ts", (*H264, "-f", "mpegts"), 2.2),
+    Footage("dvr.ts", (*H264, "-g", "50", "-f", "mpegts"), 2.2),  # one keyframe: a seek cannot land
     Footage("dvr.h264", (*H264, "-f", "h264"), 2.4),
     Footage(
         "CH04 4K.MP4",
