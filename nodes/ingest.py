@@ -1,7 +1,7 @@
 """The ingest node: turns files dropped in `input/` into stored videos announced by `video.new`.
 
-A file is taken only once complete (two looks agree on size and mtime, and no process holds it
-open for writing); it is hashed (streamed), probed with OpenCV, and moved atomically into
+A file named as a video (VIDEO_SUFFIXES) is taken only once complete (two looks agree on size and
+mtime, and no process holds it open for writing); it is hashed (streamed), probed with OpenCV, and moved atomically into
 `storage/YYYY/MM/DD/<video_id>/`. A file that is not a readable video goes to `corrupted/` with a
 `<name>.meta.json`, an `alert.error` and `video.quarantined`. Nothing is deleted except an exact
 duplicate of a video already taken in.
@@ -113,9 +113,10 @@ class VideoInfo:
 def probe_video(path: Path) -> VideoInfo:
     """Read the stream's figures and check that it decodes from its first frame to its last.
 
-    The last frame is reached by a seek. Where that fails (MPEG-TS and raw H.264 cannot seek, and a
-    damaged stretch stops one) or the container has no frame count (a raw stream), every frame is
-    decoded instead, which also counts them; too few decodable frames quarantine the file.
+    The last frame is reached by a seek. Where that fails (a raw H.264 stream, an MPEG-TS with one
+    keyframe in a long GOP, a damaged stretch on the way) or the container has no frame count (a raw
+    stream), every frame is decoded instead, which also counts them; too few decodable frames
+    (nodes.common.video's rule) quarantine the file.
     """
     if path.stat().st_size == 0:
         raise UnreadableVideo("EmptyFile", "the file is empty (0 bytes)")

@@ -3,6 +3,7 @@
 Skipped frames are only `grab()`bed (demuxed and decoded, never converted to BGR), so a 5 fps scan
 of a 25 fps video pays the colour conversion and inference for one frame in five. Timing figures
 go into the artifact so the orchestration overhead (everything but decode and inference) is visible.
+Damaged frames are skipped and counted (`video.frames_damaged`); too many raise DamagedVideo.
 """
 
 from __future__ import annotations
