@@ -311,3 +311,16 @@ def test_the_longest_legal_names_are_stored_and_quarantined_whole(
     quarantined = ingest_file(bad, paths, ledger)
     assert quarantined.kind == "quarantined" and Path(quarantined.data["quarantine_path"]).is_file()
     assert json.loads(Path(quarantined.data["meta_path"]).read_text())["error_type"] == "TruncatedVideo"
+
+
+def test_vv_ingest_reports_a_name_that_is_not_utf8(vv: VV, footage: dict[str, Path], tmp_path: Path) -> None:
+    """`vv ingest` printed the name as it is: stdout refused it after the file had moved."""
+    name = os.fsdecode(b"caf\xe9 latin-1.avi")
+    good, bad = tmp_path / name, tmp_path / ("shredded " + name.replace(".avi", ".mkv"))
+    shutil.copyfile(footage[name], good)
+    shutil.copyfile(footage["shredded.mkv"], bad)
+    result = vv.vv("ingest", str(good), str(bad))
+    assert result.returncode == 1, result.stderr  # 1: one of them was quarantined
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and "caf\\udce9 latin-1.avi: ingested as" in lines[0]
+    assert "caf\\udce9 latin-1.mkv: QUARANTINED (TruncatedVideo" in lines[1]
