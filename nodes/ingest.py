@@ -1,7 +1,7 @@
 """The ingest node: turns files dropped in `input/` into stored videos announced by `video.new`.
 
-A file is taken only once complete (two looks agree on size and mtime, and no process holds it
-open for writing); it is hashed (streamed), probed with OpenCV, and moved atomically into
+A file named as a video (VIDEO_SUFFIXES) is taken only once complete (two looks agree on size and
+mtime, and no process holds it open for writing); it is hashed (streamed), probed with OpenCV, and moved atomically into
 `storage/YYYY/MM/DD/<video_id>/`. A file that is not a readable video goes to `corrupted/` with a
 `<name>.meta.json`, an `alert.error` and `video.quarantined`. Nothing is deleted except an exact
 duplicate of a video already taken in.
@@ -15,6 +15,7 @@ import ctypes
 import errno
 import json
 import logging
+import math
 import os
 import shutil
 import stat
@@ -31,16 +32,53 @@ from bus.config import Settings, VVPaths
 from bus.envelope import Event, utc_now
 from bus.fsutil import CHUNK, atomic_write_bytes, atomic_write_json, fsync_dir, iter_open_fds, sha256_file
 from bus.node import Node, on
+from nodes.common.video import FrameReader, capture_of
 
 log = logging.getLogger("vv.ingest")
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs)
+META_SUFFIX = ".meta.json"
+TEMP_ROOM = 14  # what a temporary name adds: ".<name>.<8 random>.tmp" (atomic writes), ".<name>.part"
 IGNORED_SUFFIXES = (".tmp", ".part")  # writers use temp + rename; these are never complete files
+# What cameras, DVRs and NVRs write (any case): MP4/MOV, Matroska/WebM, AVI (MS-MPEG4, MJPEG, ...),
+# MPEG-TS, raw H.264/H.265 elementary streams, MPEG-PS, FLV, ASF/WMV, 3GP. Anything else in input/
+# (a DVR's .idx or .jpg beside its videos) is left alone with one alert, never probed: FFmpeg would
+# happily read a JPEG snapshot as a one-frame "video".
+VIDEO_SUFFIXES = frozenset(
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".h264",
+        ".264",
+        ".h265",
+        ".265",
+        ".hevc",
+        ".mpg",
+        ".mpeg",
+        ".flv",
+        ".asf",
+        ".wmv",
+        ".3gp",
+    ]
+)
 
 
 # ----------------------------------------------------------------------------- pure functions
 def is_candidate(name: str) -> bool:
     """Dotfiles and temp names are files still being written by someone else."""
     return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
+
+
+def is_video_name(name: str) -> bool:
+    """The name ends in one of VIDEO_SUFFIXES, in any case (DVRs often write CH01.AVI)."""
+    return os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES
 
 
 def video_id_of(sha256: str) -> str:
@@ -73,38 +111,38 @@ class VideoInfo:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Read the stream's figures and decode the first and the last frame (a truncated file fails here)."""
+    """Read the stream's figures and check that it decodes from its first frame to its last.
+
+    The last frame is reached by a seek. Where that fails (a raw H.264 stream, an MPEG-TS with one
+    keyframe in a long GOP, a damaged stretch on the way) or the container has no frame count (a raw
+    stream), every frame is decoded instead, which also counts them; too few decodable frames
+    (nodes.common.video's rule) quarantine the file.
+    """
     if path.stat().st_size == 0:
         raise UnreadableVideo("EmptyFile", "the file is empty (0 bytes)")
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    try:
+    with capture_of(path) as cap:
         if not cap.isOpened():
             raise UnreadableVideo("UnreadableVideo", "OpenCV/FFmpeg cannot open it as a video")
         fps = float(cap.get(cv2.CAP_PROP_FPS))
-        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        info = VideoInfo(
-            fps=fps,
-            frames=frames,
-            width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-            height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-        )
-        if not fps > 0 or frames <= 0:
+        frames = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if not 0 < fps < math.inf or width <= 0 or height <= 0:
             raise UnreadableVideo(
-                "BadMetadata", f"no usable frame rate or frame count (fps {fps}, frames {frames})"
+                "BadMetadata", f"no usable frame rate or size (fps {fps}, {width}x{height})"
             )
-        ok, _ = cap.read()
-        if not ok:
+        if not cap.read()[0]:
             raise UnreadableVideo("UndecodableVideo", "cannot decode the first frame")
-        if frames > 1:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
-            ok, _ = cap.read()
-            if not ok:
-                raise UnreadableVideo(
-                    "TruncatedVideo", f"cannot decode frame {frames - 1} of {frames}: the file ends early"
-                )
-        return info
-    finally:
-        cap.release()
+        if frames == 1 or (frames > 1 and cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1) and cap.read()[0]):
+            return VideoInfo(fps=fps, frames=frames, width=width, height=height)
+    with capture_of(path) as cap:
+        reader = FrameReader(cap)
+        while reader.grab():
+            pass
+    decoded = reader.result(frames)
+    problem = decoded.problem()
+    if problem is not None:
+        raise UnreadableVideo("DamagedVideo" if decoded.refused else "TruncatedVideo", problem)
+    return VideoInfo(fps=fps, frames=decoded.frames, width=width, height=height)
 
 
 def held_open(paths: Collection[Path], proc: Path = Path("/proc")) -> set[Path]:
@@ -160,6 +198,7 @@ def place_file(src: Path, dest: Path, *, copy: bool = False) -> None:
 def reserve_quarantine_name(directory: Path, name: str) -> Path:
     """A free name in `corrupted/`, claimed by creating its meta file exclusively (no overwrite, no race)."""
     directory.mkdir(parents=True, exist_ok=True)
+    name = fit_name(name, len(f"-{100_000}{META_SUFFIX}") + TEMP_ROOM)
     stem, suffix = os.path.splitext(name)
     for n in range(100_000):
         candidate = directory / (name if n == 0 else f"{stem}-{n}{suffix}")
@@ -175,7 +214,19 @@ def reserve_quarantine_name(directory: Path, name: str) -> Path:
 
 
 def meta_path_for(quarantined: Path) -> Path:
-    return quarantined.with_name(quarantined.name + ".meta.json")
+    return quarantined.with_name(quarantined.name + META_SUFFIX)
+
+
+def fit_name(name: str, room: int = 0) -> str:
+    """`name` with its stem cut (on a character boundary) so that `room` more bytes still fit in
+    NAME_MAX: escaping lengthens a name, a quarantined one gets `-N` and `.meta.json`, and a
+    255-byte name (85 CJK characters) is a legal one to arrive with."""
+    excess = len(os.fsencode(name)) + room - NAME_MAX
+    if excess <= 0:
+        return name
+    stem, suffix = os.path.splitext(name)
+    encoded = os.fsencode(stem)
+    return encoded[: max(0, len(encoded) - excess)].decode("utf-8", "ignore") + suffix
 
 
 class Ledger:
@@ -263,7 +314,7 @@ def ingest_file(
         if age < grace_s:
             raise StillWriting(f"{path.name} does not decode yet ({exc}); written {age:.0f}s ago") from exc
         return quarantine(path, paths, exc, digest, copy=copy, component=component)
-    dest = paths.storage_for(video_id) / path.name
+    dest = paths.storage_for(video_id) / fit_name(safe_name(path.name), TEMP_ROOM)
     data = {
         "video": {
             "id": video_id,
@@ -276,7 +327,7 @@ def ingest_file(
             "width": info.width,
             "height": info.height,
         },
-        "original_name": path.name,
+        "original_name": safe_name(path.name),
         "ingested_at": utc_now(),
         "source": source,
     }
@@ -300,7 +351,7 @@ def quarantine(
     attempts: list[dict[str, str]] | None = None,
 ) -> Outcome:
     """Move the file to `corrupted/` beside a meta file saying where it came from and why."""
-    target = reserve_quarantine_name(paths.corrupted, path.name)
+    target = reserve_quarantine_name(paths.corrupted, safe_name(path.name))
     meta_path = meta_path_for(target)
     try:
         place_file(path, target, copy=copy)
@@ -310,7 +361,7 @@ def quarantine(
     atomic_write_json(
         meta_path,
         {
-            "original_path": str(path.absolute()),
+            "original_path": safe_name(str(path.absolute())),
             "timestamp_corruption": utc_now(),
             "source_component": component,
             "error_type": error.error_type,
@@ -320,7 +371,7 @@ def quarantine(
         },
     )
     data = {
-        "original_path": str(path.absolute()),
+        "original_path": safe_name(str(path.absolute())),
         "quarantine_path": str(target),
         "meta_path": str(meta_path),
         "error_type": error.error_type,
@@ -347,12 +398,17 @@ async def announce(node: Node, ledger: Ledger, outcome: Outcome, counts: IngestC
         await node.emit("video.new", outcome.data, subject=outcome.video_id)
         ledger.commit(outcome.video_id)
         counts.ingested += 1
-        log.info("ingested %s as %s", outcome.path.name, outcome.video_id, extra={"video": outcome.video_id})
+        log.info(
+            "ingested %s as %s",
+            safe_name(outcome.path.name),
+            outcome.video_id,
+            extra={"video": outcome.video_id},
+        )
     elif outcome.kind == "duplicate":
         counts.duplicates += 1
         log.info(
             "%s is video %s, already ingested: duplicate %s",
-            outcome.path.name,
+            safe_name(outcome.path.name),
             outcome.video_id,
             "left in place" if outcome.path.exists() else "removed",
             extra={"video": outcome.video_id},
@@ -360,13 +416,13 @@ async def announce(node: Node, ledger: Ledger, outcome: Outcome, counts: IngestC
     else:
         counts.quarantined += 1
         assert outcome.error is not None
-        context = {"video": outcome.video_id} if outcome.video_id else {"path": str(outcome.path)}
+        context = {"video": outcome.video_id} if outcome.video_id else {"path": safe_name(str(outcome.path))}
         await node.raise_alert(
             "ERROR",
             "Unreadable video quarantined",
-            f"{outcome.path.name}: {outcome.error.error_type}: {outcome.error}; "
+            f"{safe_name(outcome.path.name)}: {outcome.error.error_type}: {outcome.error}; "
             f"moved to {outcome.data['quarantine_path']}",
-            context={**context, "file": outcome.path.name},
+            context={**context, "file": safe_name(outcome.path.name)},
             actions=[
                 f"Inspect {outcome.data['meta_path']} for the reason",
                 "Re-export or re-record the video at its source, then drop the new file in input/",
@@ -543,7 +599,7 @@ class Ingest(Node):
                 self.ledger.discard(video_id)
 
     def _scan_input(self) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
-        """Regular files of input/ with their (size, mtime_ns); and what is there but is no file."""
+        """Video files of input/ with their (size, mtime_ns); and what is there but is not one, with why."""
         found: dict[Path, tuple[int, int]] = {}
         refused: dict[Path, str] = {}
         with os.scandir(self.paths.input) as entries:
@@ -554,25 +610,29 @@ class Ingest(Node):
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if stat.S_ISREG(st.st_mode):
-                    found[Path(entry.path)] = (st.st_size, st.st_mtime_ns)
+                if not stat.S_ISREG(st.st_mode):
+                    refused[Path(entry.path)] = f"is a {_kind_of(st.st_mode)}, not a regular file"
+                elif not is_video_name(entry.name):
+                    refused[Path(entry.path)] = (
+                        "is not named as a video (" + " ".join(sorted(VIDEO_SUFFIXES)) + ")"
+                    )
                 else:
-                    refused[Path(entry.path)] = _kind_of(st.st_mode)
+                    found[Path(entry.path)] = (st.st_size, st.st_mtime_ns)
         return found, refused
 
     async def _refuse(self, refused: dict[Path, str]) -> None:
         """Say once, per entry, that something in input/ is not a file we take (a link could point
         anywhere: /etc/shadow, a device); it stays where it is, untouched."""
-        for path, kind in refused.items():
-            if self._refused.get(path) == kind:
+        for path, why in refused.items():
+            if self._refused.get(path) == why:
                 continue
             await self.raise_alert(
                 "ERROR",
                 "Entry in input/ refused",
-                f"{safe_name(path.name)} is a {kind}, not a regular file: it is not ingested and left as it is",
-                context={"path": str(path)},
+                f"{safe_name(path.name)} {why}: it is not ingested and left as it is",
+                context={"path": safe_name(str(path))},
                 actions=[
-                    "Copy the video itself into input/ (temp name, then rename), then remove the " + kind
+                    "Put only video files in input/ (temp name, then rename); move this entry elsewhere"
                 ],
             )
         self._refused = refused
@@ -641,7 +701,7 @@ class Ingest(Node):
                 "Cannot ingest file",
                 f"{safe_name(path.name)}: {type(exc).__name__}: {exc}; it stays in input/ and is retried "
                 f"in {delay:.0f}s (or when it changes)",
-                context={"path": str(path)},
+                context={"path": safe_name(str(path))},
                 actions=["Check the permissions and the free space of VV_HOME (storage/)"],
             )
             return
@@ -652,7 +712,7 @@ class Ingest(Node):
                 "ERROR",
                 "Cannot ingest file",
                 f"{safe_name(path.name)} was ingested after all",
-                context={"path": str(path)},
+                context={"path": safe_name(str(path))},
                 resolved=True,
             )
         await announce(self, self.ledger, outcome, self.counts)
@@ -664,5 +724,6 @@ def _kind_of(mode: int) -> str:
 
 
 def safe_name(name: str) -> str:
-    """A file name as it can be shown: control characters (a newline, an escape sequence) escaped."""
+    """A file name as it can be shown and stored: control characters (a newline, an escape sequence)
+    escaped, and bytes that are not UTF-8 (a Latin-1 share) too, which events, JSON and OpenCV refuse."""
     return name if name.isprintable() else repr(name)[1:-1]

@@ -22,7 +22,7 @@ from bus.config import Settings, load_settings
 from bus.inputs import not_regular, shown
 from bus.logs import setup_logging
 from bus.node import Node
-from nodes.ingest import Ingest, IngestCounts, Outcome, announce, ingest_file, ledger_for
+from nodes.ingest import Ingest, IngestCounts, Outcome, announce, ingest_file, ledger_for, safe_name
 
 
 class IngestOnce(Node):
@@ -104,7 +104,8 @@ async def _ingest(settings: Settings, files: list[Path], *, copy: bool, as_json:
 
 
 def _report(outcome: Outcome) -> dict[str, Any]:
-    report: dict[str, Any] = {"file": str(outcome.path), "result": outcome.kind, "video": outcome.video_id}
+    shown = safe_name(str(outcome.path))  # a name that is not UTF-8 cannot be printed as it is
+    report: dict[str, Any] = {"file": shown, "result": outcome.kind, "video": outcome.video_id}
     if outcome.kind == "ingested":
         report["path"] = outcome.data["video"]["path"]
         report["duration_s"] = outcome.data["video"]["duration_s"]
@@ -121,9 +122,9 @@ def _line(outcome: Outcome) -> str:
     report = _report(outcome)
     if outcome.kind == "ingested":
         return (
-            f"{outcome.path}: ingested as {outcome.video_id} ({report['duration_s']} s) -> {report['path']}"
+            f"{report['file']}: ingested as {outcome.video_id} ({report['duration_s']} s) -> {report['path']}"
         )
     if outcome.kind == "duplicate":
         removed = "" if outcome.path.exists() else " (this copy removed)"
-        return f"{outcome.path}: already ingested as {outcome.video_id}{removed}"
-    return f"{outcome.path}: QUARANTINED ({report['error_type']}: {report['error']}) -> {report['path']}"
+        return f"{report['file']}: already ingested as {outcome.video_id}{removed}"
+    return f"{report['file']}: QUARANTINED ({report['error_type']}: {report['error']}) -> {report['path']}"

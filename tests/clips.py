@@ -1,12 +1,16 @@
-"""Build small test videos from the ../shared/media photos (mp4v through cv2.VideoWriter).
+"""Build small test videos: from the ../shared/media photos (mp4v through cv2.VideoWriter), or
+camera-like ones from ffmpeg's test pattern (any codec and container), and damage them.
 
-A clip is a list of scenes; each shows one photo (letterboxed to the clip size) for some seconds,
-optionally with a second photo sliding across it so the motion gate has something to see.
+A photo clip is a list of scenes; each shows one photo (letterboxed to the clip size) for some
+seconds, optionally with a second photo sliding across it so the motion gate has something to see.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,4 +78,34 @@ def write_clip(
                 writer.write(frame)
     finally:
         writer.release()
+    return path
+
+
+def ffmpeg_clip(
+    path: Path,
+    *output: str,
+    seconds: float = 3.0,
+    fps: float = 10.0,
+    size: tuple[int, int] = (640, 360),
+) -> Path:
+    """Encode ffmpeg's moving test pattern (no shared assets needed) with `output` options
+    (codec, container format) into `path`; skips the test when ffmpeg is absent."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed: cannot encode camera-like clips")
+    source = f"testsrc2=size={size[0]}x{size[1]}:rate={fps}:duration={seconds}"
+    command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
+    subprocess.run([*command, *output, str(path)], check=True, timeout=120)
+    return path
+
+
+def damage(path: Path, at: list[float], length: int = 4096, seed: int = 1) -> Path:
+    """Overwrite `length` random bytes at each fraction `at` of the file, in place: the middle of
+    the stream (frames), never the header, as a failing card or a bad copy does."""
+    data = bytearray(path.read_bytes())
+    rng = random.Random(seed)
+    for fraction in at:
+        assert 0.1 <= fraction <= 0.9, "damage the frames, not the header or the index"
+        start = int(len(data) * fraction)
+        data[start : start + length] = rng.randbytes(length)
+    path.write_bytes(bytes(data))
     return path

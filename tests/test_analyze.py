@@ -53,7 +53,14 @@ def test_scan_finds_person_dog_horse_and_car(
 ) -> None:
     analytic = scan_video(zoo_clip, detector, settings)
     VALIDATOR.validate(analytic)
-    assert analytic["video"] == {"fps": 10.0, "frames": 60, "duration_s": 6.0, "width": 320, "height": 240}
+    assert analytic["video"] == {
+        "fps": 10.0,
+        "frames": 60,
+        "duration_s": 6.0,
+        "width": 320,
+        "height": 240,
+        "frames_damaged": 0,
+    }
     assert analytic["detector"]["backend"] == "darknet"
     assert {"person", "dog", "horse", "car"} <= set(analytic["counts"])
     assert {"person", "dog"} <= labels_between(analytic, 0, 2)
@@ -159,5 +166,5 @@ def test_unreadable_videos_raise_video_error(
     with pytest.raises(VideoError, match=str(path.name)):
         scan_video(path, detector, settings)
     if kind != "truncated-faststart":  # that one opens fine; only decoding finds the gap
-        with pytest.raises(VideoError):
-            open_video(path)
+        with pytest.raises(VideoError), open_video(path):
+            pass

@@ -3,61 +3,71 @@
 Skipped frames are only `grab()`bed (demuxed and decoded, never converted to BGR), so a 5 fps scan
 of a 25 fps video pays the colour conversion and inference for one frame in five. Timing figures
 go into the artifact so the orchestration overhead (everything but decode and inference) is visible.
+Damaged frames are skipped and counted (`video.frames_damaged`); too many raise DamagedVideo.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 
 from bus.config import ScanSettings
+from nodes.common.video import FrameReader, capture_of
 from nodes.scan.detectors.base import Detector
 from nodes.scan.motion import MotionGate
 
 ANALYTIC_VERSION = 1
-# Container frame counts can be estimates (duration x fps): only a clear shortfall means truncation.
-_TRUNCATION_TOLERANCE = 0.05
 
 
 class VideoError(Exception):
     """The file is not a readable video (cannot open, no frames, truncated): quarantine material."""
 
 
+class DamagedVideo(VideoError):
+    """Too few of its frames decode (see nodes.common.video): the same bytes never decode better."""
+
+
 class ScanTimeout(Exception):
     """The scan ran past its deadline (`scan.max_processing_s`)."""
 
 
-def open_video(path: Path) -> tuple[cv2.VideoCapture, dict[str, Any]]:
-    """Open with OpenCV's FFmpeg backend and read the container's figures, or raise VideoError."""
+@contextlib.contextmanager
+def open_video(path: Path) -> Iterator[tuple[cv2.VideoCapture, dict[str, Any]]]:
+    """Open with OpenCV's FFmpeg backend and read the container's figures, or raise VideoError.
+
+    `frames` is the container's count, 0 when it has none (a raw H.264 stream): only a full decode
+    tells how many frames such a stream holds.
+    """
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: file is empty (0 bytes)")
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        capture.release()
-        raise VideoError(f"{path}: not a readable video (OpenCV/FFmpeg cannot open it)")
-    fps = float(capture.get(cv2.CAP_PROP_FPS))
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if not math.isfinite(fps) or fps <= 0 or width <= 0 or height <= 0:
-        capture.release()
-        raise VideoError(f"{path}: no video stream with a frame rate and size (fps={fps}, {width}x{height})")
-    info = {
-        "fps": round(fps, 3),
-        "frames": max(frames, 0),
-        "duration_s": round(max(frames, 0) / fps, 3),
-        "width": width,
-        "height": height,
-    }
-    return capture, info
+    with capture_of(path) as capture:
+        if not capture.isOpened():
+            raise VideoError(f"{path}: not a readable video (OpenCV/FFmpeg cannot open it)")
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if not math.isfinite(fps) or fps <= 0 or width <= 0 or height <= 0:
+            raise VideoError(
+                f"{path}: no video stream with a frame rate and size (fps={fps}, {width}x{height})"
+            )
+        info = {
+            "fps": round(fps, 3),
+            "frames": max(frames, 0),
+            "duration_s": round(max(frames, 0) / fps, 3),
+            "width": width,
+            "height": height,
+        }
+        yield capture, info
 
 
 def _counts(frames: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -82,30 +92,30 @@ def scan_video(
 ) -> dict[str, Any]:
     """Run `detector` over the sampled frames of `path`; `deadline` is a time.monotonic() instant."""
     started = time.perf_counter()
-    capture, info = open_video(path)
-    fps = info["fps"]
-    step = fps / settings.detect_fps if 0 < settings.detect_fps < fps else 1.0
     gate = MotionGate(settings.motion_threshold, settings.motion_max_skip_s, enabled=settings.motion_gating)
     sampled: list[dict[str, Any]] = []
     decode_s = motion_s = inference_s = 0.0
-    index = 0
     next_sample = 0.0
     reported = 0.0
-    try:
+    with open_video(path) as (capture, info):
+        fps = info["fps"]
+        step = fps / settings.detect_fps if 0 < settings.detect_fps < fps else 1.0
+        reader = FrameReader(capture)
         while True:
             tick = time.perf_counter()
-            if not capture.grab():
+            if not reader.grab():
                 decode_s += time.perf_counter() - tick
                 break
+            index = reader.index
             if index + 1e-6 < next_sample:
                 decode_s += time.perf_counter() - tick
-                index += 1
                 continue
             ok, frame = capture.retrieve()
             decode_s += time.perf_counter() - tick
             if not ok or frame is None:
                 raise VideoError(f"{path}: frame {index} cannot be decoded")
-            next_sample += step
+            while next_sample <= index + 1e-6:  # past damaged frames, the sampling grid continues
+                next_sample += step
             if deadline is not None and time.monotonic() > deadline:
                 raise ScanTimeout(
                     f"{path}: scan deadline passed at {index / fps:.1f}s of {info['duration_s']}s"
@@ -128,19 +138,18 @@ def scan_video(
                     "detections": detections,
                 }
             )
-            index += 1
             if progress is not None and info["frames"] and index / info["frames"] - reported >= 0.01:
                 reported = min(1.0, index / info["frames"])
                 progress(reported)
-    finally:
-        capture.release()
-    if index == 0:
-        raise VideoError(f"{path}: no decodable frames")
-    expected = info["frames"]
-    if expected and index < expected * (1 - _TRUNCATION_TOLERANCE) - 1:
-        raise VideoError(f"{path}: truncated: decoded {index} of {expected} frames")
-    if index != expected:  # the container's count was an estimate: trust what was decoded
-        info = {**info, "frames": index, "duration_s": round(index / fps, 3)}
+    decoded = reader.result(info["frames"])
+    if (problem := decoded.problem()) is not None:
+        raise DamagedVideo(f"{path}: {problem}")
+    info = {  # a raw stream's container has no count: what was read is its length
+        **info,
+        "frames": decoded.frames,
+        "duration_s": round(decoded.frames / fps, 3),
+        "frames_damaged": decoded.damaged,
+    }
     if progress is not None:
         progress(1.0)
     return {
@@ -159,7 +168,7 @@ def scan_video(
             "motion_s": round(motion_s, 4),
             "inference_s": round(inference_s, 4),
             "total_s": round(time.perf_counter() - started, 4),
-            "frames_decoded": index,
+            "frames_decoded": decoded.decoded,
             "frames_sampled": len(sampled),
             "frames_inferred": sum(1 for f in sampled if f["inferred"]),
         },

@@ -21,7 +21,7 @@ from bus.fsutil import atomic_write_json
 from bus.node import Node, on
 from nodes.common.claims import ANALYTIC_NAME, StoredVideo, check_video, video_inputs
 from nodes.ingest import UnreadableVideo, quarantine
-from nodes.scan.analyze import ScanTimeout, VideoError, scan_video
+from nodes.scan.analyze import DamagedVideo, ScanTimeout, VideoError, scan_video
 from nodes.scan.detectors import make_detector
 from nodes.scan.detectors.base import Detector
 
@@ -123,7 +123,7 @@ class Scan(Node):
                         context={"video": video_id},
                         actions=["Lower scan.detect_fps or scan.imgsz, or raise scan.max_processing_s"],
                     )
-                if len(attempts) >= self.settings.scan.max_attempts:
+                if len(attempts) >= self.settings.scan.max_attempts or isinstance(exc, DamagedVideo):
                     await self._quarantine(event, stored, attempts, reason)
                     return
                 continue

@@ -15,12 +15,15 @@ from typing import Any, TypedDict
 import cv2
 
 from bus.artifacts import write_artifact
+from nodes.common.video import FrameReader
 from nodes.scan.analyze import VideoError, open_video
+from nodes.scan.detectors.base import Frame
 from nodes.summarize.tracks import MAX_GAP_S, Track, link_tracks
 
 SUMMARY_VERSION = 1
 DWELL_MENTION_S = 5.0  # a stay shorter than this is not worth a clause in the text
 THUMBNAIL_MARGIN = 0.1  # context around the box, as a fraction of its size
+THUMBNAIL_MAX_SIDE = 640  # a crop of a 4K frame is scaled down to this: a thumbnail is for a glance
 JPEG_QUALITY = 85
 
 Describer = Callable[[dict[str, Any]], str]
@@ -147,8 +150,16 @@ def build_summary(
         "timeline": _timeline(tracks, max_gap_s),
         "tracks": [_track_json(track) for track in tracks],
     }
-    summary["text"] = describer(summary)
+    summary["text"] = describer(summary) + damage_note(analytic["video"])
     return summary
+
+
+def damage_note(video: dict[str, Any]) -> str:
+    """Said after any describer's text: a LogLine of a partly damaged video must not read as whole."""
+    damaged = video.get("frames_damaged", 0)
+    if not damaged:
+        return ""
+    return f" {damaged} of {video['frames']} frames were damaged and could not be decoded."
 
 
 def _slug(label: str) -> str:
@@ -156,30 +167,46 @@ def _slug(label: str) -> str:
 
 
 def write_thumbnails(video_path: Path, summary: dict[str, Any], out_dir: Path) -> list[ThumbnailRef]:
-    """A JPEG crop of each track's best frame (read by seeking the video); tracks whose frame fails are skipped."""
-    capture, info = open_video(video_path)
+    """A JPEG crop of each track's best frame; tracks whose frame fails are skipped.
+
+    Frames are read in order, as the scan read them, never sought: MPEG-TS and raw H.264 streams
+    cannot seek, and past a damaged frame a seek lands elsewhere than the scan's frame index.
+    """
+    wanted: dict[int, list[dict[str, Any]]] = {}
+    for track in summary["tracks"]:
+        wanted.setdefault(track["best"]["index"], []).append(track)
+    last = max(wanted, default=-1)
     refs: list[ThumbnailRef] = []
-    try:
-        for track in sorted(summary["tracks"], key=lambda tr: (tr["best"]["index"], tr["id"])):
-            capture.set(cv2.CAP_PROP_POS_FRAMES, track["best"]["index"])
-            ok, frame = capture.read()
+    with open_video(video_path) as (capture, info):
+        reader = FrameReader(capture)
+        while reader.index < last and reader.grab():
+            if reader.index not in wanted:
+                continue
+            ok, frame = capture.retrieve()
             if not ok or frame is None:
                 continue
-            x1, y1, x2, y2 = track["best"]["box"]
-            mx, my = (x2 - x1) * THUMBNAIL_MARGIN, (y2 - y1) * THUMBNAIL_MARGIN
-            left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
-            right, bottom = min(info["width"], int(x2 + mx + 1)), min(info["height"], int(y2 + my + 1))
-            if right <= left or bottom <= top:
-                continue
-            ok, jpeg = cv2.imencode(
-                ".jpg", frame[top:bottom, left:right], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-            )
-            if not ok:
-                raise VideoError(f"{video_path}: cannot encode a thumbnail for track {track['id']}")
-            ref = write_artifact(
-                out_dir, f"thumb-{track['id']:04d}-{_slug(track['label'])}.jpg", jpeg.tobytes()
-            )
-            refs.append({"path": ref["path"], "sha256": ref["sha256"], "track": track["id"]})
-    finally:
-        capture.release()
+            for track in wanted[reader.index]:
+                jpeg = _crop(frame, track["best"]["box"], info)
+                if jpeg is None:
+                    continue
+                ref = write_artifact(out_dir, f"thumb-{track['id']:04d}-{_slug(track['label'])}.jpg", jpeg)
+                refs.append({"path": ref["path"], "sha256": ref["sha256"], "track": track["id"]})
     return sorted(refs, key=lambda ref: ref["track"])
+
+
+def _crop(frame: Frame, box: list[float], info: dict[str, Any]) -> bytes | None:
+    """The box with a margin, at most THUMBNAIL_MAX_SIDE on its long side, as JPEG (None if empty)."""
+    x1, y1, x2, y2 = box
+    mx, my = (x2 - x1) * THUMBNAIL_MARGIN, (y2 - y1) * THUMBNAIL_MARGIN
+    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    right, bottom = min(info["width"], int(x2 + mx + 1)), min(info["height"], int(y2 + my + 1))
+    if right <= left or bottom <= top:
+        return None
+    crop = frame[top:bottom, left:right]
+    scale = THUMBNAIL_MAX_SIDE / max(crop.shape[:2])
+    if scale < 1.0:
+        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise VideoError(f"cannot encode a thumbnail of box {box}")
+    return bytes(jpeg.tobytes())
