@@ -31,6 +31,7 @@ import cv2
 from bus.config import Settings, VVPaths
 from bus.envelope import Event, utc_now
 from bus.fsutil import CHUNK, atomic_write_bytes, atomic_write_json, fsync_dir, iter_open_fds, sha256_file
+from bus.inputs import kind_of, shown
 from bus.node import Node, on
 from nodes.common.video import FrameReader, capture_of
 
@@ -314,7 +315,7 @@ def ingest_file(
         if age < grace_s:
             raise StillWriting(f"{path.name} does not decode yet ({exc}); written {age:.0f}s ago") from exc
         return quarantine(path, paths, exc, digest, copy=copy, component=component)
-    dest = paths.storage_for(video_id) / fit_name(safe_name(path.name), TEMP_ROOM)
+    dest = paths.storage_for(video_id) / fit_name(shown(path.name), TEMP_ROOM)
     data = {
         "video": {
             "id": video_id,
@@ -327,7 +328,7 @@ def ingest_file(
             "width": info.width,
             "height": info.height,
         },
-        "original_name": safe_name(path.name),
+        "original_name": shown(path.name),
         "ingested_at": utc_now(),
         "source": source,
     }
@@ -351,7 +352,7 @@ def quarantine(
     attempts: list[dict[str, str]] | None = None,
 ) -> Outcome:
     """Move the file to `corrupted/` beside a meta file saying where it came from and why."""
-    target = reserve_quarantine_name(paths.corrupted, safe_name(path.name))
+    target = reserve_quarantine_name(paths.corrupted, shown(path.name))
     meta_path = meta_path_for(target)
     try:
         place_file(path, target, copy=copy)
@@ -361,7 +362,7 @@ def quarantine(
     atomic_write_json(
         meta_path,
         {
-            "original_path": safe_name(str(path.absolute())),
+            "original_path": shown(str(path.absolute())),
             "timestamp_corruption": utc_now(),
             "source_component": component,
             "error_type": error.error_type,
@@ -371,7 +372,7 @@ def quarantine(
         },
     )
     data = {
-        "original_path": safe_name(str(path.absolute())),
+        "original_path": shown(str(path.absolute())),
         "quarantine_path": str(target),
         "meta_path": str(meta_path),
         "error_type": error.error_type,
@@ -400,7 +401,7 @@ async def announce(node: Node, ledger: Ledger, outcome: Outcome, counts: IngestC
         counts.ingested += 1
         log.info(
             "ingested %s as %s",
-            safe_name(outcome.path.name),
+            shown(outcome.path.name),
             outcome.video_id,
             extra={"video": outcome.video_id},
         )
@@ -408,7 +409,7 @@ async def announce(node: Node, ledger: Ledger, outcome: Outcome, counts: IngestC
         counts.duplicates += 1
         log.info(
             "%s is video %s, already ingested: duplicate %s",
-            safe_name(outcome.path.name),
+            shown(outcome.path.name),
             outcome.video_id,
             "left in place" if outcome.path.exists() else "removed",
             extra={"video": outcome.video_id},
@@ -416,13 +417,13 @@ async def announce(node: Node, ledger: Ledger, outcome: Outcome, counts: IngestC
     else:
         counts.quarantined += 1
         assert outcome.error is not None
-        context = {"video": outcome.video_id} if outcome.video_id else {"path": safe_name(str(outcome.path))}
+        context = {"video": outcome.video_id} if outcome.video_id else {"path": shown(str(outcome.path))}
         await node.raise_alert(
             "ERROR",
             "Unreadable video quarantined",
-            f"{safe_name(outcome.path.name)}: {outcome.error.error_type}: {outcome.error}; "
+            f"{shown(outcome.path.name)}: {outcome.error.error_type}: {outcome.error}; "
             f"moved to {outcome.data['quarantine_path']}",
-            context={**context, "file": safe_name(outcome.path.name)},
+            context={**context, "file": shown(outcome.path.name)},
             actions=[
                 f"Inspect {outcome.data['meta_path']} for the reason",
                 "Re-export or re-record the video at its source, then drop the new file in input/",
@@ -611,7 +612,7 @@ class Ingest(Node):
                 except FileNotFoundError:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    refused[Path(entry.path)] = f"is a {_kind_of(st.st_mode)}, not a regular file"
+                    refused[Path(entry.path)] = f"is {kind_of(st.st_mode)}, not a regular file"
                 elif not is_video_name(entry.name):
                     refused[Path(entry.path)] = (
                         "is not named as a video (" + " ".join(sorted(VIDEO_SUFFIXES)) + ")"
@@ -629,8 +630,8 @@ class Ingest(Node):
             await self.raise_alert(
                 "ERROR",
                 "Entry in input/ refused",
-                f"{safe_name(path.name)} {why}: it is not ingested and left as it is",
-                context={"path": safe_name(str(path))},
+                f"{shown(path.name)} {why}: it is not ingested and left as it is",
+                context={"path": shown(str(path))},
                 actions=[
                     "Put only video files in input/ (temp name, then rename); move this entry elsewhere"
                 ],
@@ -699,9 +700,9 @@ class Ingest(Node):
             await self.raise_alert(
                 "ERROR",
                 "Cannot ingest file",
-                f"{safe_name(path.name)}: {type(exc).__name__}: {exc}; it stays in input/ and is retried "
+                f"{shown(path.name)}: {type(exc).__name__}: {exc}; it stays in input/ and is retried "
                 f"in {delay:.0f}s (or when it changes)",
-                context={"path": safe_name(str(path))},
+                context={"path": shown(str(path))},
                 actions=["Check the permissions and the free space of VV_HOME (storage/)"],
             )
             return
@@ -711,19 +712,8 @@ class Ingest(Node):
             await self.raise_alert(
                 "ERROR",
                 "Cannot ingest file",
-                f"{safe_name(path.name)} was ingested after all",
-                context={"path": safe_name(str(path))},
+                f"{shown(path.name)} was ingested after all",
+                context={"path": shown(str(path))},
                 resolved=True,
             )
         await announce(self, self.ledger, outcome, self.counts)
-
-
-def _kind_of(mode: int) -> str:
-    kinds = ((stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"))
-    return next((name for test, name in kinds if test(mode)), "device or socket")
-
-
-def safe_name(name: str) -> str:
-    """A file name as it can be shown and stored: control characters (a newline, an escape sequence)
-    escaped, and bytes that are not UTF-8 (a Latin-1 share) too, which events, JSON and OpenCV refuse."""
-    return name if name.isprintable() else repr(name)[1:-1]

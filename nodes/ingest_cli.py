@@ -22,7 +22,7 @@ from bus.config import Settings, load_settings
 from bus.inputs import not_regular, shown
 from bus.logs import setup_logging
 from bus.node import Node
-from nodes.ingest import Ingest, IngestCounts, Outcome, announce, ingest_file, ledger_for, safe_name
+from nodes.ingest import Ingest, IngestCounts, Outcome, announce, ingest_file, ledger_for
 
 
 class IngestOnce(Node):
@@ -44,15 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+UNDECODABLE = ("\udc80", "\udcff")  # how os.fsdecode carries bytes that are not UTF-8
+
+
 def refusal(path: Path) -> str | None:
     """Why `path` cannot be ingested as given (one line naming it), from a stat alone; None if it can.
 
     A symlink would be moved as a link (its target left behind, storage holding a pointer out of
     it), a FIFO or a device would block or never end when hashed, and a name with control
-    characters would travel into storage paths, events, LogLines and every terminal that shows them.
+    characters is no name a person chose. Bytes that are not UTF-8 (a Latin-1 camera share) are
+    taken, escaped, as the drop zone takes them.
     """
-    if not path.name.isprintable():
-        return f"{shown(path)}: the name holds control characters or non-UTF-8 bytes (rename the file)"
+    if any(not c.isprintable() and not UNDECODABLE[0] <= c <= UNDECODABLE[1] for c in path.name):
+        return f"{shown(path)}: the name holds control characters (rename the file)"
     return not_regular(path, follow_symlinks=False)
 
 
@@ -104,8 +108,8 @@ async def _ingest(settings: Settings, files: list[Path], *, copy: bool, as_json:
 
 
 def _report(outcome: Outcome) -> dict[str, Any]:
-    shown = safe_name(str(outcome.path))  # a name that is not UTF-8 cannot be printed as it is
-    report: dict[str, Any] = {"file": shown, "result": outcome.kind, "video": outcome.video_id}
+    name = shown(str(outcome.path))  # a name that is not UTF-8 cannot be printed as it is
+    report: dict[str, Any] = {"file": name, "result": outcome.kind, "video": outcome.video_id}
     if outcome.kind == "ingested":
         report["path"] = outcome.data["video"]["path"]
         report["duration_s"] = outcome.data["video"]["duration_s"]

@@ -25,6 +25,7 @@ from test_pipeline import FAST, drop
 from test_signed_pipeline import loglines, verify
 
 from bus.config import ScanSettings, VVPaths
+from bus.inputs import shown
 from nodes.common.video import Decoded
 from nodes.ingest import (
     UnreadableVideo,
@@ -33,7 +34,6 @@ from nodes.ingest import (
     is_video_name,
     ledger_for,
     probe_video,
-    safe_name,
 )
 from nodes.scan.analyze import DamagedVideo, scan_video
 from nodes.scan.detectors.base import Detection, Frame
@@ -117,10 +117,10 @@ def test_video_names_are_accepted_by_extension_in_any_case() -> None:
 
 
 def test_names_become_utf8_text_without_control_characters() -> None:
-    assert safe_name("front door $HOME; `id` 'x' *.mp4") == "front door $HOME; `id` 'x' *.mp4"
-    assert safe_name("камера 入口.mkv") == "камера 入口.mkv"
-    assert safe_name(os.fsdecode(b"caf\xe9.avi")) == "caf\\udce9.avi"
-    assert safe_name("a\nb.mp4") == "a\\nb.mp4"
+    assert shown("front door $HOME; `id` 'x' *.mp4") == "front door $HOME; `id` 'x' *.mp4"
+    assert shown("камера 入口.mkv") == "камера 入口.mkv"
+    assert shown(os.fsdecode(b"caf\xe9.avi")) == "caf\\udce9.avi"
+    assert shown("a\nb.mp4") == "a\\nb.mp4"
 
 
 @pytest.mark.parametrize("item", [f for f in FOOTAGE if f.signed], ids=lambda f: f.name)
@@ -237,9 +237,9 @@ def test_camera_and_dvr_footage_each_ends_as_one_logline_or_quarantined(
     elapsed = time.monotonic() - began
 
     by_name = {e["data"]["original_name"]: e for e in probe.events("video.new")}
-    assert set(by_name) == {safe_name(f.name) for f in signed}
+    assert set(by_name) == {shown(f.name) for f in signed}
     signed_ids = [e["data"]["video_id"] for e in done]
-    assert sorted(signed_ids) == sorted(by_name[safe_name(f.name)]["subject"] for f in signed)
+    assert sorted(signed_ids) == sorted(by_name[shown(f.name)]["subject"] for f in signed)
     lines = loglines(vv)
     assert sorted(line["video"]["id"] for line in lines) == sorted(signed_ids)  # one each, none twice
     code, output = verify(vv)
@@ -257,7 +257,7 @@ def test_camera_and_dvr_footage_each_ends_as_one_logline_or_quarantined(
     assert sorted(titles) == ["Entry in input/ refused"] + ["Unreadable video quarantined"] * 2
 
     stored = {line["video"]["path"] for line in lines}
-    assert {safe_name(f.name) for f in signed} == stored  # names kept, relative to their directory
+    assert {shown(f.name) for f in signed} == stored  # names kept, relative to their directory
     scratched = next(line for line in lines if line["video"]["id"] == by_name["scratched.mp4"]["subject"])
     assert "frames were damaged" in scratched["summary"]["text"]
     assert [p.name for p in (vv.home / "input").iterdir()] == [sidecar.name]  # nothing stuck

@@ -77,7 +77,7 @@ def test_a_symlink_in_input_is_refused_with_an_alert_and_left_alone(
     link = vv.home / "input" / "shadow.mp4"
     link.symlink_to(clip)
     alert = probe.wait_event("alert.error")[0]["data"]
-    assert alert["title"] == "Entry in input/ refused" and "symlink" in alert["message_details"]
+    assert alert["title"] == "Entry in input/ refused" and "symbolic link" in alert["message_details"]
     drop(vv, write_clip(tmp_path / "marker.mp4", [Scene("", 1.0)]).read_bytes(), "marker.mp4")
     probe.wait_event("video.new")
     assert link.is_symlink() and clip.exists() and len(probe.events("video.new")) == 1

@@ -175,12 +175,6 @@ def _control_name(place: Path) -> Path:
     return place / f"{CONTROL}.mp4"
 
 
-def _undecodable_name(place: Path) -> Path:
-    path = Path(os.fsdecode(bytes(place) + b"/clip\xff.mp4"))  # "\udcff" in Python's str
-    path.write_bytes(b"not a video")
-    return path
-
-
 INGEST: dict[str, tuple[Callable[[Path], Path], str]] = {
     "symlink": (_symlink, "is a symbolic link, not a regular file"),
     "fifo": (lambda place: fifo(place / "pipe.mp4"), "is a FIFO, not a regular file"),
@@ -188,10 +182,6 @@ INGEST: dict[str, tuple[Callable[[Path], Path], str]] = {
     "directory": (_directory, "is a directory, not a regular file"),
     "missing": (lambda place: place / "gone.mp4", "gone.mp4 does not exist"),
     "control characters": (_control_name, r"a\x1b[2Jb\n.mp4: the name holds control characters"),
-    "undecodable name": (
-        _undecodable_name,
-        r"clip\udcff.mp4: the name holds control characters or non-UTF-8",
-    ),
 }
 
 

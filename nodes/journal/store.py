@@ -210,8 +210,6 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-
-
 def _read_header(handle: BinaryIO, name: str) -> int | None:
     """The first record number from a segment header; None when the header is cut short."""
     raw = handle.read(SEGMENT_HEADER.size)
