@@ -627,8 +627,10 @@ class Ingest(Node):
         for path, why in refused.items():
             if self._refused.get(path) == why:
                 continue
+            # A link or a device in the drop zone is someone's mistake or attack; a sidecar that a
+            # DVR writes beside every clip (.idx) is routine, and must not page anyone.
             await self.raise_alert(
-                "ERROR",
+                "ERROR" if "not a regular file" in why else "WARNING",
                 "Entry in input/ refused",
                 f"{shown(path.name)} {why}: it is not ingested and left as it is",
                 context={"path": shown(str(path))},
