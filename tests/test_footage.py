@@ -255,10 +255,10 @@ def test_camera_and_dvr_footage_each_ends_as_one_logline_or_quarantined(
         )
     titles = [a["data"]["title"] for a in probe.wait_event("alert.error", count=2)]
     assert sorted(titles) == ["Unreadable video quarantined"] * 2
-    sidecar = probe.wait_event(
+    warned = probe.wait_event(
         "alert.warning", where=lambda a: a["data"]["title"] == "Entry in input/ refused"
     )
-    assert len(sidecar) == 1 and "cam1.idx" in sidecar[0]["data"]["message_details"]  # routine: no page
+    assert len(warned) == 1 and "cam1.idx" in warned[0]["data"]["message_details"]  # routine: no page
 
     stored = {line["video"]["path"] for line in lines}
     assert {shown(f.name) for f in signed} == stored  # names kept, relative to their directory
