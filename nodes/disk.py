@@ -157,6 +157,8 @@ class DiskWatch(Node):
         self.set_status("online")
         for gone in set(self.levels) - {str(m) for m in mounts}:
             log.info("%s is no longer watched: its level %s is forgotten", gone, self.levels.pop(gone))
+            for key in self.alerts.keys(f"{gone}:"):
+                await self.alerts.resolve(key, f"{gone} is no longer watched")
         for mount, names in mounts.items():
             usage = usages[mount]
             old = self.levels.get(str(mount), "ok")
@@ -192,10 +194,7 @@ class DiskWatch(Node):
         }
         log.info("%s: %s -> %s", mount, old, new)
         if old != "ok":
-            severity, title = TITLES[old]
-            await self.raise_alert(
-                severity, title, f"{figures}: back above the {old} level", context=context, resolved=True
-            )
+            await self.alerts.resolve(f"{mount}:{old}", f"{figures}: back above the {old} level")
         if new != "ok":
             severity, title = TITLES[new]
             percent, gb = (
@@ -205,7 +204,8 @@ class DiskWatch(Node):
             )
             effect = " Ingest is paused until space returns." if new == "critical" else ""
             limit = threshold_bytes(usage.total_bytes, percent, gb) / GB
-            await self.raise_alert(
+            await self.alerts.fire(
+                f"{mount}:{new}",
                 severity,
                 title,
                 f"{figures}; {new} below {limit:.2f} GB free ({percent:g}% of the volume, at most {gb:g} GB).{effect}",
