@@ -152,7 +152,7 @@ class FiringAlerts:
     def _save(self) -> None:
         try:
             atomic_write_json(self.path, self._firing)
-        except OSError as exc:  # the alert itself went out; only a restart would repeat it
+        except (OSError, ValueError) as exc:  # the alert itself went out; only a restart would repeat it
             log.error("firing alerts not saved to %s: %s", self.path, exc)
 
     def __contains__(self, key: str) -> bool:
