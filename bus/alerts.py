@@ -161,7 +161,8 @@ class FiringAlerts:
     def __len__(self) -> int:
         return len(self._firing)
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def firing(self, prefix: str = "") -> list[str]:
+        """The keys firing now (those starting with `prefix`)."""
         return [key for key in self._firing if key.startswith(prefix)]
 
     async def fire(

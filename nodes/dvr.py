@@ -246,7 +246,7 @@ class Dvr(Node):
             if self.down_since is not None
             else "(it went down before this node restarted)"
         )
-        for key in self.alerts.keys("stream:"):
+        for key in self.alerts.firing("stream:"):
             await self.alerts.resolve(key, f"{self.camera} ({self.url}): the stream is back {back}")
         self.failed_attempts, self.down_since, self.state = 0, None, "recording"
         self.set_status("online")

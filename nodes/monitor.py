@@ -524,7 +524,7 @@ class Monitor(Node):
                 context={"video": video_id, "stage": state.stage},
                 actions=[f"See `vv status {video_id}`; check the node of the next stage and its logs"],
             )
-        for key in self.alerts.keys("stuck:"):
+        for key in self.alerts.firing("stuck:"):
             if key.removeprefix("stuck:") not in stuck_now:
                 await self.alerts.resolve(key, "the video moved on")
 

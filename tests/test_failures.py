@@ -105,7 +105,7 @@ def test_firing_alerts_fire_once_resolve_once_and_survive_a_restart(tmp_path: Pa
         first = FiringAlerts(path, publish)
         assert await first.fire("stream:ERROR", "ERROR", "Camera down", "x", context={"stream": "s"})
         assert not await first.fire("stream:ERROR", "ERROR", "Camera down", "again", context={"stream": "s"})
-        assert "stream:ERROR" in first and first.keys("stream:") == ["stream:ERROR"]
+        assert "stream:ERROR" in first and first.firing("stream:") == ["stream:ERROR"]
         after_restart = FiringAlerts(path, publish)
         assert not await after_restart.fire(
             "stream:ERROR", "ERROR", "Camera down", "y", context={"stream": "s"}
