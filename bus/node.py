@@ -661,17 +661,22 @@ class Node:
                 next_retry = min((d.due for d in self._retrying), default=None)
                 timeout = None if next_retry is None else max(0.0, next_retry - time.monotonic())
                 await asyncio.wait({incoming}, timeout=timeout)
-                now = time.monotonic()
-                batch = [d for d in self._retrying if d.due <= now]
-                self._retrying = [d for d in self._retrying if d.due > now]
-                if incoming.done():
-                    batch.append(self._delivery(incoming.result()))
-                    incoming = None
-                    # A burst already delivered is handled in one transaction: a commit costs ~250 us,
-                    # five times the rest of the bookkeeping. Acks go out only after the commit.
-                    while len(batch) < self.max_batch and len(messages) > 0:
-                        batch.append(self._delivery(await anext(messages)))
-                await self._handle_batch(client, batch)
+                self._busy = True  # from here stop() lets the batch finish
+                try:
+                    now = time.monotonic()
+                    batch = [d for d in self._retrying if d.due <= now]
+                    self._retrying = [d for d in self._retrying if d.due > now]
+                    if incoming.done():
+                        batch.append(self._delivery(incoming.result()))
+                        incoming = None
+                        # A burst already delivered is handled in one transaction: a commit costs
+                        # ~250 us, five times the rest of the bookkeeping. Acks go out after the commit.
+                        while len(batch) < self.max_batch and len(messages) > 0:
+                            batch.append(self._delivery(await anext(messages)))
+                    if batch:  # empty when woken a hair before a retry is due
+                        await self._handle_batch(client, batch)
+                finally:
+                    self._busy = False
                 if self._stop.is_set():
                     return
         finally:
@@ -700,21 +705,18 @@ class Node:
                 self._send_queue.put_nowait(row)
 
     async def _handle_batch(self, client: aiomqtt.Client, batch: list[_Delivery]) -> None:
-        self._busy = True
-        try:
-            done: list[aiomqtt.Message] = []
-            with self._committing():
-                for delivery in batch:
-                    try:
-                        await self._receive(delivery.message)
-                    except _Transient as failure:
-                        await self._retry_later(delivery, failure)
-                    else:
-                        done.append(delivery.message)
-            for message in done:
-                ack(client, message)
-        finally:
-            self._busy = False
+        """One transaction for the batch; acks only for what it committed as handled or refused."""
+        done: list[aiomqtt.Message] = []
+        with self._committing():
+            for delivery in batch:
+                try:
+                    await self._receive(delivery.message)
+                except _Transient as failure:
+                    await self._retry_later(delivery, failure)
+                else:
+                    done.append(delivery.message)
+        for message in done:
+            ack(client, message)
 
     async def _retry_later(self, delivery: _Delivery, failure: _Transient) -> None:
         """Schedule the next try (capped backoff); alert.error once it has failed `retry_alert_after` times."""
