@@ -6,6 +6,11 @@ declarations `vv broker` renders the node's own credential and ACL. The base con
 persistent session, fixed client id), reconnects with backoff, keeps a retained health document
 (LWT: offline), validates both directions against `schemas/`, dead-letters what it cannot accept,
 and writes every outgoing event to a durable outbox before sending it.
+
+Failures have two shapes. A handler's OSError is transient (storage, a lock): the message stays
+unacknowledged and is retried with capped backoff, alerting after a few tries and resolving once
+it works. Anything else is permanent: dead-lettered. A failed handler leaves neither its store
+writes nor its events (a savepoint per message). A crashed `background()` makes the process exit 1.
 """
 
 from __future__ import annotations
