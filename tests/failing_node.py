@@ -15,6 +15,7 @@ class Fragile(Node):
     and while `<home>/locked` exists a `locked*.mp4` meets a lock held by someone else (transient)."""
 
     name = "fragile"
+    produces = ("scan.done",)
 
     async def setup(self) -> None:
         self.store.execute("CREATE TABLE IF NOT EXISTS notes (event_id TEXT PRIMARY KEY, name TEXT NOT NULL)")
