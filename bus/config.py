@@ -62,6 +62,11 @@ class BusSettings:
     resend_window_s: float = (
         30.0  # after a lost connection, events the broker acknowledged this recently are re-sent
     )
+    # A message whose handler failed transiently (OSError: storage full or read-only, I/O error, a
+    # lock) stays unacknowledged and is retried with capped backoff; alert.error after this many tries.
+    retry_min_s: float = 1.0
+    retry_max_s: float = 15.0
+    retry_alert_after: int = 4
 
 
 @dataclass(frozen=True)
