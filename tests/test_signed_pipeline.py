@@ -130,20 +130,23 @@ def test_verify_alert_raises_critical_for_a_tampered_logline(
     assert alert["title"] == "LogLine failed verification" and alert["context"]["path"] == str(path)
 
 
-def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offline", [False, True], ids=["as-is", "no-assets-no-network"])
+def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(
+    tmp_path: Path, silent_network: dict[str, str], offline: bool
+) -> None:
+    """`make demo` as is, and on a box with neither ../shared nor a network: a verified LogLine well
+    within two minutes, and the demo says which detector ran."""
     import os
     import subprocess
     import sys
 
     from conftest import REPO, SHARED
 
-    from nodes.demo import sample_photos
-
-    if not sample_photos():
-        pytest.skip("the [yolo] extra (ultralytics, which ships the demo's sample photos) is not installed")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VV_")}, "VV_SHARED": str(SHARED)}
+    if offline:
+        env.update(silent_network, VV_SHARED=str(tmp_path / "no-shared"))
     result = subprocess.run(
-        [sys.executable, "-m", "nodes.cli", "demo", "--home", str(tmp_path / "demo")],
+        [sys.executable, "-m", "nodes.cli", "demo", "--home", str(tmp_path / "demo"), "--timeout", "120"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -153,3 +156,8 @@ def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "logline.signed" in result.stdout and "\nVALID " in result.stdout
     assert "everything stopped cleanly" in result.stdout
+    if offline:
+        assert "demo: detector: hog (opencv-hog-people), the fallback, because" in result.stdout
+        assert "yolo11n.pt" in result.stdout and "set VV_SCAN_MODEL (scan.model)" in result.stdout
+    else:
+        assert "demo: detector: " in result.stdout
