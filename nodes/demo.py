@@ -145,7 +145,7 @@ async def watch(settings: Settings, deadline: float, seen: Seen) -> None:
         if "/health/" in topic and isinstance(document, dict):
             state = (document.get("status"), document.get("reason"))
             if state[0] == "online" or health.get(topic) == state:
-                continue  # heartbeats: too chatty for a demo
+                continue  # heartbeats and repeats: too chatty for a demo
             health[topic] = state
         print("  " + format_line(topic, document), flush=True)
         if isinstance(document, dict) and document.get("type") == "scan.done":
