@@ -108,6 +108,7 @@ class ScanSettings:
     motion_max_skip_s: float = 5.0  # run the detector at least this often, even on a static scene
     max_processing_s: float = 0.0  # 0: derived from the video's duration
     max_attempts: int = 3
+    download_timeout_s: float = 5.0  # wait this long for a named model's download, then fall back
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ class Node:
         self._acked: list[int] = []
         self._busy = False
         self._consumer: asyncio.Task[None] | None = None
+        self._prepared: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._lost_at: tuple[str, float] | None = None
         self._uncommitted: list[OutboxRow] | None = None
@@ -264,7 +265,11 @@ class Node:
 
     # ----------------------------------------------------------------- for subclasses
     async def setup(self) -> None:
-        """Called once before connecting (open models, scan a directory, ...)."""
+        """Called once before connecting (open state, scan a directory, ...); slow work goes in `prepare`."""
+
+    async def prepare(self) -> None:
+        """Called once, subscribed but before the first message is handled: slow preparation (a model
+        to load) goes here, so what is published meanwhile waits in the session instead of being missed."""
 
     async def background(self) -> None:
         """Optional long-running work beside the handlers (watch a folder, record a stream)."""
@@ -588,6 +593,9 @@ class Node:
             tasks.append(asyncio.create_task(self._guard(self._catchup.run(), "catch-up")))
         self._connected.set()
         try:
+            if self._prepared is None:  # once per process, whatever the reconnects meanwhile
+                self._prepared = asyncio.create_task(self.prepare())
+            await asyncio.shield(self._prepared)
             self._consumer = asyncio.create_task(self._consume(client))
             if self._stop.is_set():  # stop() came while connecting: nothing to finish
                 self._consumer.cancel()

@@ -277,6 +277,17 @@ class Publisher:
 
 
 @pytest.fixture
+def silent_network() -> Iterator[dict[str, str]]:
+    """Proxy settings for a network that swallows requests (a black-holed link): the proxy takes the
+    connection and never answers, so an unbounded download would hang for minutes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        yield {"HTTPS_PROXY": url, "HTTP_PROXY": url, "https_proxy": url, "http_proxy": url}
+
+
+@pytest.fixture
 def probe(vv: VV) -> Iterator[Probe]:
     p = vv.probe()
     yield p

@@ -40,6 +40,20 @@ def test_every_event_type_round_trips(vv: VV, probe: Probe, publisher: Publisher
     assert [line["type"] for line in handled if line["id"] in sent] == types
 
 
+def test_what_is_published_while_a_node_prepares_is_handled_after(
+    vv: VV, probe: Probe, publisher: Publisher
+) -> None:
+    """A node is subscribed (health online) before its slow `prepare()` ends, so it misses nothing."""
+    vv.spawn("run", "echo_node:Preparing")
+    probe.wait_health("preparing", "online")
+    event = publisher.event("video.new", sample("video.new"))
+    publisher.publish(event)  # acknowledged: the broker holds it for the node's subscription
+    assert not read_lines(vv.home / "echo.log")  # not handled while preparing
+    (vv.home / "go").touch()
+    handled = wait_lines(vv, lambda lines: any(line["id"] == event.id for line in lines))
+    assert [line["id"] for line in handled] == ["prepared", event.id]
+
+
 def wait_lines(vv: VV, predicate, timeout: float = 15.0) -> list[dict]:
     from conftest import wait_until
 

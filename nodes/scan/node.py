@@ -65,10 +65,16 @@ class Scan(Node):
     shared_group = "scan"
 
     async def setup(self) -> None:
-        self.detector: Detector
-        self.detector, self.degraded = make_detector(self.settings.scan, self.paths.home)
         self.attempts = Attempts(self.state_dir / "attempts.json")
         self.current: dict[str, Any] = {}
+
+    async def prepare(self) -> None:
+        """Load the detector once subscribed: importing torch or fetching a model takes seconds."""
+        self.detector: Detector
+        self.detector, self.degraded = await asyncio.to_thread(
+            make_detector, self.settings.scan, self.paths.home
+        )
+        log.info("detector: %s %s (%s)", self.detector.name, self.detector.model, self.detector.runtime)
         if self.degraded:
             self.set_status("degraded", self.degraded)
             await self.raise_alert(
@@ -82,10 +88,8 @@ class Scan(Node):
             )
 
     def health_details(self) -> dict[str, Any]:
-        details: dict[str, Any] = {"current": self.current}
-        if hasattr(self, "detector"):
-            details["backend"] = self.detector.name
-        return details
+        loaded = hasattr(self, "detector")
+        return {"current": self.current, "backend": self.detector.name if loaded else "loading"}
 
     def _budget_s(self, duration_s: float) -> float:
         configured = self.settings.scan.max_processing_s
