@@ -154,7 +154,7 @@ def vv(tmp_path: Path) -> Iterator[VV]:
         "VV_MQTT_WILL_DELAY_S": "1",
         "VV_SHARED": str(SHARED),
         # the test nodes and the scan workers tests run get their own credentials, like real ones
-        "VV_BROKER_NODES": "echo_node:Echo,crashy_node:Crashy,failing_node:Fragile,failing_node:BackgroundCrash",
+        "VV_BROKER_NODES": "echo_node:Echo,echo_node:Preparing,crashy_node:Crashy,failing_node:Fragile,failing_node:BackgroundCrash",
         "VV_BROKER_INSTANCES": "scan:a,scan:b",
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
         "PYTHONUNBUFFERED": "1",
