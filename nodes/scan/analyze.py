@@ -16,11 +16,12 @@ from typing import Any
 
 import cv2
 
-from bus.config import ScanSettings
+from bus.config import FilterSettings, ScanSettings, TrackSettings
 from nodes.scan.detectors.base import Detector
 from nodes.scan.motion import MotionGate
+from nodes.scan.objects import ObjectTracker
 
-ANALYTIC_VERSION = 1
+ANALYTIC_VERSION = 2
 # Container frame counts can be estimates (duration x fps): only a clear shortfall means truncation.
 _TRUNCATION_TOLERANCE = 0.05
 
@@ -77,12 +78,19 @@ def scan_video(
     detector: Detector,
     settings: ScanSettings,
     *,
+    track: TrackSettings | None = None,
+    filters: FilterSettings | None = None,
+    thumbnails: Path | None = None,
     progress: Callable[[float], None] | None = None,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    """Run `detector` over the sampled frames of `path`; `deadline` is a time.monotonic() instant."""
+    """Run `detector` and the tracker over the sampled frames of `path`, writing the reported tracks'
+    thumbnails into the directory `thumbnails` (none without); `deadline` is a time.monotonic() instant."""
     started = time.perf_counter()
     capture, info = open_video(path)
+    objects = ObjectTracker(
+        track or TrackSettings(), filters or FilterSettings(), (info["width"], info["height"])
+    )
     fps = info["fps"]
     step = fps / settings.detect_fps if 0 < settings.detect_fps < fps else 1.0
     gate = MotionGate(settings.motion_threshold, settings.motion_max_skip_s, enabled=settings.motion_gating)
@@ -119,6 +127,7 @@ def scan_video(
                 tick = time.perf_counter()
                 detections = [d.to_json() for d in detector.detect(frame)]
                 inference_s += time.perf_counter() - tick
+            objects.frame(t, index, frame, detections if decision.infer else None)
             sampled.append(
                 {
                     "t": round(t, 3),
@@ -141,6 +150,7 @@ def scan_video(
         raise VideoError(f"{path}: truncated: decoded {index} of {expected} frames")
     if index != expected:  # the container's count was an estimate: trust what was decoded
         info = {**info, "frames": index, "duration_s": round(index / fps, 3)}
+    tracks = objects.finish(thumbnails)
     if progress is not None:
         progress(1.0)
     return {
@@ -154,6 +164,7 @@ def scan_video(
         "motion_threshold": settings.motion_threshold,
         "frames": sampled,
         "counts": _counts(sampled),
+        "tracks": tracks,
         "timing": {
             "decode_s": round(decode_s, 4),
             "motion_s": round(motion_s, 4),
