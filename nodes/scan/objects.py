@@ -61,9 +61,7 @@ class ObjectTracker:
         if detections is None:
             self.tracker.hold(t)
             return
-        for detection, track_id in zip(detections, self.tracker.update(t, index, detections), strict=True):
-            if track_id is not None:
-                detection["track"] = track_id
+        self.tracker.update(t, index, detections)
         if self.cap:
             for track in self.tracker.improved:
                 self.best_frames[track.id] = image

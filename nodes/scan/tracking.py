@@ -3,9 +3,11 @@
 One walking person must be one track, and a detector's single-frame guesses (skis on a street)
 must never be counted. So each track carries a constant-velocity Kalman filter (its box is predicted
 across missed detections and occlusions for `track.max_lost_s`), and each inferred frame is associated
-in two stages by optimal assignment on IoU with the predicted boxes, per class: detections at or
-above the class's `min_score` first (only they may start a track), then the weaker ones, which may
-only continue a track that was in view (they keep it alive through a partial occlusion). Time is in
+in two stages by optimal assignment on IoU with the predicted boxes (another class's detection
+counts at half its overlap, so label flicker stays on one track, which takes its most confident
+label): detections at or above their class's `min_score` first (only they may start a track), then
+the weaker ones, which may only continue a track that was in view (they keep it alive through a
+partial occlusion). Time is in
 seconds, not frames, so frames the motion gate skipped or a lower `detect_fps` do not break tracks:
 a skipped frame shows the same scene as the inferred one before it, so what was in view stays in view.
 
@@ -37,6 +39,10 @@ _VELOCITY_NOISE = 0.3
 _MEASUREMENT_NOISE = 0.05
 _INITIAL_VELOCITY = 1.0  # box heights per second: the first match decides the direction
 _LOW_MATCH_IOU = 0.5  # a weak detection continues a track only where it clearly overlaps it
+# A detection of another class than the track's counts at this share of its overlap: a weak model's
+# label flicker stays on one track, while two overlapping objects of different classes (a person
+# on a bicycle) each keep their own, as each one's own class matches better.
+_OTHER_CLASS_WEIGHT = 0.5
 
 
 def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> Vector:
@@ -99,29 +105,36 @@ class Track:
     """One object followed over time; `best_*` is its highest-scoring sighting (for the thumbnail)."""
 
     id: int
-    label: str
     motion: BoxFilter
     first_t: float
     last_t: float  # last time it was seen, or held in view by a skipped (static) frame
     frames: int = 1  # sampled frames it was seen or held in
     scores: list[float] = field(default_factory=list)
+    votes: dict[str, float] = field(default_factory=dict)  # summed scores per label the detector gave it
     best_t: float = 0.0
     best_index: int = 0
     best_box: Box = (0.0, 0.0, 0.0, 0.0)
     best_confidence: float = -1.0
     in_view: bool = True  # matched in the latest inferred frame
 
-    def hit(self, t: float, index: int, box: Box, confidence: float) -> bool:
+    def hit(self, t: float, index: int, label: str, box: Box, confidence: float) -> bool:
         """Record a matched detection; True when it is the track's best sighting so far."""
         if t > self.last_t:
             self.frames += 1
         self.last_t = t
         self.in_view = True
         self.scores.append(confidence)
+        self.votes[label] = self.votes.get(label, 0.0) + confidence
         if confidence <= self.best_confidence:
             return False
         self.best_t, self.best_index, self.best_box, self.best_confidence = t, index, box, confidence
         return True
+
+    @property
+    def label(self) -> str:
+        """The class the detector gave it most confidently over its life (a weak model flips horse,
+        cow and elephant on one animal from frame to frame: that is one animal, not three)."""
+        return min(self.votes, key=lambda label: (-self.votes[label], label))
 
     @property
     def dwell_s(self) -> float:
@@ -198,8 +211,8 @@ class Tracker:
                 track.last_t = t
                 track.frames += 1
 
-    def update(self, t: float, index: int, detections: Sequence[Mapping[str, Any]]) -> list[int | None]:
-        """Associate one inferred frame's detections; returns each detection's track id (None: untracked)."""
+    def update(self, t: float, index: int, detections: Sequence[dict[str, Any]]) -> None:
+        """Associate one inferred frame's detections; each one tracked gets its track's id as `track`."""
         assigned: list[int | None] = [None] * len(detections)
         improved: list[Track] = []
         candidates = [i for i, d in enumerate(detections) if self._admissible(d)]
@@ -212,20 +225,20 @@ class Tracker:
             (weak, [tr for tr in self.active if tr.in_view], _LOW_MATCH_IOU),
         ):
             pool = [track for track in pool if track in unmatched]
-            for label in {detections[i]["label"] for i in stage}:
-                dets = [i for i in stage if detections[i]["label"] == label]
-                tracks = [track for track in pool if track.label == label]
-                iou = iou_matrix(
-                    [predicted[tr.id] for tr in tracks], [_box(detections[i]["box"]) for i in dets]
-                )
-                for row, col in _assign(iou, min_iou):
-                    track, i = tracks[row], dets[col]
-                    box = _box(detections[i]["box"])
-                    track.motion.update(box)
-                    if track.hit(t, index, box, float(detections[i]["confidence"])):
-                        improved.append(track)
-                    unmatched.remove(track)
-                    assigned[i] = track.id
+            overlap = iou_matrix(
+                [predicted[tr.id] for tr in pool], [_box(detections[i]["box"]) for i in stage]
+            )
+            labels = [detections[i]["label"] for i in stage]
+            same_class = np.array([[tr.label == label for label in labels] for tr in pool], bool)
+            affinity = np.where(same_class.reshape(overlap.shape), overlap, overlap * _OTHER_CLASS_WEIGHT)
+            for row, col in _assign(affinity, min_iou):
+                track, detection = pool[row], detections[stage[col]]
+                box = _box(detection["box"])
+                track.motion.update(box)
+                if track.hit(t, index, detection["label"], box, float(detection["confidence"])):
+                    improved.append(track)
+                unmatched.remove(track)
+                assigned[stage[col]] = track.id
         for track in unmatched:
             track.in_view = False
         for i in strong:
@@ -235,16 +248,20 @@ class Tracker:
                 assigned[i] = track.id
         self._expire(t)
         self.improved = improved
-        return assigned
+        for detection, track_id in zip(detections, assigned, strict=True):
+            if track_id is None:
+                detection.pop("track", None)
+            else:
+                detection["track"] = track_id
 
     def _min_score(self, detection: Mapping[str, Any]) -> float:
         return self.filters.for_label(detection["label"]).min_score
 
     def _start(self, t: float, index: int, detection: Mapping[str, Any]) -> Track:
         box = _box(detection["box"])
-        track = Track(self._next_id, detection["label"], BoxFilter(box, t), first_t=t, last_t=t)
+        track = Track(self._next_id, BoxFilter(box, t), first_t=t, last_t=t)
         self._next_id += 1
-        track.hit(t, index, box, float(detection["confidence"]))
+        track.hit(t, index, detection["label"], box, float(detection["confidence"]))
         self.active.append(track)
         return track
 
@@ -278,7 +295,8 @@ def track_frames(
     filters: FilterSettings,
     frame_size: tuple[int, int],
 ) -> list[dict[str, Any]]:
-    """Tracks of an analytic's `frames` (replays detections, e.g. for another setting in a benchmark)."""
+    """Tracks of an analytic's `frames`, re-tagging its detections (replays another setting on the same
+    detections, as the accuracy benchmark does)."""
     tracker = Tracker(track, filters, frame_size)
     for frame in frames:
         if frame["inferred"]:
