@@ -46,19 +46,10 @@ MATCH_IOU = 0.5
 
 def clips() -> dict[str, Any]:
     """The labelled scenes (tests/clips.py builds and labels them)."""
-    from clips import Street, Walker  # type: ignore[import-not-found, unused-ignore]  # tests/ helper
+    from clips import CROSSING, Street, Walker  # type: ignore[import-not-found, unused-ignore]  # tests/ helper
 
     return {
-        "crossing": Street(  # 4 people: two cross each other, all pass the pillar, one vanishes 1 s
-            23.0,
-            (
-                Walker("person", 0.5, 8.0),
-                Walker("person", 1.5, 9.0, x0=1.1, x1=-0.1, y=0.7, height=0.36),
-                Walker("person", 4.0, 9.0, y=0.9, height=0.42, hidden=(7.0, 8.0)),
-                Walker("person", 15.0, 7.0, x0=1.1, x1=-0.1),
-            ),
-            pillar=(0.46, 0.53),
-        ),
+        "crossing": CROSSING,
         "mixed": Street(  # a dog following a person, a horse passing the other way, a late walker
             20.0,
             (

@@ -99,7 +99,9 @@ class ObjectFilter:
     """Frigate's false-positive filters for one class; areas are fractions of the frame."""
 
     min_score: float = 0.5  # a detection below this never starts a track (it may continue one)
-    threshold: float = 0.7  # the median score of a track must reach this for it to be reported
+    threshold: float = (
+        0.6  # the median score of a track must reach this (Frigate: 0.7; see bench/accuracy.py)
+    )
     min_area: float = 0.0  # detections smaller than this share of the frame are ignored
     max_area: float = 1.0  # and larger ones
     min_frames: int = 3  # a track must be in view this many sampled frames to be reported

@@ -189,3 +189,17 @@ def write_street(
     finally:
         writer.release()
     return path
+
+
+# Four people: two cross each other, all pass behind the pillar, one vanishes for a second (a gap
+# in what the detector sees), nobody in view from 13 s to 15 s; at most three at once (4.8-7.6 s).
+CROSSING = Street(
+    23.0,
+    (
+        Walker("person", 0.5, 8.0),
+        Walker("person", 1.5, 9.0, x0=1.1, x1=-0.1, y=0.7, height=0.36),
+        Walker("person", 4.0, 9.0, y=0.9, height=0.42, hidden=(7.0, 8.0)),
+        Walker("person", 15.0, 7.0, x0=1.1, x1=-0.1),
+    ),
+    pillar=(0.46, 0.53),
+)

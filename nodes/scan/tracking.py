@@ -213,6 +213,7 @@ class Tracker:
 
     def update(self, t: float, index: int, detections: Sequence[dict[str, Any]]) -> None:
         """Associate one inferred frame's detections; each one tracked gets its track's id as `track`."""
+        self._expire(t)
         assigned: list[int | None] = [None] * len(detections)
         improved: list[Track] = []
         candidates = [i for i, d in enumerate(detections) if self._admissible(d)]
@@ -246,7 +247,6 @@ class Tracker:
                 track = self._start(t, index, detections[i])
                 improved.append(track)
                 assigned[i] = track.id
-        self._expire(t)
         self.improved = improved
         for detection, track_id in zip(detections, assigned, strict=True):
             if track_id is None:
