@@ -46,10 +46,11 @@ MATCH_IOU = 0.5
 
 def clips() -> dict[str, Any]:
     """The labelled scenes (tests/clips.py builds and labels them)."""
-    from clips import CROSSING, Street, Walker  # type: ignore[import-not-found, unused-ignore]  # tests/ helper
+    from clips import CROSSING, Street, Walker, busy_street  # type: ignore[import-not-found, unused-ignore]
 
     return {
         "crossing": CROSSING,
+        "street 80 s": busy_street(80.0),  # the pipeline benchmark's clip: 15 people
         "mixed": Street(  # a dog following a person, a horse passing the other way, a late walker
             20.0,
             (

@@ -6,8 +6,9 @@ optionally with a second photo sliding across it so the motion gate has somethin
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -203,3 +204,15 @@ CROSSING = Street(
     ),
     pillar=(0.46, 0.53),
 )
+
+
+def busy_street(seconds: float, offset: float = 0.0) -> Street:
+    """CROSSING again every 23 s (after its last walker left) for `seconds`, its walkers `offset` s later."""
+    shifts = [k * 23.0 + offset for k in range(max(1, math.ceil(seconds / 23.0)))]
+    walkers = tuple(
+        replace(w, start=w.start + shift, hidden=(w.hidden[0] + shift, w.hidden[1] + shift))
+        for shift in shifts
+        for w in CROSSING.walkers
+        if w.start + shift < seconds
+    )
+    return Street(seconds, walkers, CROSSING.pillar)

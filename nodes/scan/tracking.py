@@ -32,8 +32,8 @@ from bus.config import FilterSettings, ObjectFilter, TrackSettings
 Box = tuple[float, float, float, float]
 Vector = npt.NDArray[np.float64]
 
-# Kalman noise as fractions of the box height (ByteTrack's choice: a big box moves more pixels),
-# per second for the process; a person's box at 5 fps moves about a tenth of its height a frame.
+# Kalman noise as fractions of the box height (ByteTrack's choice: a big box moves more pixels);
+# the process noise grows with the time between inferred frames.
 _POSITION_NOISE = 0.05
 _VELOCITY_NOISE = 0.3
 _MEASUREMENT_NOISE = 0.05
@@ -84,6 +84,10 @@ class BoxFilter:
             self.mean[2:4] = np.maximum(self.mean[2:4], 1.0)
             self.t = t
         return self.box
+
+    def stay(self, t: float) -> None:
+        """The box did not move until `t` (the motion gate saw no change): predict onwards from there."""
+        self.t = max(self.t, t)
 
     def update(self, box: Box) -> None:
         x1, y1, x2, y2 = box
@@ -210,6 +214,7 @@ class Tracker:
             if track.in_view and t > track.last_t:
                 track.last_t = t
                 track.frames += 1
+                track.motion.stay(t)
 
     def update(self, t: float, index: int, detections: Sequence[dict[str, Any]]) -> None:
         """Associate one inferred frame's detections; each one tracked gets its track's id as `track`."""
