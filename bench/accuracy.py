@@ -7,7 +7,8 @@ with motion gating and once without (Darknet Yolo-Fastest, detect_fps 5); each t
 setting is then replayed on the same detections, so settings differ only in tracking. Prints
 figures; asserts nothing.
 
-- count error: reported tracks minus labelled objects, per class (0 is right; +n overcounts)
+- count error: reported tracks minus labelled objects, per class (0 is right; +n overcounts), summed
+  over the clips; |err| sums the absolute errors of every clip and class (no cancelling out)
 - ID switches: times a labelled object's matched track id changes (IoU >= 0.5 with its box)
 - false tracks: reported tracks that match no labelled object in most of their detections
 - peak: most reported tracks of a class in view at once, minus the labelled peak
@@ -94,6 +95,7 @@ SETTINGS = [
     Setting("min_score 0.7", DEFAULT.track, replace(DEFAULT.filters, min_score=0.7)),
     Setting("threshold 0.5", DEFAULT.track, replace(DEFAULT.filters, threshold=0.5)),
     Setting("threshold 0.6", DEFAULT.track, replace(DEFAULT.filters, threshold=0.6)),
+    Setting("threshold 0.7 (Frigate)", DEFAULT.track, replace(DEFAULT.filters, threshold=0.7)),
     Setting("threshold 0.8", DEFAULT.track, replace(DEFAULT.filters, threshold=0.8)),
     Setting("min_frames 1, min_s 0", DEFAULT.track, replace(DEFAULT.filters, min_frames=1, min_s=0.0)),
     Setting("min_frames 5, min_s 1", DEFAULT.track, replace(DEFAULT.filters, min_frames=5, min_s=1.0)),
@@ -193,23 +195,25 @@ def main() -> int:
     print(
         f"darknet yolo-fastest, detect_fps {args.detect_fps:g}; each setting replayed on the same detections"
     )
-    header = f"{'setting':<30} {'gating':<6} {'count error':<32} {'ID sw':>5} {'false':>5}  {'peak error'}"
+    header = f"{'setting':<30} {'gating':<6} {'count error':<32} {'|err|':>5} {'ID sw':>5} {'false':>5}  {'peak error'}"
     print(header)
     print("-" * len(header))
     for setting in SETTINGS:
         for gating in (True, False):
             total = Score(Counter(), 0, 0, Counter())
+            absolute = 0
             for _, gated, street, analytic in scanned:
                 if gated != gating:
                     continue
                 score = evaluate(street, analytic, setting)
                 total.count_error.update(score.count_error)
+                absolute += sum(abs(error) for error in score.count_error.values())
                 total.id_switches += score.id_switches
                 total.false_tracks += score.false_tracks
                 total.peak_error.update(score.peak_error)
             print(
                 f"{setting.name:<30} {'on' if gating else 'off':<6} {_signed(total.count_error):<32} "
-                f"{total.id_switches:>5} {total.false_tracks:>5}  {_signed(total.peak_error)}"
+                f"{absolute:>5} {total.id_switches:>5} {total.false_tracks:>5}  {_signed(total.peak_error)}"
             )
     print("\nper clip, defaults:")
     for name, gating, street, analytic in scanned:
