@@ -18,12 +18,13 @@ from typing import Any
 
 import cv2
 
-from bus.config import ScanSettings
+from bus.config import FilterSettings, ScanSettings, TrackSettings
 from nodes.common.video import FrameReader, capture_of
 from nodes.scan.detectors.base import Detector
 from nodes.scan.motion import MotionGate
+from nodes.scan.objects import ObjectTracker
 
-ANALYTIC_VERSION = 1
+ANALYTIC_VERSION = 2
 
 
 class VideoError(Exception):
@@ -87,10 +88,14 @@ def scan_video(
     detector: Detector,
     settings: ScanSettings,
     *,
+    track: TrackSettings | None = None,
+    filters: FilterSettings | None = None,
+    thumbnails: Path | None = None,
     progress: Callable[[float], None] | None = None,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    """Run `detector` over the sampled frames of `path`; `deadline` is a time.monotonic() instant."""
+    """Run `detector` and the tracker over the sampled frames of `path`, writing the reported tracks'
+    thumbnails into the directory `thumbnails` (none without); `deadline` is a time.monotonic() instant."""
     started = time.perf_counter()
     gate = MotionGate(settings.motion_threshold, settings.motion_max_skip_s, enabled=settings.motion_gating)
     sampled: list[dict[str, Any]] = []
@@ -100,6 +105,9 @@ def scan_video(
     with open_video(path) as (capture, info):
         fps = info["fps"]
         step = fps / settings.detect_fps if 0 < settings.detect_fps < fps else 1.0
+        objects = ObjectTracker(
+            track or TrackSettings(), filters or FilterSettings(), (info["width"], info["height"])
+        )
         reader = FrameReader(capture)
         while True:
             tick = time.perf_counter()
@@ -129,6 +137,7 @@ def scan_video(
                 tick = time.perf_counter()
                 detections = [d.to_json() for d in detector.detect(frame)]
                 inference_s += time.perf_counter() - tick
+            objects.frame(t, index, frame, detections if decision.infer else None)
             sampled.append(
                 {
                     "t": round(t, 3),
@@ -150,6 +159,7 @@ def scan_video(
         "duration_s": round(decoded.frames / fps, 3),
         "frames_damaged": decoded.damaged,
     }
+    tracks = objects.finish(thumbnails)
     if progress is not None:
         progress(1.0)
     return {
@@ -163,6 +173,7 @@ def scan_video(
         "motion_threshold": settings.motion_threshold,
         "frames": sampled,
         "counts": _counts(sampled),
+        "tracks": tracks,
         "timing": {
             "decode_s": round(decode_s, 4),
             "motion_s": round(motion_s, 4),
