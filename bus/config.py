@@ -247,6 +247,7 @@ class SupervisorSettings:
     backoff_max_s: float = 60.0
     stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
     log_lines: int = 50  # last lines of each child's output kept for status and alerts
+    fatal_retry_s: float = 900.0  # a FATAL child is tried again after this (the disk was freed); 0: never
 
 
 @dataclass(frozen=True)

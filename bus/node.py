@@ -1108,15 +1108,22 @@ class Node:
         doc["reason"] = f"broker connection lost; reconnected after {time.monotonic() - since_monotonic:.1f}s"
         await self._publish_health(client, document=doc)
 
-    async def publish_document(self, topic: str, document: Any, content_type: str) -> None:
+    async def publish_document(
+        self, topic: str, document: Any, content_type: str, *, retain: bool = False
+    ) -> None:
         """Send a session message now (not an event: no envelope, no outbox), QoS 1, awaiting PUBACK.
 
-        Raises MqttError when not connected; for answers whose asker asks again (catch-up pages).
+        Raises MqttError when not connected; for answers whose asker asks again (catch-up pages) and
+        for state that is re-sent when it changes (a dead child's retained health).
         """
         if self._client is None:
             raise MqttError("not connected")
         await self._client.publish(
-            topic, codec.encode(document, content_type), qos=1, properties=publish_properties(content_type)
+            topic,
+            codec.encode(document, content_type),
+            qos=1,
+            retain=retain,
+            properties=publish_properties(content_type),
         )
 
     async def _publish_health(

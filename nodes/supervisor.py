@@ -248,8 +248,10 @@ class Supervisor:
         listener: Listener | None = None,
         clock: Clock = time.time,
         ready_timeout_s: float = 15.0,
+        fatal_retry_s: float = 0.0,
     ) -> None:
         self.history_path = history_path
+        self.fatal_retry_s = fatal_retry_s
         self.startup_grace_s = startup_grace_s
         self.stop_timeout_s = stop_timeout_s
         self.ready_timeout_s = ready_timeout_s
@@ -282,7 +284,11 @@ class Supervisor:
                 if child.tracker.fatal is not None:
                     child.state = "fatal"
                     since = _clock_text(child.tracker.fatal.time)
-                    await self._notify(child, "skipped", f"FATAL since {since} (earlier run); not started")
+                    await self._notify(
+                        child, "skipped", f"FATAL since {since} (earlier run); {self.retry_note()}"
+                    )
+                    if self.fatal_retry_s > 0:
+                        self._launch(child, after_fatal=True)
                     continue
                 self._launch(child)
             await self._wait_ready(group)
@@ -335,14 +341,40 @@ class Supervisor:
         return [c.name for c in self.children.values() if tier is None or c.spec.tier == tier]
 
     # ------------------------------------------------------------------ internals
-    def _launch(self, child: Child) -> None:
+    def _launch(self, child: Child, after_fatal: bool = False) -> None:
         child.stop_requested = False
         child.restart_reason = None
-        child.state = "starting"
-        child.task = asyncio.get_running_loop().create_task(self._run(child), name=f"child-{child.name}")
+        if not after_fatal:
+            child.state = "starting"
+        child.task = asyncio.get_running_loop().create_task(
+            self._run(child, after_fatal), name=f"child-{child.name}"
+        )
 
-    async def _run(self, child: Child) -> None:
+    def retry_note(self) -> str:
+        if self.fatal_retry_s > 0:
+            return f"tried again in {self.fatal_retry_s:g}s (or on cmd.supervisor.restart)"
+        return "no longer restarted"
+
+    async def _wait_out_fatal(self, child: Child) -> bool:
+        """A FATAL child waits `fatal_retry_s` (or a commanded restart), then gets a fresh budget: the
+        cause (a full disk, a missing mount) is often gone by then and no person should be needed.
+        False: it stays down (retries off, or stopping)."""
+        if self.fatal_retry_s <= 0:
+            return False
+        child.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(child.wake.wait(), self.fatal_retry_s)
+        if child.stop_requested:
+            return False
+        child.tracker.reset()
+        self._save()
+        await self._notify(child, "restarting", "retrying after FATAL with a fresh restart budget")
+        return True
+
+    async def _run(self, child: Child, after_fatal: bool = False) -> None:
         """One child's life: start, wait for exit, decide (stop, commanded restart, backoff, FATAL)."""
+        if after_fatal and not await self._wait_out_fatal(child):
+            return
         while True:
             reason = await self._run_once(child)
             if child.stop_requested:
@@ -359,8 +391,10 @@ class Supervisor:
                 child.state = "fatal"
                 limit = child.tracker.policy
                 budget = f"{limit.max_restarts} restarts within {limit.window_s:g}s"
-                await self._notify(child, "fatal", f"restart budget spent ({budget}); no longer restarted")
-                return
+                await self._notify(child, "fatal", f"restart budget spent ({budget}); {self.retry_note()}")
+                if not await self._wait_out_fatal(child):
+                    return
+                continue
             child.state = "backoff"
             count = len(child.tracker.restarts)
             await self._notify(

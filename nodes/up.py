@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import signal
@@ -22,11 +23,13 @@ import sys
 import time
 from typing import Any, TextIO
 
-from bus.broker import BrokerError, mosquitto_binary
+from bus.broker import BrokerError, Grant, mosquitto_binary
+from bus.client import MqttError
 from bus.config import Settings, load_settings
-from bus.envelope import Event
+from bus.envelope import JSON, Event, utc_now
 from bus.logs import setup_logging
-from bus.node import Node, RejectedMessage, on, on_health
+from bus.node import Node, RejectedMessage, __version__, on, on_health
+from bus.topics import health_topic
 from nodes.registry import NODES, load_node_class
 from nodes.supervisor import Child, ChildSpec, EventKind, RestartPolicy, Supervisor
 
@@ -109,6 +112,7 @@ class SupervisorNode(Node):
             stop_timeout_s=cfg.stop_timeout_s,
             log_lines=max(cfg.log_lines, ALERT_OUTPUT_LINES),
             listener=self._on_child,
+            fatal_retry_s=cfg.fatal_retry_s,
         )
         self.reset, self.echo, self.out = reset, echo, out
         self._reported: dict[str, int] = {}  # node child -> pid reported started (subscribed)
@@ -156,10 +160,49 @@ class SupervisorNode(Node):
         if kind == "started" and child.spec.tier == NODE_TIER:
             label = "launched"  # "started" is said once it is subscribed (child_health)
         self.say(f"{child.name:<12} {label:<11} {message}")
+        if kind in ("exited", "fatal") and child.spec.tier == NODE_TIER:
+            await self._publish_child_offline(child, f"FATAL: {message}" if kind == "fatal" else message)
+        if kind == "exited" and child.process is not None and (child.process.returncode or 0) < 0:
+            await self.alerts.fire(
+                f"killed:{child.name}",
+                "ERROR",
+                "Node killed by a signal",
+                f"{child.name} ended without a word: {message}. A SIGKILL is often the kernel's "
+                "out-of-memory killer; it is restarted.",
+                context={"node": child.name},
+                actions=[
+                    "Check `journalctl -k | grep -i -E 'killed process|out of memory'` and the node's memory",
+                    f"Read logs/app.log (lines with node={child.name}) for what it was doing",
+                ],
+            )
         if kind == "fatal":
             await self._alert_fatal(child)
         elif kind == "running":
             await self.alerts.resolve(f"fatal:{child.name}", f"{child.name} is running again")
+            await self.alerts.resolve(f"killed:{child.name}", f"{child.name} is running again")
+
+    async def _publish_child_offline(self, child: Child, reason: str) -> None:
+        """The child's retained health says it is down at once: a process that died cannot, and its
+        last will comes only after the will delay (or never, when the broker went down with it)."""
+        document = {
+            "node": child.name,
+            "device": self.device,
+            "status": "offline",
+            "time": utc_now(),
+            "version": __version__,
+            "reason": reason,
+            "details": {"reported_by": "supervisor", "restarts": child.tracker.total},
+        }
+        try:
+            await self.publish_document(health_topic(self.device, child.name), document, JSON, retain=True)
+        except MqttError as exc:
+            log.warning("offline health of %s not published: %s", child.name, exc)
+
+    @classmethod
+    def grant(cls, settings: Settings, node: str) -> Grant:
+        """Besides its own: the health of its children, which it reports when they die."""
+        base = super().grant(settings, node)
+        return dataclasses.replace(base, write=(*base.write, health_topic(settings.device, "+")))
 
     async def _alert_fatal(self, child: Child) -> None:
         policy = child.tracker.policy
@@ -170,7 +213,7 @@ class SupervisorNode(Node):
             "CRITICAL",
             "Node keeps crashing",
             f"{child.name} was restarted {len(child.tracker.restarts)} times within {policy.window_s:g}s "
-            f"and failed again; it is no longer restarted.\nRestart reasons:\n{reasons}\n"
+            f"and failed again; {self.supervisor.retry_note()}.\nRestart reasons:\n{reasons}\n"
             f"Last output:\n{output or '  (none)'}",
             context={"node": child.name, "restarts": child.tracker.total},
             actions=[

@@ -156,6 +156,27 @@ def test_crash_loop_goes_fatal_once_keeps_output_and_persists(tmp_path: Path) ->
     assert asyncio.run(again(reset=True)) in ("starting", "running")
 
 
+def test_a_fatal_child_is_tried_again_with_a_fresh_budget_after_the_retry_delay(tmp_path: Path) -> None:
+    """The mechanism, with a short delay (the default is 900 s): no person is needed once the
+    cause (a full disk, a missing mount) is gone."""
+    events: list[tuple[str, str, str]] = []
+    crash = ChildSpec("crash", (sys.executable, "-c", "import sys; sys.exit(3)"))
+
+    async def scenario() -> None:
+        sup = _supervisor(tmp_path, [crash], events, fatal_retry_s=0.3)
+        await sup.start()
+        while [k for _, k, _ in events].count("fatal") < 2:
+            await asyncio.sleep(0.05)
+        await sup.stop()
+        task = sup.children["crash"].task
+        assert task is not None and task.done()  # a stop while waiting out FATAL ends it
+
+    asyncio.run(scenario())
+    kinds = [k for _, k, _ in events]
+    assert kinds.count("started") == 6  # 3 in each budget
+    assert any(m.startswith("retrying after FATAL") for _, k, m in events if k == "restarting")
+
+
 def test_stop_escalates_to_sigkill_and_stale_restart_is_ignored(tmp_path: Path) -> None:
     events: list[tuple[str, str, str]] = []
     stubborn = ChildSpec(
@@ -244,6 +265,18 @@ def test_vv_up_restarts_a_killed_node_stops_a_crash_loop_and_exits_cleanly(vv: V
         "echo online again with a new pid",
     )
     assert psutil.Process(again["pid"]).ppid() == up.pid
+    killed = probe.wait_event("alert.error", where=lambda e: e["data"]["title"] == "Node killed by a signal")
+    assert (
+        killed[0]["data"]["context"]["node"] == "echo" and "SIGKILL" in killed[0]["data"]["message_details"]
+    )
+    down = [d for d in probe.health("echo") if d["details"].get("reported_by") == "supervisor"]
+    assert (
+        down and down[0]["status"] == "offline" and "SIGKILL" in down[0]["reason"]
+    )  # at once, no will delay
+    probe.wait_event(
+        "alert.error",
+        where=lambda e: e["data"]["title"] == "Node killed by a signal" and e["data"]["status"] == "resolved",
+    )
 
     # crash on every start: restarted exactly max times, then one CRITICAL
     critical = probe.wait_event(
@@ -264,6 +297,12 @@ def test_vv_up_restarts_a_killed_node_stops_a_crash_loop_and_exits_cleanly(vv: V
         "crashy FATAL in the supervisor's health",
     )
     assert fatal["restarts"] == 2
+    crashy_down = wait_until(
+        lambda: [d for d in probe.health("crashy") if d.get("reason", "").startswith("FATAL")],
+        10,
+        "FATAL health",
+    )
+    assert crashy_down[-1]["status"] == "offline" and "tried again in 900s" in crashy_down[-1]["reason"]
     children = _children(probe, "echo", "monitor")
     assert children["echo"]["restarts"] == 1 and children["echo"]["pid"] == again["pid"]  # not twice
     pids = [c["pid"] for c in children.values() if c["pid"]]
