@@ -156,7 +156,7 @@ class NodeStats:
     gaps: int = 0
     reconnects: int = 0
     last_event_at: str | None = None
-    last_seq: dict[tuple[str, int], int] = field(default_factory=dict)
+    last_seq: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
 
 class Node:
@@ -353,7 +353,7 @@ class Node:
     def _spool_unpersisted(self, event: Event, error: BaseException) -> None:
         """An alert or command that cannot be persisted (the disk is full or failing) is sent from
         memory: the news that the box is in trouble must not depend on the box's disk."""
-        event = dataclasses.replace(event, seq=self.store.next_seq(reserve=False))
+        event = dataclasses.replace(event, seq=self.store.next_seq(event.type, reserve=False))
         topic = topic_for(self.device, event.type)
         self._spool.append(
             (topic, codec.encode(event.to_dict(), event.datacontenttype), event.datacontenttype)
@@ -902,8 +902,8 @@ class Node:
         await self.alerts.resolve(key, f"{self.name} gave up on {label}: dead-lettered")
 
     def _track_seq(self, event: Event) -> None:
-        """Per producer and epoch, a jump in `seq` means events we never got (shown in health)."""
-        key = (event.source, event.epoch)
+        """Per producer, epoch and event type, a jump in `seq` means events we never got (in health)."""
+        key = (event.source, event.epoch, event.type)
         last = self.stats.last_seq.get(key)
         if last is not None and event.seq > last + 1:
             self.stats.gaps += event.seq - last - 1
@@ -955,7 +955,7 @@ class Node:
         rows: list[OutboxRow] = []
         with self._committing():
             for pending in events:
-                event = dataclasses.replace(pending, seq=self.store.next_seq())
+                event = dataclasses.replace(pending, seq=self.store.next_seq(pending.type))
                 envelope = event.to_dict()
                 schemas.validate("envelope", envelope)
                 payload = codec.encode(envelope, event.datacontenttype)

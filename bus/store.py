@@ -69,9 +69,11 @@ class NodeStore:
         self._seen_retention_s, self._seen_max = seen_retention_s, seen_max
         self._prune_interval_s = prune_interval_s
         self._next_prune = time.monotonic() + prune_interval_s
-        # `seq` is reserved in blocks so a commit need not write it: after a restart the producer
-        # continues past the whole reserved block (a new epoch, so consumers see no gap).
-        self._seq = self._reserved = self._meta("seq")
+        # `seq` counts per stream (event type), so a consumer of one type sees a gap only when one of
+        # its events was lost, never because the producer also raised alerts. Numbers are reserved in
+        # blocks so a commit need not write them: after a restart the producer continues past the
+        # whole reserved block (a new epoch, so consumers see no gap).
+        self._seqs: dict[str, tuple[int, int]] = {}  # stream -> (last seq, reserved up to)
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -90,14 +92,14 @@ class NodeStore:
             finally:
                 self._depth -= 1
             return
-        seq_before, reserved_before = self._seq, self._reserved
+        seqs_before = dict(self._seqs)
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
-            self._seq, self._reserved = seq_before, reserved_before
+            self._seqs = seqs_before
             raise
         else:
             self._db.execute("COMMIT")
@@ -112,14 +114,14 @@ class NodeStore:
         without taking the other messages of the batch with it.
         """
         assert self._depth, "a savepoint needs an open transaction"
-        seq_before, reserved_before = self._seq, self._reserved
+        seqs_before = dict(self._seqs)
         self._db.execute("SAVEPOINT message")
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK TO message")
             self._db.execute("RELEASE message")
-            self._seq, self._reserved = seq_before, reserved_before
+            self._seqs = seqs_before
             raise
         self._db.execute("RELEASE message")
 
@@ -135,15 +137,20 @@ class NodeStore:
             self._set_meta("epoch", epoch)
         return epoch
 
-    def next_seq(self, *, reserve: bool = True) -> int:
-        """The next sequence number; call inside a transaction (it may reserve a new block).
-        `reserve=False` never writes (an event that cannot be persisted still gets a number; a
-        restart is a new epoch, so numbers past the reserved block are never reused within one)."""
-        self._seq += 1
-        if reserve and self._seq > self._reserved:
-            self._reserved = self._seq + SEQ_BLOCK - 1
-            self._set_meta("seq", self._reserved)
-        return self._seq
+    def next_seq(self, stream: str, *, reserve: bool = True) -> int:
+        """The next sequence number of `stream` (an event type); call inside a transaction (it may
+        reserve a new block). `reserve=False` never writes (an event that cannot be persisted still
+        gets a number; a restart is a new epoch, so numbers past the block are never reused in one)."""
+        if stream not in self._seqs:
+            reserved = self._meta(f"seq:{stream}")
+            self._seqs[stream] = (reserved, reserved)
+        seq, reserved = self._seqs[stream]
+        seq += 1
+        if reserve and seq > reserved:
+            reserved = seq + SEQ_BLOCK - 1
+            self._set_meta(f"seq:{stream}", reserved)
+        self._seqs[stream] = (seq, reserved)
+        return seq
 
     def add_outbox(
         self, event_id: str, topic: str, payload: bytes, content_type: str, retain: bool

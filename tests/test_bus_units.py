@@ -61,19 +61,32 @@ def test_backoff_is_capped_jittered_and_resets() -> None:
 def test_store_never_reuses_a_seq_across_restarts_and_rolls_back(tmp_path: Path) -> None:
     store = NodeStore(tmp_path / "n.sqlite")
     with store.transaction():
-        first = [store.next_seq() for _ in range(3)]
+        first = [store.next_seq("scan.done") for _ in range(3)]
         store.add_outbox("e1", "t", b"p", JSON, False)
     assert first == [1, 2, 3]
     with pytest.raises(RuntimeError), store.transaction():
-        store.next_seq()
+        store.next_seq("scan.done")
         store.add_outbox("e2", "t", b"p", JSON, False)
         raise RuntimeError("handler failed")
     assert [row.event_id for row in store.pending()] == ["e1"]
     store.close()
     again = NodeStore(tmp_path / "n.sqlite")
     with again.transaction():
-        assert again.next_seq() > SEQ_BLOCK  # past the whole reserved block: never a reused seq
+        assert again.next_seq("scan.done") > SEQ_BLOCK  # past the whole reserved block: never a reused seq
     assert again.bump_epoch() == 1 and again.bump_epoch() == 2
+
+
+def test_each_event_type_counts_its_own_seq(tmp_path: Path) -> None:
+    """Alerts between two scan.done do not make a consumer of scan.done see a gap."""
+    store = NodeStore(tmp_path / "n.sqlite")
+    with store.transaction():
+        numbers = [store.next_seq(t) for t in ("scan.done", "alert.error", "alert.error", "scan.done")]
+    assert numbers == [1, 1, 2, 2]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.next_seq("alert.error")
+        raise RuntimeError("rolled back")
+    with store.transaction():
+        assert store.next_seq("alert.error") == 3
 
 
 def test_rendered_broker_config_has_the_safety_settings(tmp_path: Path) -> None:
