@@ -12,6 +12,7 @@ Exit codes: 0 shown, 1 the video is unknown or the journal is damaged, 2 usage e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -26,6 +27,7 @@ from bus.inputs import shown
 from nodes.journal.fold import VideoState, fold_journal, format_table, format_video, to_json
 from nodes.journal.index import VideoIndex, VideoRecord, open_index
 from nodes.journal.store import JournalError
+from nodes.sign.logline import SUFFIX as LOGLINE_SUFFIX
 
 DEFAULT_LIMIT = 50
 
@@ -49,14 +51,32 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _show_video(args: argparse.Namespace, found: VideoRecord) -> int:
+def as_files_tell(state: VideoState, storage: Path) -> tuple[VideoState, str | None]:
+    """The state, corrected by the storage tree where the two disagree, and why: the journal can miss
+    events (its disk was full, it was down) and must never make `vv status` contradict the files."""
+    on_disk = next(storage.glob(f"*/*/*/{state.video_id}/{state.video_id}{LOGLINE_SUFFIX}"), None)
+    if on_disk is not None and state.stage != "signed":
+        heard = state.stage or "nothing"
+        note = f"signed: {on_disk} exists; the journal last heard {heard} (it missed events)"
+        return dataclasses.replace(state, stage="signed"), note
+    if on_disk is None and state.stage == "signed":
+        return state, "no LogLine on disk for this signed video: run `vv verify` on the storage tree"
+    return state, None
+
+
+def _show_video(args: argparse.Namespace, found: VideoRecord, storage: Path) -> int:
+    state, files = as_files_tell(found.state, storage)
     if args.json:
-        doc = to_json(found.state)
+        doc = to_json(state)
         if found.missing:
             doc["removed_segments"] = found.missing
+        if files:
+            doc["files"] = files
         print(json.dumps(doc, indent=2))
         return 0
-    print(format_video(found.state))
+    print(format_video(state))
+    if files:
+        print(f"files      {shown(files)}")
     if found.missing:
         print(
             f"removed    earlier events were in journal segment(s) {', '.join(found.missing)} "
@@ -70,7 +90,9 @@ def _show_summary(
     states: list[VideoState],
     counts: Mapping[str, int],
     rejected: tuple[int, list[str]],
+    storage: Path,
 ) -> int:
+    states = [as_files_tell(state, storage)[0] for state in states]
     total = sum(counts.values())
     if args.json:
         doc: dict[str, Any] = {
@@ -94,7 +116,7 @@ def _show_summary(
     return 0
 
 
-def _from_index(args: argparse.Namespace, index: VideoIndex) -> int:
+def _from_index(args: argparse.Namespace, index: VideoIndex, storage: Path) -> int:
     index.refresh()
     if args.video:
         matches = index.find(args.video)
@@ -103,14 +125,14 @@ def _from_index(args: argparse.Namespace, index: VideoIndex) -> int:
             return _fail(
                 f"{args.video}: {'unknown video' if not matches else 'prefix matches several videos'}"
             )
-        return _show_video(args, found)
+        return _show_video(args, found, storage)
     listed = [r.state for r in index.oldest_open(args.limit)]
     ids = {s.video_id for s in listed}
     listed += [r.state for r in index.recent(args.limit) if r.state.video_id not in ids]
-    return _show_summary(args, listed[: args.limit], index.counts(), index.rejected())
+    return _show_summary(args, listed[: args.limit], index.counts(), index.rejected(), storage)
 
 
-def _from_full_fold(args: argparse.Namespace, journal: Path) -> int:
+def _from_full_fold(args: argparse.Namespace, journal: Path, storage: Path) -> int:
     """`--since`, or no usable index: fold the journal's events (since then) in this process."""
     folded = fold_journal(journal, since=args.since)
     states = folded.states
@@ -120,13 +142,14 @@ def _from_full_fold(args: argparse.Namespace, journal: Path) -> int:
             return _fail(
                 f"{args.video}: {'unknown video' if not matches else f'prefix matches {len(matches)} videos'}"
             )
-        return _show_video(args, VideoRecord(states[matches[0]]))
+        return _show_video(args, VideoRecord(states[matches[0]]), storage)
     counts: dict[str, int] = {}
     for state in states.values():
         counts[state.stage or "unknown"] = counts.get(state.stage or "unknown", 0) + 1
     never = datetime.min.replace(tzinfo=UTC)
     ordered = sorted(states.values(), key=lambda s: s.last_event_time or never, reverse=True)
-    return _show_summary(args, ordered[: args.limit], counts, (len(folded.rejected), folded.rejected[:10]))
+    rejected = (len(folded.rejected), folded.rejected[:10])
+    return _show_summary(args, ordered[: args.limit], counts, rejected, storage)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,10 +161,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.since is None:
             try:
-                return _from_index(args, open_index(settings.paths))
+                return _from_index(args, open_index(settings.paths), settings.paths.storage)
             except (sqlite3.Error, PermissionError) as exc:
                 print(f"vv status: video index unusable ({exc}); folding the whole journal", file=sys.stderr)
-        return _from_full_fold(args, journal)
+        return _from_full_fold(args, journal, settings.paths.storage)
     except FileNotFoundError:
         return _fail(f"no journal at {journal} (is the journal node running?)")
     except (JournalError, ValueError) as exc:

@@ -53,3 +53,19 @@ def test_an_old_video_is_found_after_its_segment_was_removed(
     assert "logline    seq 7" in capsys.readouterr().out
     assert main(["status", "e" * 32]) == 1
     assert "unknown video" in capsys.readouterr().err
+
+
+def test_status_never_contradicts_the_files(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The journal missed the later events of a video (its disk was full) but the LogLine is on disk:
+    status says signed and why; and a signed video whose LogLine is gone says so."""
+    stuck = "f" * 32  # only its video.new is in the journal
+    logline = home / "storage" / "2026" / "12" / "01" / stuck / f"{stuck}.logline.json"
+    logline.parent.mkdir(parents=True)
+    logline.write_text("{}")
+    assert main(["status", stuck, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["stage"] == "signed" and "the journal last heard ingested" in doc["files"]
+    assert main(["status", "--limit", "1"]) == 0
+    assert "signed" in capsys.readouterr().out.splitlines()[1]
+    assert main(["status", f"{5:032x}"]) == 0  # signed in the journal, nothing in storage
+    assert "no LogLine on disk" in capsys.readouterr().out
