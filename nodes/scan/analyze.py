@@ -20,7 +20,7 @@ import cv2
 
 from bus.config import ScanSettings
 from nodes.common.video import FrameReader, capture_of
-from nodes.scan.detectors.base import Detector
+from nodes.scan.detectors.base import Detector, Frame, detect_frames
 from nodes.scan.motion import MotionGate
 
 ANALYTIC_VERSION = 1
@@ -97,6 +97,17 @@ def scan_video(
     decode_s = motion_s = inference_s = 0.0
     next_sample = 0.0
     reported = 0.0
+    pending: list[tuple[dict[str, Any], Frame]] = []  # inferred frames waiting for a batch of scan.batch
+
+    def flush() -> None:
+        nonlocal inference_s
+        tick = time.perf_counter()
+        found = detect_frames(detector, [frame for _, frame in pending])
+        inference_s += time.perf_counter() - tick
+        for (record, _), detections in zip(pending, found, strict=True):
+            record["detections"] = [d.to_json() for d in detections]
+        pending.clear()
+
     with open_video(path) as (capture, info):
         fps = info["fps"]
         step = fps / settings.detect_fps if 0 < settings.detect_fps < fps else 1.0
@@ -124,23 +135,23 @@ def scan_video(
             tick = time.perf_counter()
             decision = gate.step(frame, t)
             motion_s += time.perf_counter() - tick
-            detections = []
+            record: dict[str, Any] = {
+                "t": round(t, 3),
+                "index": index,
+                "motion": decision.motion,
+                "inferred": decision.infer,
+                "detections": [],
+            }
+            sampled.append(record)
             if decision.infer:
-                tick = time.perf_counter()
-                detections = [d.to_json() for d in detector.detect(frame)]
-                inference_s += time.perf_counter() - tick
-            sampled.append(
-                {
-                    "t": round(t, 3),
-                    "index": index,
-                    "motion": decision.motion,
-                    "inferred": decision.infer,
-                    "detections": detections,
-                }
-            )
+                pending.append((record, frame))
+                if len(pending) >= settings.batch:
+                    flush()
             if progress is not None and info["frames"] and index / info["frames"] - reported >= 0.01:
                 reported = min(1.0, index / info["frames"])
                 progress(reported)
+        if pending:
+            flush()
     decoded = reader.result(info["frames"])
     if (problem := decoded.problem()) is not None:
         raise DamagedVideo(f"{path}: {problem}")
