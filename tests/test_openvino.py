@@ -19,17 +19,19 @@ from bus.config import ScanSettings
 from nodes import model_export
 from nodes.cli import main as vv
 from nodes.scan.detectors import make_detector
-from nodes.scan.detectors.base import Frame, agreement
+from nodes.scan.detectors.base import Detection, Frame, agreement
 from nodes.scan.detectors.onnx import OnnxDetector, YoloOnnx
 from nodes.scan.detectors.openvino import OpenVinoDetector
 
 PHOTOS = ("person", "dog", "horses", "giraffe")
 CONFIDENCE = 0.5
-# int8 against fp32 on this model: the share of fp32 boxes found again (same label, IoU >= 0.5).
-# Its 80 random class scores sit close together, so a label flips under int8 rounding far more
-# easily than on a trained model, where the issue asks >= 95%: 80% here is a floor that a broken
-# quantisation (scores rounded away, boxes shifted) is far below (0-10%).
-INT8_AGREEMENT = 0.8
+# int8 against fp32, as the share of fp32 boxes found again at IoU >= 0.5. Boxes: the issue's bar for
+# int8, 95% (measured 99.7-99.8% here). Labels: this model's 80 random class scores sit within
+# rounding of each other, so a label flips under int8 far more easily than on a trained model
+# (measured 70-75% here; a quantisation that rounds the scores away gives about 1 in 80): 60% is a
+# floor that catches a broken int8 path, not an accuracy claim.
+INT8_BOXES = 0.95
+INT8_LABELS = 0.6
 
 needs_engines = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("ultralytics", "openvino", "onnxruntime")),
@@ -94,7 +96,12 @@ def test_int8_loads_in_both_engines_and_agrees_with_fp32(
     assert models.int8.stat().st_size < models.fp32.stat().st_size / 2
     want = [d for found in reference.detect_batch(frames) for d in found]
     have = [d for found in int8.detect_batch(frames) for d in found]
-    assert agreement(want, have) >= INT8_AGREEMENT
+    assert agreement(want, have) >= INT8_LABELS
+    assert agreement(unlabelled(want), unlabelled(have)) >= INT8_BOXES
+
+
+def unlabelled(detections: list[Detection]) -> list[Detection]:
+    return [Detection("object", d.confidence, d.box) for d in detections]
 
 
 @needs_engines
@@ -118,7 +125,7 @@ def test_openvino_absent_is_one_line_naming_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = tmp_path / "m.onnx"
-    model.write_bytes(b"")  # no metadata: read fine, never compiled
+    model.write_bytes(b"")  # the missing engine is reported before the model is looked at
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
     chosen, reason = make_detector(ScanSettings(backend="openvino", model=str(model)), tmp_path)
     assert chosen.name == "hog"

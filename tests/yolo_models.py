@@ -27,6 +27,7 @@ def awake_yolo11n(output: Path, frames: Sequence[Frame], *, imgsz: int = 320, ba
     output.parent.mkdir(parents=True, exist_ok=True)
     os.chdir(output.parent)
     try:
+        torch.manual_seed(0)  # the same weights for every export (fp32, batched)
         yolo = YOLO("yolo11n.yaml", task="detect")
         net = yolo.model
         for module in net.modules():

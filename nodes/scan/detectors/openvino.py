@@ -24,13 +24,13 @@ class OpenVinoDetector(YoloOnnx):
     def __init__(
         self, path: Path, labels: Sequence[str], *, imgsz: int, confidence: float, threads: int
     ) -> None:
-        super().__init__(path, labels, imgsz=imgsz, confidence=confidence)
         try:
             import openvino
         except ImportError:
             raise DetectorUnavailable(
                 "scan.backend: openvino is not installed (pip install 'vv-edge[openvino]')"
             ) from None
+        super().__init__(path, labels, imgsz=imgsz, confidence=confidence)
         core = openvino.Core()
         config = {
             "PERFORMANCE_HINT": "LATENCY",
