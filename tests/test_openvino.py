@@ -158,3 +158,23 @@ def test_model_export_refuses_a_negative_batch() -> None:
         action="export", model="yolo11n.yaml", imgsz=320, output=None, opset=None, batch=-1, json=False
     )
     assert model_export.run(args) == 2
+
+
+@needs_engines
+def test_scan_batch_gives_the_frames_one_at_a_time_would(models: Models, tmp_path: Path) -> None:
+    """scan.batch 3 on a batch-2 export: frames wait for a batch, the last partial one is flushed."""
+    from clips import Scene, write_clip
+
+    from nodes.scan.analyze import scan_video
+
+    clip = write_clip(tmp_path / "c.mp4", [Scene("person", 1.4), Scene("dog", 1, slide="horses")])
+    results = []
+    for model, batch in ((models.fp32, 1), (models.batch2, 3)):
+        settings = ScanSettings(backend="openvino", model=str(model), batch=batch, confidence=CONFIDENCE)
+        chosen, _ = make_detector(settings, tmp_path)
+        results.append(scan_video(clip, chosen, settings)["frames"])
+    one, batched = results
+    assert [f["index"] for f in one] == [f["index"] for f in batched]
+    assert sum(f["inferred"] for f in one) >= 5
+    for a, b in zip(one, batched, strict=True):
+        assert len(a["detections"]) == len(b["detections"])
