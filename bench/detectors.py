@@ -139,20 +139,29 @@ def int8_agreement(work: Path, clip: Path, threads: int) -> list[tuple[str, floa
         index += 1
     capture.release()
 
-    def run(backend: str, model: Path) -> list[Detection]:
+    def run(backend: str, model: Path) -> list[list[Detection]]:
         settings = ScanSettings(backend=backend, model=str(model), confidence=0.5, threads=threads)  # type: ignore[arg-type]
         detector, reason = make_detector(settings, REPO)
         if reason:
             raise SystemExit(reason)
-        return [d for frame in frames for d in detector.detect(frame)]
+        return [detector.detect(frame) for frame in frames]
+
+    def share(reference: list[list[Detection]], found: list[list[Detection]]) -> float:
+        """Matched fp32 boxes over all frames, in percent (matching is per frame)."""
+        matched = sum(agreement(a, b) * len(a) for a, b in zip(reference, found, strict=True))
+        return 100 * matched / max(sum(len(a) for a in reference), 1)
+
+    def unlabelled(per_frame: list[list[Detection]]) -> list[list[Detection]]:
+        return [[Detection("object", d.confidence, d.box) for d in found] for found in per_frame]
 
     reference = run("onnx", fp32)
-    unlabelled = [Detection("object", d.confidence, d.box) for d in reference]
     rows = []
     for backend in ("onnx", "openvino"):
         found = run(backend, int8)
-        boxes = agreement(unlabelled, [Detection("object", d.confidence, d.box) for d in found])
-        rows.append((backend, 100 * agreement(reference, found), 100 * boxes, len(reference)))
+        count = sum(len(a) for a in reference)
+        rows.append(
+            (backend, share(reference, found), share(unlabelled(reference), unlabelled(found)), count)
+        )
     return rows
 
 

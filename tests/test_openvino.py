@@ -25,13 +25,13 @@ from nodes.scan.detectors.openvino import OpenVinoDetector
 
 PHOTOS = ("person", "dog", "horses", "giraffe")
 CONFIDENCE = 0.5
-# int8 against fp32, as the share of fp32 boxes found again at IoU >= 0.5. Boxes: the bar for
-# int8, 95% (measured 99.7-99.8% here). Labels: this model's 80 random class scores sit within
-# rounding of each other, so a label flips under int8 far more easily than on a trained model
-# (measured 70-75% here; a quantisation that rounds the scores away gives about 1 in 80): 60% is a
-# floor that catches a broken int8 path, not an accuracy claim.
+# int8 against fp32, per photo, as the share of fp32 boxes found again at IoU >= 0.5. Boxes: the
+# issue's bar for int8, 95% (measured 96.5-99.1% here). Labels: this model's 80 random class scores
+# sit within rounding of each other, so a label flips under int8 far more easily than on a trained
+# model (measured 48-62% here; an int8 path that rounds the scores away matches next to nothing):
+# 40% is a floor that catches a broken int8 path, not an accuracy claim.
 INT8_BOXES = 0.95
-INT8_LABELS = 0.6
+INT8_LABELS = 0.4
 
 needs_engines = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("ultralytics", "openvino", "onnxruntime")),
@@ -94,10 +94,9 @@ def test_int8_loads_in_both_engines_and_agrees_with_fp32(
     reference, int8 = detector(OnnxDetector, models.fp32), detector(engine, models.int8)
     assert len(int8.labels) == 80  # `vv model quantize` carried the metadata over
     assert models.int8.stat().st_size < models.fp32.stat().st_size / 2
-    want = [d for found in reference.detect_batch(frames) for d in found]
-    have = [d for found in int8.detect_batch(frames) for d in found]
-    assert agreement(want, have) >= INT8_LABELS
-    assert agreement(unlabelled(want), unlabelled(have)) >= INT8_BOXES
+    pairs = list(zip(reference.detect_batch(frames), int8.detect_batch(frames), strict=True))
+    assert min(agreement(want, have) for want, have in pairs) >= INT8_LABELS
+    assert min(agreement(unlabelled(want), unlabelled(have)) for want, have in pairs) >= INT8_BOXES
 
 
 def unlabelled(detections: list[Detection]) -> list[Detection]:
