@@ -146,22 +146,12 @@ def int8_agreement(work: Path, clip: Path, threads: int) -> list[tuple[str, floa
             raise SystemExit(reason)
         return [detector.detect(frame) for frame in frames]
 
-    def share(reference: list[list[Detection]], found: list[list[Detection]]) -> float:
-        """Matched fp32 boxes over all frames, in percent (matching is per frame)."""
-        matched = sum(agreement(a, b) * len(a) for a, b in zip(reference, found, strict=True))
-        return 100 * matched / max(sum(len(a) for a in reference), 1)
-
-    def unlabelled(per_frame: list[list[Detection]]) -> list[list[Detection]]:
-        return [[Detection("object", d.confidence, d.box) for d in found] for found in per_frame]
-
     reference = run("onnx", fp32)
     rows = []
     for backend in ("onnx", "openvino"):
         found = run(backend, int8)
-        count = sum(len(a) for a in reference)
-        rows.append(
-            (backend, share(reference, found), share(unlabelled(reference), unlabelled(found)), count)
-        )
+        labelled, boxes = agreement(reference, found), agreement(reference, found, labels=False)
+        rows.append((backend, 100 * labelled, 100 * boxes, sum(map(len, reference))))
     return rows
 
 

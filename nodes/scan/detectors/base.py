@@ -90,20 +90,29 @@ def iou(a: Box, b: Box) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def agreement(reference: Sequence[Detection], other: Sequence[Detection], min_iou: float = 0.5) -> float:
-    """Share of `reference` detections that `other` finds too: same label, IoU >= min_iou, each match
-    used once (greedy, best confidence first). How an int8 or another engine is judged against fp32."""
-    if not reference:
-        return 1.0
-    unused = list(other)
-    matched = 0
-    for ref in reference:
-        candidates = [(iou(ref.box, o.box), i) for i, o in enumerate(unused) if o.label == ref.label]
-        best = max(candidates, default=(0.0, -1))
-        if best[0] >= min_iou:
-            unused.pop(best[1])
-            matched += 1
-    return matched / len(reference)
+def agreement(
+    reference: Sequence[Sequence[Detection]],
+    other: Sequence[Sequence[Detection]],
+    *,
+    min_iou: float = 0.5,
+    labels: bool = True,
+) -> float:
+    """Share of `reference` detections that `other` finds in the same frame too: IoU >= min_iou and,
+    with `labels`, the same label; each match used once (greedy, best confidence first). How an int8
+    model or another engine is judged against fp32, frame by frame (lists of per-frame detections)."""
+    matched = total = 0
+    for wanted, found in zip(reference, other, strict=True):
+        unused = list(found)
+        total += len(wanted)
+        for ref in wanted:
+            candidates = [
+                (iou(ref.box, o.box), i) for i, o in enumerate(unused) if not labels or o.label == ref.label
+            ]
+            best = max(candidates, default=(0.0, -1))
+            if best[0] >= min_iou:
+                unused.pop(best[1])
+                matched += 1
+    return matched / total if total else 1.0
 
 
 def thread_count(threads: int) -> int:
