@@ -175,3 +175,17 @@ def test_scan_batch_gives_the_frames_one_at_a_time_would(models: Models, tmp_pat
     assert sum(f["inferred"] for f in one) >= 5
     for a, b in zip(one, batched, strict=True):
         assert len(a["detections"]) == len(b["detections"])
+
+
+def test_calibration_takes_photos_and_frames_spread_over_videos(tmp_path: Path) -> None:
+    from clips import Scene, write_clip
+
+    from nodes.model_quantize import FRAMES_PER_VIDEO, calibration_frames
+
+    (tmp_path / "a").mkdir()
+    write_clip(tmp_path / "a" / "clip.MP4", [Scene("person", 3)])  # 30 frames: 8 of them, every 3rd
+    (tmp_path / "b.jpg").write_bytes((require_shared("media/dog.jpg") / "media" / "dog.jpg").read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    frames = calibration_frames(tmp_path, 100)
+    assert len(frames) == FRAMES_PER_VIDEO + 1 and all(f.ndim == 3 for f in frames)
+    assert len(calibration_frames(tmp_path, 3)) == 3
