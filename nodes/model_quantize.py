@@ -66,12 +66,13 @@ def _video_frames(path: Path) -> Iterator[Frame]:
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or FRAMES_PER_VIDEO
-        step = max(1, count // FRAMES_PER_VIDEO)
-        index = 0
-        while capture.grab():
+        step = -(-count // FRAMES_PER_VIDEO)  # ceil: at most FRAMES_PER_VIDEO of them
+        index = taken = 0
+        while taken < FRAMES_PER_VIDEO and capture.grab():
             if index % step == 0:
                 ok, frame = capture.retrieve()
                 if ok and frame is not None:
+                    taken += 1
                     yield frame
             index += 1
     finally:

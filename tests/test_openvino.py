@@ -183,7 +183,7 @@ def test_calibration_takes_photos_and_frames_spread_over_videos(tmp_path: Path) 
     from nodes.model_quantize import FRAMES_PER_VIDEO, calibration_frames
 
     (tmp_path / "a").mkdir()
-    write_clip(tmp_path / "a" / "clip.MP4", [Scene("person", 3)])  # 30 frames: 8 of them, every 3rd
+    write_clip(tmp_path / "a" / "clip.MP4", [Scene("person", 3)])  # 30 frames: 8 of them, every 4th
     (tmp_path / "b.jpg").write_bytes((require_shared("media/dog.jpg") / "media" / "dog.jpg").read_bytes())
     (tmp_path / "notes.txt").write_text("not an image")
     frames = calibration_frames(tmp_path, 100)
