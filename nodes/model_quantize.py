@@ -36,7 +36,9 @@ class QuantizeError(Exception):
 
 def add_arguments(actions: Any) -> None:
     """Register `quantize` beside `export` under `vv model` (`actions` is argparse's subparsers)."""
-    quantize = actions.add_parser("quantize", help="a static int8 (QDQ) copy of an ONNX export")
+    quantize = actions.add_parser(
+        "quantize", help="a static int8 (QDQ) copy of an ONNX export", description=(__doc__ or "").strip()
+    )
     quantize.add_argument("model", type=Path, metavar="MODEL.onnx", help="an ONNX export (vv model export)")
     source = quantize.add_mutually_exclusive_group(required=True)
     source.add_argument(
