@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from bus.envelope import utc_now
+from bus.fsutil import atomic_write_json
+
+log = logging.getLogger("vv.alerts")
 
 Severity = Literal["INFO", "WARNING", "ERROR", "CRITICAL"]
 SEVERITIES: tuple[Severity, ...] = ("INFO", "WARNING", "ERROR", "CRITICAL")
@@ -95,3 +101,103 @@ class StormFolder:
                 details = f"{window.last['message_details']} ({window.folded} alerts like this folded in {self.window_s:.0f}s)"
                 closed.append({**window.last, "count": window.folded, "message_details": details})
         return closed
+
+
+class AlertPublisher(Protocol):
+    """What publishes one alert document: `Node.raise_alert`."""
+
+    async def __call__(
+        self,
+        severity: Severity,
+        title: str,
+        details: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        actions: Sequence[str] = (),
+        resolved: bool = False,
+    ) -> dict[str, Any]: ...
+
+
+class FiringAlerts:
+    """The alerts a node has firing, kept in a JSON file: each condition fires once and resolves once,
+    across restarts too, so an alert raised before a restart is resolved after it (and not raised again).
+
+    A condition is named by a key the node chooses (`stuck:<video>`, `fatal:<node>`); the alert's
+    identity comes from its title and context as always, so the key never reaches the alert.
+    """
+
+    def __init__(self, path: Path, publish: AlertPublisher) -> None:
+        self.path = path
+        self._publish = publish
+        self._firing: dict[str, dict[str, Any]] = self._load()
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("firing alerts %s unreadable (%s): none assumed firing", self.path, exc)
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {
+            key: meta
+            for key, meta in doc.items()
+            if isinstance(meta, dict)
+            and meta.get("severity") in SEVERITIES
+            and isinstance(meta.get("title"), str)
+        }
+
+    def _save(self) -> None:
+        try:
+            atomic_write_json(self.path, self._firing)
+        except (OSError, ValueError) as exc:  # the alert itself went out; only a restart would repeat it
+            log.error("firing alerts not saved to %s: %s", self.path, exc)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._firing
+
+    def __len__(self) -> int:
+        return len(self._firing)
+
+    def firing(self, prefix: str = "") -> list[str]:
+        """The keys firing now (those starting with `prefix`)."""
+        return [key for key in self._firing if key.startswith(prefix)]
+
+    async def fire(
+        self,
+        key: str,
+        severity: Severity,
+        title: str,
+        details: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        actions: Sequence[str] = (),
+    ) -> bool:
+        """Raise the alert unless `key` is already firing; True if it was raised now."""
+        if key in self._firing:
+            return False
+        self._firing[key] = {"severity": severity, "title": title, "context": dict(context or {})}
+        try:
+            await self._publish(severity, title, details, context=context, actions=actions)
+        except BaseException:
+            del self._firing[key]
+            raise
+        self._save()
+        return True
+
+    async def resolve(self, key: str, details: str) -> bool:
+        """Resolve the alert of `key` (same identity as when it fired); True if it was firing."""
+        meta = self._firing.pop(key, None)
+        if meta is None:
+            return False
+        try:
+            await self._publish(
+                meta["severity"], meta["title"], details, context=meta["context"], resolved=True
+            )
+        except BaseException:
+            self._firing[key] = meta
+            raise
+        self._save()
+        return True

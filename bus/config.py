@@ -7,6 +7,7 @@ stops the process instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import socket
@@ -62,6 +63,11 @@ class BusSettings:
     resend_window_s: float = (
         30.0  # after a lost connection, events the broker acknowledged this recently are re-sent
     )
+    # A message whose handler failed transiently (OSError: storage full or read-only, I/O error, a
+    # lock) stays unacknowledged and is retried with capped backoff; alert.error after this many tries.
+    retry_min_s: float = 1.0
+    retry_max_s: float = 15.0
+    retry_alert_after: int = 4
 
 
 @dataclass(frozen=True)
@@ -104,12 +110,58 @@ class ScanSettings:
     motion_max_skip_s: float = 5.0  # run the detector at least this often, even on a static scene
     max_processing_s: float = 0.0  # 0: derived from the video's duration
     max_attempts: int = 3
+    download_timeout_s: float = 5.0  # wait this long for a named model's download, then fall back
+
+
+@dataclass(frozen=True)
+class TrackSettings:
+    """The tracker scan runs on every sampled frame (nodes/scan/tracking.py)."""
+
+    max_lost_s: float = 2.0  # a track missed (occluded, undetected) this long has ended
+    match_iou: float = 0.2  # least overlap of a detection with a track's predicted box to continue it
+    thumbnails: int = 12  # reported tracks per video that get a crop and a full-frame JPEG
+
+
+@dataclass(frozen=True)
+class ObjectFilter:
+    """Frigate's false-positive filters for one class; areas are fractions of the frame."""
+
+    min_score: float = 0.5  # a detection below this never starts a track (it may continue one)
+    threshold: float = (
+        0.6  # the median score of a track must reach this (Frigate: 0.7; see bench/accuracy.py)
+    )
+    min_area: float = 0.0  # detections smaller than this share of the frame are ignored
+    max_area: float = 1.0  # and larger ones
+    min_frames: int = 3  # a track must be in view this many sampled frames to be reported
+    min_s: float = 0.5  # and this many seconds
+
+
+@dataclass(frozen=True)
+class FilterSettings(ObjectFilter):
+    """`[filters]` holds the defaults for every class; `[filters.classes.<label>]` overrides some of them."""
+
+    classes: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(ObjectFilter)
+        for label, overrides in self.classes.items():
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"filters.classes.{label}: expected a table of filter settings")
+            for key, value in overrides.items():
+                if key not in hints:
+                    raise ConfigError(f"filters.classes.{label}.{key}: unknown setting")
+                overrides[key] = _coerce(f"filters.classes.{label}.{key}", hints[key], value)
+
+    def for_label(self, label: str) -> ObjectFilter:
+        """The filters of one class: the defaults with its overrides."""
+        defaults = {f.name: getattr(self, f.name) for f in dataclasses.fields(ObjectFilter)}
+        return ObjectFilter(**{**defaults, **self.classes.get(label, {})})
 
 
 @dataclass(frozen=True)
 class SummarizeSettings:
     describer: str = ""  # "module:function" turning a summary into text (e.g. an LLM); default: built-in
-    max_gap_s: float = 2.0  # a track unseen longer than this has ended
+    max_gap_s: float = 2.0  # tracks closer in time than this make one activity segment of the timeline
 
 
 @dataclass(frozen=True)
@@ -234,6 +286,8 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
+    track: TrackSettings = field(default_factory=TrackSettings)
+    filters: FilterSettings = field(default_factory=FilterSettings)
     summarize: SummarizeSettings = field(default_factory=SummarizeSettings)
     sign: SignSettings = field(default_factory=SignSettings)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
@@ -349,6 +403,15 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: {_brief(value)} is not a string")
+        return value
+    if origin is dict:
+        if isinstance(value, str):  # from the environment: a JSON object
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{key}: {value!r} is not a JSON object") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
         return value
     if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional settings yet
         raise ConfigError(f"{key}: unsupported type")

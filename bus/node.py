@@ -6,6 +6,11 @@ declarations `vv broker` renders the node's own credential and ACL. The base con
 persistent session, fixed client id), reconnects with backoff, keeps a retained health document
 (LWT: offline), validates both directions against `schemas/`, dead-letters what it cannot accept,
 and writes every outgoing event to a durable outbox before sending it.
+
+Failures have two shapes. A handler's OSError is transient (storage, a lock): the message stays
+unacknowledged and is retried with capped backoff, alerting after a few tries and resolving once
+it works. Anything else is permanent: dead-lettered. A failed handler leaves neither its store
+writes nor its events (a savepoint per message). A crashed `background()` makes the process exit 1.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -30,7 +36,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from bus import codec, schemas
-from bus.alerts import Severity, StormFolder, build_alert
+from bus.alerts import FiringAlerts, Severity, StormFolder, build_alert
 from bus.backoff import Backoff
 from bus.broker import Grant
 from bus.catchup import Catchup, GroupClaims, replayable
@@ -43,7 +49,7 @@ from bus.client import (
     mqtt_properties,
     publish_properties,
 )
-from bus.config import Settings
+from bus.config import ConfigError, Settings
 from bus.deadletter import DeadLetters
 from bus.envelope import JSON, MSGPACK, Event, utc_now
 from bus.store import NodeStore, OutboxRow
@@ -64,11 +70,20 @@ HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
 REFUSED = "the broker refused an event (not authorized?): restart `vv broker` to re-render its ACL"
 log = logging.getLogger("vv.node")
 
-# Events emitted while a handler runs are collected here and committed together with the
-# "seen" mark of the input event: either the handler's whole effect is durable or none of it.
 SPOOLED_PREFIXES = ("alert.", "cmd.")  # sent from memory when the disk cannot hold them
-_handler_batch: contextvars.ContextVar[list[Event] | None] = contextvars.ContextVar(
-    "handler_batch", default=None
+
+
+@dataclass
+class _HandlerScope:
+    """What a running handler emitted: `events` are committed only if it succeeds (with its own store
+    writes and the "seen" mark of its input), `kept` (alerts, `immediate`) whatever its fate."""
+
+    events: list[Event] = field(default_factory=list)
+    kept: list[Event] = field(default_factory=list)
+
+
+_handler_scope: contextvars.ContextVar[_HandlerScope | None] = contextvars.ContextVar(
+    "handler_scope", default=None
 )
 
 
@@ -89,7 +104,36 @@ def on_health(func: HandlerT) -> HandlerT:
 
 
 class RejectedMessage(ValueError):
-    """A message that cannot be accepted; it goes to the dead-letter store with this reason."""
+    """A message that cannot be accepted, ever; it goes to the dead-letter store with this reason."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a handler's failure may pass by itself, so the message is retried instead of refused.
+
+    OSError is the environment (storage full, read-only or failing, a lock held, a timeout): the same
+    message works once that is fixed. Anything else (a refusal, a schema or validation error, a bug)
+    would fail the same way again: dead-lettered at once.
+    """
+    return isinstance(exc, OSError) and not isinstance(exc, RejectedMessage)
+
+
+class _Transient(Exception):
+    """Internal: a handler failed transiently; its message is kept unacknowledged for a retry."""
+
+    def __init__(self, key: str, label: str, context: dict[str, Any], error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.key, self.label, self.context = key, label, context
+
+
+@dataclass(eq=False)
+class _Delivery:
+    """A delivered message and, once it failed transiently, when and how often it is tried again."""
+
+    message: aiomqtt.Message
+    backoff: Backoff
+    attempts: int = 0
+    due: float = 0.0  # monotonic time of the next try
+    first_failure: str = ""  # UTC
 
 
 class RefusedClaim(RejectedMessage):
@@ -159,9 +203,18 @@ class Node:
         self._acked: list[int] = []
         self._busy = False
         self._consumer: asyncio.Task[None] | None = None
+        self._prepared: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._lost_at: tuple[str, float] | None = None
         self._uncommitted: list[OutboxRow] | None = None
+        self._alerts: FiringAlerts | None = None
+        self._exit_reason = ""  # set when the node gives up: health says why, the exit code is 1
+        self._retrying: list[_Delivery] = []
+        bus = settings.bus
+        if not 0 < bus.retry_min_s <= bus.retry_max_s or bus.retry_alert_after < 1:
+            raise ConfigError(
+                "bus.retry_min_s must be > 0 and <= bus.retry_max_s, bus.retry_alert_after at least 1"
+            )
         self._handlers = {
             getattr(type(self), attr)._vv_event_type: getattr(self, attr)
             for attr in self._marked("_vv_event_type")
@@ -212,7 +265,11 @@ class Node:
 
     # ----------------------------------------------------------------- for subclasses
     async def setup(self) -> None:
-        """Called once before connecting (open models, scan a directory, ...)."""
+        """Called once before connecting (open state, scan a directory, ...); slow work goes in `prepare`."""
+
+    async def prepare(self) -> None:
+        """Called once, subscribed but before the first message is handled: slow preparation (a model
+        to load) goes here, so what is published meanwhile waits in the session instead of being missed."""
 
     async def background(self) -> None:
         """Optional long-running work beside the handlers (watch a folder, record a stream)."""
@@ -237,6 +294,13 @@ class Node:
             )
         return self._store
 
+    @property
+    def alerts(self) -> FiringAlerts:
+        """Alerts that fire once per condition and resolve once, remembered across restarts."""
+        if self._alerts is None:
+            self._alerts = FiringAlerts(self.state_dir / "alerts.json", self.raise_alert)
+        return self._alerts
+
     async def emit(
         self,
         event_type: str,
@@ -248,9 +312,9 @@ class Node:
     ) -> Event:
         """Publish an event: validated now, durable in the outbox before it is sent.
 
-        Inside a handler the event is committed with the handler's completion (unless
-        `immediate`); elsewhere it is committed at once. Only declared types (`produces`) and
-        alerts may be emitted: the broker would refuse anything else.
+        Inside a handler the event is committed only if the handler completes (an `immediate` one,
+        such as an alert, whatever happens to the handler); elsewhere it is committed at once. Only
+        declared types (`produces`) and alerts may be emitted: the broker would refuse anything else.
         """
         if event_type not in self.publishes() and not event_type.startswith("alert."):
             raise UndeclaredEvent(
@@ -270,17 +334,21 @@ class Node:
             subject=subject if subject is not None else (cause.subject if cause else None),
             causationid=cause.id if cause else None,
         )
-        batch = _handler_batch.get()
-        if batch is not None and not immediate:
-            batch.append(event)
-            return event
+        scope = _handler_scope.get()
+        if scope is None:
+            self._persist_or_spool(event)
+        else:
+            (scope.kept if immediate else scope.events).append(event)
+        return event
+
+    def _persist_or_spool(self, event: Event) -> None:
+        """Persist one event now; an alert or command the disk cannot take is sent from memory."""
         try:
             self._persist([event])
         except (OSError, sqlite3.Error) as exc:
-            if not event_type.startswith(SPOOLED_PREFIXES):
+            if not event.type.startswith(SPOOLED_PREFIXES):
                 raise
             self._spool_unpersisted(event, exc)
-        return event
 
     def _spool_unpersisted(self, event: Event, error: BaseException) -> None:
         """An alert or command that cannot be persisted (the disk is full or failing) is sent from
@@ -409,6 +477,7 @@ class Node:
         self._started = time.monotonic()
         log.info("starting %s epoch %d", self.client_id, self.epoch, extra={"epoch": self.epoch})
         await self.setup()
+        await self.alerts.resolve("bus:failed", f"{self.name} was restarted (epoch {self.epoch})")
         background = loop.create_task(self._guard(self.background(), "background"))
         try:
             await self._connection_loop()
@@ -419,6 +488,9 @@ class Node:
             self.store.close()
             if self._group_claims is not None:
                 self._group_claims.close()
+        if self._exit_reason:
+            log.error("exiting with code 1: %s", self._exit_reason)
+            return 1
         log.info("stopped")
         return 0
 
@@ -429,13 +501,34 @@ class Node:
         self.stop()
 
     async def _guard(self, work: Awaitable[None], what: str) -> None:
+        """A crashed background job is the node failing (for ingest, dvr, monitor it IS the job)."""
         try:
             await work
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("%s crashed", what)
-            self.set_status("degraded", f"{what} crashed: {exc}")
+            await self.fail(f"{what} crashed: {type(exc).__name__}: {exc}")
+
+    async def fail(self, reason: str) -> None:
+        """Give up: alert, stop gracefully, publish `offline` with the reason and exit with code 1, so
+        that the supervisor (`vv up`, systemd) restarts the node and counts it, instead of a node that
+        beats on without doing its job. The alert is resolved when the node has started again."""
+        if self._exit_reason:
+            return
+        self._exit_reason = reason
+        await self.alerts.fire(
+            "bus:failed",
+            "ERROR",
+            "Node failed and exits to be restarted",
+            f"{self.name}: {reason}",
+            context={"node": self.name},
+            actions=[
+                f"Read logs/app.log (node={self.name}) for the traceback",
+                "The supervisor restarts the node; if it keeps failing it is left down with a CRITICAL",
+            ],
+        )
+        self.stop()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -500,6 +593,9 @@ class Node:
             tasks.append(asyncio.create_task(self._guard(self._catchup.run(), "catch-up")))
         self._connected.set()
         try:
+            if self._prepared is None:  # once per process, whatever the reconnects meanwhile
+                self._prepared = asyncio.create_task(self.prepare())
+            await asyncio.shield(self._prepared)
             self._consumer = asyncio.create_task(self._consume(client))
             if self._stop.is_set():  # stop() came while connecting: nothing to finish
                 self._consumer.cancel()
@@ -566,24 +662,42 @@ class Node:
 
     # ----------------------------------------------------------------- receiving
     async def _consume(self, client: aiomqtt.Client) -> None:
+        """Handle delivered messages in batches; one that failed transiently waits, unacknowledged, for
+        its retry while the others go on (a stop or a lost connection leaves it to be redelivered)."""
         messages = client.messages
-        async for message in messages:
-            self._busy = True
-            try:
-                # A burst already delivered is handled in one transaction: a commit costs ~250 us,
-                # five times the rest of the bookkeeping. Acks go out only after the commit.
-                batch = [message]
-                while len(batch) < self.max_batch and len(messages) > 0:
-                    batch.append(await anext(messages))
-                with self._committing():
-                    for item in batch:
-                        await self._receive(item)
-                for item in batch:
-                    ack(client, item)
-            finally:
-                self._busy = False
-            if self._stop.is_set():
-                return
+        self._retrying = []
+        incoming: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while True:
+                if incoming is None:  # one pending read, never cancelled while running: nothing is lost
+                    incoming = asyncio.ensure_future(anext(messages))
+                next_retry = min((d.due for d in self._retrying), default=None)
+                timeout = None if next_retry is None else max(0.0, next_retry - time.monotonic())
+                await asyncio.wait({incoming}, timeout=timeout)
+                self._busy = True  # from here stop() lets the batch finish
+                try:
+                    now = time.monotonic()
+                    batch = [d for d in self._retrying if d.due <= now]
+                    self._retrying = [d for d in self._retrying if d.due > now]
+                    if incoming.done():
+                        batch.append(self._delivery(incoming.result()))
+                        incoming = None
+                        # A burst already delivered is handled in one transaction: a commit costs
+                        # ~250 us, five times the rest of the bookkeeping. Acks go out after the commit.
+                        while len(batch) < self.max_batch and len(messages) > 0:
+                            batch.append(self._delivery(await anext(messages)))
+                    if batch:  # empty when woken a hair before a retry is due
+                        await self._handle_batch(client, batch)
+                finally:
+                    self._busy = False
+                if self._stop.is_set():
+                    return
+        finally:
+            if incoming is not None:
+                incoming.cancel()
+
+    def _delivery(self, message: aiomqtt.Message) -> _Delivery:
+        return _Delivery(message, Backoff(self.settings.bus.retry_min_s, self.settings.bus.retry_max_s))
 
     @contextlib.contextmanager
     def _committing(self) -> Iterator[None]:
@@ -603,30 +717,71 @@ class Node:
             for row in rows:
                 self._send_queue.put_nowait(row)
 
+    async def _handle_batch(self, client: aiomqtt.Client, batch: list[_Delivery]) -> None:
+        """One transaction for the batch; acks only for what it committed as handled or refused."""
+        done: list[aiomqtt.Message] = []
+        with self._committing():
+            for delivery in batch:
+                try:
+                    await self._receive(delivery.message)
+                except _Transient as failure:
+                    await self._retry_later(delivery, failure)
+                else:
+                    done.append(delivery.message)
+        for message in done:
+            ack(client, message)
+
+    async def _retry_later(self, delivery: _Delivery, failure: _Transient) -> None:
+        """Schedule the next try (capped backoff); alert.error once it has failed `retry_alert_after` times."""
+        cfg = self.settings.bus
+        delivery.attempts += 1
+        delivery.first_failure = delivery.first_failure or utc_now()
+        delay = delivery.backoff.next_delay()
+        delivery.due = time.monotonic() + delay
+        self._retrying.append(delivery)
+        log.warning(
+            "%s failed transiently (attempt %d): %s; retrying in %.1fs",
+            failure.label,
+            delivery.attempts,
+            failure,
+            delay,
+            extra={"topic": failure.context["topic"]},
+        )
+        if delivery.attempts >= cfg.retry_alert_after:
+            await self.alerts.fire(
+                failure.key,
+                "ERROR",
+                "Message keeps failing, retrying",
+                f"{self.name} cannot handle {failure.label} ({delivery.attempts} attempts since "
+                f"{delivery.first_failure}): {failure}. It stays unacknowledged and is retried "
+                f"at least every {cfg.retry_max_s:g}s; it is not dead-lettered.",
+                context=failure.context,
+                actions=[
+                    "Fix what the error names (storage full, read-only or failing, permissions, a lock)",
+                    f"Nothing to re-publish: {self.name} finishes the message once it works again",
+                ],
+            )
+
     async def _receive(self, message: aiomqtt.Message) -> None:
         self.stats.received += 1
         topic = str(message.topic)
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        ctype = content_type_of(message)
         try:
             device, event_type = parse_topic(topic)
             if is_catchup_reply(event_type):
                 await self._receive_catchup(topic, message)
                 return
-            if len(payload) > self.settings.bus.max_event_bytes:
-                raise RejectedMessage(
-                    f"oversized: {len(payload)} bytes > {self.settings.bus.max_event_bytes}"
-                )
-            document = decode_message(message)
-            if event_type.startswith("health."):
-                await self._receive_health(event_type, document)
-                return
-            if not isinstance(document, dict):
-                raise RejectedMessage(f"payload is a {type(document).__name__}, not an event envelope")
-            event = Event.from_dict(document)
-            if event.type != event_type or event.device != device:
-                raise RejectedMessage(f"event {event.type}@{event.device} does not belong on topic {topic}")
+            document = self._decode(event_type, payload, message)
+            health = event_type.startswith("health.")
+            event = None if health else self._envelope(topic, device, event_type, document)
         except (RejectedMessage, codec.DecodeError, schemas.SchemaError, ValueError) as exc:
-            await self._dead_letter(topic, bytes(payload), content_type_of(message), str(exc))
+            await self._dead_letter(topic, payload, ctype, str(exc))
+            return
+        if event is None:
+            node = event_type.split(".", 1)[1]
+            call = functools.partial(self._receive_health, node, document)
+            await self._dispatch(call, f"health of {node}", topic, payload, ctype)
             return
         if not self._claim(event):  # rolled back with the batch if we crash before it commits
             self.stats.duplicates += 1
@@ -636,7 +791,13 @@ class Node:
         handler = self._handler_for(topic)
         if handler is None:
             return
-        await self._dispatch(handler, event, topic, bytes(payload), content_type_of(message))
+        try:
+            await self._dispatch(
+                functools.partial(handler, event), f"{event.type} {event.id}", topic, payload, ctype, event
+            )
+        except _Transient:
+            self.store.unclaim(event.id)  # not handled yet: its retry (or redelivery) is no duplicate
+            raise
 
     def _claim(self, event: Event) -> bool:
         """Dedupe by event id: for this node, and once across the workers of its shared group."""
@@ -657,10 +818,26 @@ class Node:
             raise RejectedMessage(f"catch-up page is a {type(page).__name__}, not a map")
         await self._catchup.on_page(page)
 
-    async def _receive_health(self, event_type: str, document: Any) -> None:
-        schemas.validate("health", document)
+    def _decode(self, event_type: str, payload: bytes, message: aiomqtt.Message) -> Any:
+        """The decoded document; raises what makes the message a dead letter."""
+        if len(payload) > self.settings.bus.max_event_bytes:
+            raise RejectedMessage(f"oversized: {len(payload)} bytes > {self.settings.bus.max_event_bytes}")
+        document = decode_message(message)
+        if event_type.startswith("health."):
+            schemas.validate("health", document)
+        return document
+
+    def _envelope(self, topic: str, device: str, event_type: str, document: Any) -> Event:
+        if not isinstance(document, dict):
+            raise RejectedMessage(f"payload is a {type(document).__name__}, not an event envelope")
+        event = Event.from_dict(document)
+        if event.type != event_type or event.device != device:
+            raise RejectedMessage(f"event {event.type}@{event.device} does not belong on topic {topic}")
+        return event
+
+    async def _receive_health(self, node: str, document: Any) -> None:
         for handler in self._health_handlers:
-            await handler(event_type.split(".", 1)[1], document)
+            await handler(node, document)
 
     def _handler_for(self, topic: str) -> Callable[[Event], Awaitable[None]] | None:
         if topic not in self._routes:  # a node sees a handful of topics: match each once
@@ -676,34 +853,53 @@ class Node:
 
     async def _dispatch(
         self,
-        handler: Callable[[Event], Awaitable[None]],
-        event: Event,
+        call: Callable[[], Awaitable[None]],
+        label: str,
         topic: str,
         payload: bytes,
         ctype: str | None,
+        event: Event | None = None,
     ) -> None:
-        batch: list[Event] = []
-        token = _handler_batch.set(batch)
+        """Run a handler inside a savepoint: its store writes and its events commit only if it succeeds.
+
+        A transient failure raises `_Transient` (the caller keeps the message for a retry); any other
+        failure dead-letters the message. Either way the handler's alerts stand.
+        """
+        scope = _HandlerScope()
+        token = _handler_scope.set(scope)
         try:
-            await handler(event)
+            with self.store.savepoint():
+                await call()
+                self._persist(scope.events)
         except Exception as exc:
-            self.stats.failures += 1
-            if not isinstance(exc, RefusedClaim):  # a refusal is the check working, not a crash
-                log.exception(
-                    "handler for %s failed on %s", event.type, event.id, extra={"event_id": event.id}
-                )
-            _handler_batch.reset(token)
-            if isinstance(exc, RefusedClaim):
-                await self._dead_letter(topic, payload, ctype, f"refused claim: {exc}", event, forged=True)
-            else:
-                await self._dead_letter(
-                    topic, payload, ctype, f"handler failed: {type(exc).__name__}: {exc}", event
-                )
+            failure: Exception | None = exc
+        else:
+            failure = None
+        finally:
+            _handler_scope.reset(token)
+        for kept in scope.kept:
+            self._persist_or_spool(kept)
+        key = f"bus:retry:{event.id if event is not None else topic}"
+        if failure is None:
+            if event is not None:
+                self.stats.handled += 1
+                self.stats.last_event_at = utc_now()
+            await self.alerts.resolve(key, f"{self.name} handled {label}: it works again")
             return
-        _handler_batch.reset(token)
-        self._persist(batch)
-        self.stats.handled += 1
-        self.stats.last_event_at = utc_now()
+        self.stats.failures += 1
+        context: dict[str, Any] = {"topic": topic, "node": self.name}
+        if event is not None and event.subject:
+            context["video"] = event.subject
+        if is_transient(failure):
+            raise _Transient(key, label, context, failure) from failure
+        if isinstance(failure, RefusedClaim):  # a refusal is the check working, not a crash
+            await self._dead_letter(topic, payload, ctype, f"refused claim: {failure}", event, forged=True)
+        else:
+            log.error("handler for %s failed", label, exc_info=failure, extra={"topic": topic})
+            await self._dead_letter(
+                topic, payload, ctype, f"handler failed: {type(failure).__name__}: {failure}", event
+            )
+        await self.alerts.resolve(key, f"{self.name} gave up on {label}: dead-lettered")
 
     def _track_seq(self, event: Event) -> None:
         """Per producer and epoch, a jump in `seq` means events we never got (shown in health)."""
@@ -877,6 +1073,7 @@ class Node:
                 "emitted": self.stats.emitted,
                 "gaps": self.stats.gaps,
                 "reconnects": self.stats.reconnects,
+                "retrying": len(self._retrying),
                 "outbox_depth": self._send_queue.qsize() + len(self._awaiting),
                 "last_event_at": self.stats.last_event_at,
                 **({"catchup": self._catchup.status()} if self._catchup is not None else {}),
@@ -885,6 +1082,8 @@ class Node:
         }
         if self._reason and doc["status"] == "degraded":
             doc["reason"] = self._reason
+        elif self._exit_reason and doc["status"] == "offline":  # not a stop on purpose: to be restarted
+            doc["reason"] = self._exit_reason
         return doc
 
     def _health_topic(self) -> str:

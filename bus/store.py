@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SEQ_BLOCK = 1000
 SEEN_RETENTION_S = 14 * 24 * 3600  # longer than any broker session expiry: a redelivery is still recognised
@@ -103,6 +104,30 @@ class NodeStore:
         finally:
             self._depth = 0
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: if the block raises, its writes are undone and the transaction goes on.
+
+        One message of a batch that fails must leave nothing behind (its handler's rows, its events)
+        without taking the other messages of the batch with it.
+        """
+        assert self._depth, "a savepoint needs an open transaction"
+        seq_before, reserved_before = self._seq, self._reserved
+        self._db.execute("SAVEPOINT message")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO message")
+            self._db.execute("RELEASE message")
+            self._seq, self._reserved = seq_before, reserved_before
+            raise
+        self._db.execute("RELEASE message")
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """For a node's own tables: inside a handler this joins the handler's savepoint, so a handler that
+        fails leaves none of its writes (and none of its events)."""
+        return self._db.execute(sql, parameters)
+
     def bump_epoch(self) -> int:
         """Every start is a new epoch, so consumers can tell a restart from a gap in `seq`."""
         with self.transaction():
@@ -175,6 +200,10 @@ class NodeStore:
         if time.monotonic() >= self._next_prune:
             self.prune_seen()
         return fresh
+
+    def unclaim(self, event_id: str) -> None:
+        """Forget an event was seen: its handler failed transiently and it is to be handled again."""
+        self._db.execute("DELETE FROM seen WHERE event_id=?", (event_id,))
 
     def prune_seen(self, older_than_s: float | None = None) -> int:
         """Forget dedupe ids older than the retention, then the oldest beyond the cap; returns how many."""

@@ -1,8 +1,10 @@
 """Run the whole pipeline once on a sample video: broker, every node, live events, a verified LogLine.
 
-Builds a short clip from sample photos that a dependency ships (ultralytics' bus.jpg and zidane.jpg,
-or --video FILE), drops it into input/, prints the bus traffic as it happens, verifies the LogLine
-that comes out, then stops everything. Exit codes: 0 done and verified, 1 failed, 2 usage.
+Builds a short clip from sample photos that a dependency ships (ultralytics' bus.jpg and zidane.jpg)
+or, on a lean install, draws one with OpenCV (or takes --video FILE), drops it into input/, prints
+the bus traffic as it happens, verifies the LogLine that comes out, says which detector ran (and
+how to get a YOLO model when it was the fallback), then stops everything. It needs no network and
+no shared assets. Exit codes: 0 done and verified, 1 failed, 2 usage.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,6 +38,12 @@ from nodes.verify import verify_paths
 
 NODES = ("journal", "ingest", "scan", "summarize", "sign", "reconciler")
 SHARED_MODEL = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"
+YOLO_HINT = (
+    "demo: to run a YOLO model instead: online, `pip install 'vv-edge[yolo]'` and scan fetches "
+    "yolo11n.pt once; offline, copy a YOLO .onnx (`vv model export yolo11n.pt --imgsz 320` on a machine "
+    "with the [yolo] extra) or Darknet .weights (+ .cfg) to the box and set VV_SCAN_MODEL (scan.model) "
+    "to its path"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +83,40 @@ def build_clip(photos: list[Path], out: Path, seconds: float = 3.0, fps: float =
     return out
 
 
+def _walker(frame: np.ndarray[Any, Any], x: float, feet_y: float, height: float, stride: float) -> None:
+    """A dark walking figure drawn in place, proportioned so OpenCV's HOG people detector finds it."""
+    unit, ink = height / 8, (40, 40, 40)
+    swing = np.sin(stride)
+    cv2.circle(frame, (int(x), int(feet_y - 7.3 * unit)), int(0.6 * unit), ink, -1, cv2.LINE_AA)
+    cv2.ellipse(
+        frame, (int(x), int(feet_y - 5 * unit)), (int(0.9 * unit), int(1.8 * unit)), 0, 0, 360, ink, -1
+    )
+    hip = (int(x), int(feet_y - 3.5 * unit))
+    for side in (1, -1):
+        foot = (int(x + side * (swing * 1.2 + 0.3) * unit), int(feet_y))
+        cv2.line(frame, hip, foot, ink, int(0.9 * unit), cv2.LINE_AA)
+        shoulder = (int(x + side * 0.7 * unit), int(feet_y - 6.2 * unit))
+        hand = (int(x + side * (0.9 - swing * 0.8) * unit), int(feet_y - 3.6 * unit))
+        cv2.line(frame, shoulder, hand, ink, int(0.45 * unit), cv2.LINE_AA)
+
+
+def synthetic_clip(out: Path, seconds: float = 6.0, fps: float = 10.0) -> Path:
+    """A 640x480 mp4v clip drawn with OpenCV alone: two figures walking across a yard (lean installs)."""
+    size = (640, 480)
+    sky = np.linspace(230, 170, size[1], dtype=np.float32)[:, None, None]
+    yard = np.broadcast_to(sky, (size[1], size[0], 3)).astype(np.uint8)
+    cv2.rectangle(yard, (0, 400), size, (120, 140, 120), -1)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    frames = int(seconds * fps)
+    for i in range(frames):
+        frame = yard.copy()
+        _walker(frame, 120 + 300 * i / frames, 430, 220, i * 0.6)
+        _walker(frame, 560 - 200 * i / frames, 410, 160, i * 0.6 + 1.5)
+        writer.write(frame)
+    writer.release()
+    return out
+
+
 def model_env() -> dict[str, str]:
     """The detector: VV_SCAN_MODEL if set, else the shared Yolo-Fastest beside the repo, else
     ultralytics' yolo11n.pt (needs the internet once; offline, scan falls back to HOG and says so)."""
@@ -90,47 +134,69 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def watch(settings: Settings, deadline: float, drop: Callable[[], None]) -> str | None:
-    """Report each node started once it is subscribed (its health online), then drop the sample and
-    print every event until a LogLine is signed; return its path."""
+@dataclass
+class Seen:
+    """What the demo took from the bus: the signed LogLine, and which detector the scan ran."""
+
+    logline: str | None = None
+    scan: dict[str, Any] | None = None
+
+
+async def watch(settings: Settings, deadline: float, drop: Callable[[], None], seen: Seen) -> None:
+    """Report each node started once it is subscribed (its health online or degraded), then drop
+    the sample and print every event until a LogLine is signed (a node's health when it changes)."""
     waiting = set(NODES)
+    health: dict[str, tuple[Any, Any]] = {}
     async for topic, document, _ in stream(settings, [f"vv/{settings.device}/#"], f"vv-demo-{os.getpid()}"):
         if time.monotonic() > deadline:
-            return None
+            return
         _, kind = parse_topic(topic)
-        online = isinstance(document, dict) and document.get("status") == "online"
-        if kind.startswith("health.") and online:
-            node = kind.removeprefix("health.")
-            if node in waiting:
+        if kind.startswith("health.") and isinstance(document, dict):
+            node, state = kind.removeprefix("health."), (document.get("status"), document.get("reason"))
+            if node in waiting and state[0] in ("online", "degraded"):
                 waiting.discard(node)
                 print(f"demo: {node} started (subscribed, pid {document.get('pid')})", flush=True)
                 if not waiting:
                     drop()
-            continue  # heartbeats: too chatty for a demo
-        if waiting or is_catchup_reply(kind):
+            if state[0] == "online" or health.get(topic) == state:
+                continue  # heartbeats and repeats: too chatty for a demo
+            health[topic] = state
+        elif waiting or is_catchup_reply(kind):
             continue  # before the sample, and the journal's catch-up pages: not the demo's story
         print("  " + format_line(topic, document), flush=True)
+        if isinstance(document, dict) and document.get("type") == "scan.done":
+            seen.scan = document["data"]
         if isinstance(document, dict) and document.get("type") == "logline.signed":
-            return str(document["data"]["logline"]["path"])
-    return None
+            seen.logline = str(document["data"]["logline"]["path"])
+            return
+
+
+def describe_detector(scan: dict[str, Any]) -> str:
+    """Which detector ran, plainly; after a fallback, why and the way to a YOLO model."""
+    ran = f"demo: detector: {scan['backend']} ({scan['model']})"
+    if "degraded" not in scan:
+        return ran
+    return f"{ran}, the fallback, because {scan['degraded']}\n{YOLO_HINT}"
 
 
 def _drive(
     args: argparse.Namespace,
     settings: Settings,
     port: int,
-    photos: list[Path],
     deadline: float,
     up: subprocess.Popen[bytes],
-) -> str | None:
+    seen: Seen,
+) -> None:
     """Wait for the broker and every node, drop the sample, print events until its LogLine is signed."""
     while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
         if time.monotonic() > deadline or up.poll() is not None:
             print("demo: the broker did not start", file=sys.stderr)
-            return None
+            return
         time.sleep(0.05)
     settings.paths.input.mkdir(parents=True, exist_ok=True)
-    source = args.video or build_clip(photos, settings.home / "sample.mp4")
+    photos = sample_photos()
+    sample = settings.home / "sample.mp4"
+    source = args.video or (build_clip(photos, sample) if photos else synthetic_clip(sample))
 
     def drop() -> None:
         staged = settings.paths.input / f".{source.name}.part"
@@ -139,20 +205,15 @@ def _drive(
         print(f"demo: dropped {source.name} into {settings.paths.input}; live events:", flush=True)
 
     try:
-        return asyncio.run(watch(settings, deadline, drop))  # as the read-only device user
+        asyncio.run(watch(settings, deadline, drop, seen))  # as the read-only device user
     except MqttError as exc:
         print(f"demo: broker: {exc}", file=sys.stderr)
-        return None
 
 
 def run(args: argparse.Namespace) -> int:
     home = args.home.resolve()
     if args.video is not None and not args.video.is_file():
         print(f"vv demo: {args.video}: no such file", file=sys.stderr)
-        return 2
-    photos = sample_photos()
-    if args.video is None and not photos:
-        print("vv demo: no sample photos: install the [yolo] extra, or pass --video FILE", file=sys.stderr)
         return 2
     shutil.rmtree(home, ignore_errors=True)
     port = free_port()
@@ -168,8 +229,9 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     with log_path.open("ab") as log:
         up = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # the broker and nodes, supervised
+    seen = Seen()
     try:
-        logline = _drive(args, settings, port, photos, deadline, up)
+        _drive(args, settings, port, deadline, up, seen)
     finally:
         up.send_signal(signal.SIGTERM)
         try:
@@ -177,9 +239,12 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             up.kill()
             stopped = False
+    if seen.scan is not None:
+        print(describe_detector(seen.scan))
     if not stopped:
         print(f"demo: `vv up` did not stop cleanly; see {log_path}", file=sys.stderr)
         return 1
+    logline = seen.logline
     if logline is None:
         print(f"demo: no LogLine within {args.timeout:.0f}s; see {settings.paths.logs}", file=sys.stderr)
         return 1

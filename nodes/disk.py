@@ -11,9 +11,9 @@ parent) and on `/`; a filesystem holding both is watched once. Levels, per files
   threshold by the hysteresis (`hysteresis_percent`, capped at `hysteresis_gb`), so a disk hovering
   at a threshold does not flap. Leaving a level resolves its alert (`resolved=True`); when no
   filesystem is critical any more, ingest resumes (`cmd.ingest.resume`).
-The levels and the pause are kept in the node's state directory, so a restart neither alerts
-again for a known level nor forgets to resume; the first look after a start judges the figures
-alone, never the saved level.
+The pause is kept in the node's state directory and each level's alert with the node's firing
+alerts (the levels are read back from those), so a restart neither alerts again for a known level
+nor forgets to resume; the first look after a start judges the figures alone, never the saved level.
 """
 
 from __future__ import annotations
@@ -120,10 +120,13 @@ class DiskWatch(Node):
         self._looked = False
 
     async def setup(self) -> None:
+        by_name: dict[str, Level] = {level: level for level in LEVELS}
+        for key in self.alerts.firing():  # `<level>:<mount>`: which level's alert is firing
+            name, _, mount = key.partition(":")
+            if name in by_name:
+                self.levels[mount] = by_name[name]
         try:
-            state = json.loads(self._state_file.read_text())
-            self.levels = {m: lvl for m, lvl in state["levels"].items() if lvl in LEVELS}
-            self.paused = bool(state["paused"])
+            self.paused = bool(json.loads(self._state_file.read_text())["paused"])
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -133,7 +136,7 @@ class DiskWatch(Node):
     def _save(self) -> None:
         """Best effort: the disk this node watches may be the full one; it still alerts and pauses."""
         try:
-            atomic_write_json(self._state_file, {"levels": self.levels, "paused": self.paused})
+            atomic_write_json(self._state_file, {"paused": self.paused})
         except OSError as exc:
             log.warning("state %s not saved: %s", self._state_file, exc)
 
@@ -156,7 +159,9 @@ class DiskWatch(Node):
             return
         self.set_status("online")
         for gone in set(self.levels) - {str(m) for m in mounts}:
-            log.info("%s is no longer watched: its level %s is forgotten", gone, self.levels.pop(gone))
+            level = self.levels.pop(gone)
+            log.info("%s is no longer watched: its level %s is forgotten", gone, level)
+            await self.alerts.resolve(f"{level}:{gone}", f"{gone} is no longer watched")
         for mount, names in mounts.items():
             usage = usages[mount]
             old = self.levels.get(str(mount), "ok")
@@ -192,10 +197,7 @@ class DiskWatch(Node):
         }
         log.info("%s: %s -> %s", mount, old, new)
         if old != "ok":
-            severity, title = TITLES[old]
-            await self.raise_alert(
-                severity, title, f"{figures}: back above the {old} level", context=context, resolved=True
-            )
+            await self.alerts.resolve(f"{old}:{mount}", f"{figures}: back above the {old} level")
         if new != "ok":
             severity, title = TITLES[new]
             percent, gb = (
@@ -205,7 +207,8 @@ class DiskWatch(Node):
             )
             effect = " Ingest is paused until space returns." if new == "critical" else ""
             limit = threshold_bytes(usage.total_bytes, percent, gb) / GB
-            await self.raise_alert(
+            await self.alerts.fire(
+                f"{new}:{mount}",
                 severity,
                 title,
                 f"{figures}; {new} below {limit:.2f} GB free ({percent:g}% of the volume, at most {gb:g} GB).{effect}",

@@ -4,7 +4,8 @@ The stream (RTSP, HTTP, a device) is read with OpenCV's FFmpeg backend in a work
 written segment by segment to `input/.<name>.tmp.mp4`, renamed to `input/<camera>-<UTC stamp>.mp4`
 once closed, so ingest never sees a half-written segment. When the stream is lost it retries with
 capped exponential backoff, raises `alert.error` after `error_after_attempts` failed attempts and
-`alert.critical` once down for `critical_after_s`, and resolves both when the stream returns.
+`alert.critical` once down for `critical_after_s`, and resolves both when the stream returns. The
+firing alerts are kept in the node's state directory: one raised before a restart is resolved after it.
 """
 
 from __future__ import annotations
@@ -172,7 +173,6 @@ class Dvr(Node):
         self.down_since: tuple[str, float] | None = None  # (UTC, monotonic)
         self.last_error = ""
         self.last_segment = ""
-        self._firing: set[Severity] = set()
 
     def health_details(self) -> dict[str, Any]:
         return {
@@ -241,11 +241,13 @@ class Dvr(Node):
 
     async def _stream_up(self, stream: Stream) -> None:
         log.info("recording %s (%dx%d at %.1f fps)", self.url, *stream.size, stream.fps)
-        if self.down_since is not None:
-            down_s = time.monotonic() - self.down_since[1]
-            for severity in sorted(self._firing):
-                await self._alert(severity, f"the stream is back after {down_s:.0f}s down", resolved=True)
-        self._firing.clear()
+        back = (
+            f"after {time.monotonic() - self.down_since[1]:.0f}s down"
+            if self.down_since is not None
+            else "(it went down before this node restarted)"
+        )
+        for key in self.alerts.firing("stream:"):
+            await self.alerts.resolve(key, f"{self.camera} ({self.url}): the stream is back {back}")
         self.failed_attempts, self.down_since, self.state = 0, None, "recording"
         self.set_status("online")
 
@@ -262,13 +264,15 @@ class Dvr(Node):
             f"stream down since {self.down_since[0]}: {reason} ({self.failed_attempts} failed attempts)",
         )
         details = f"{reason}; {self.failed_attempts} failed attempts, down for {down_s:.0f}s"
-        if self.failed_attempts >= self.cfg.error_after_attempts and "ERROR" not in self._firing:
+        if self.failed_attempts >= self.cfg.error_after_attempts:
             await self._alert("ERROR", details)
-        if down_s >= self.cfg.critical_after_s and "CRITICAL" not in self._firing:
+        if down_s >= self.cfg.critical_after_s:
             await self._alert("CRITICAL", details)
 
-    async def _alert(self, severity: Severity, details: str, resolved: bool = False) -> None:
-        await self.raise_alert(
+    async def _alert(self, severity: Severity, details: str) -> None:
+        """Fire once per severity until the stream is back (`_stream_up` resolves it)."""
+        await self.alerts.fire(
+            f"stream:{severity}",
             severity,
             "Camera stream down" if severity == "ERROR" else "Camera stream down for too long",
             f"{self.camera} ({self.url}): {details}",
@@ -278,9 +282,4 @@ class Dvr(Node):
                 "Check the URL and the credentials in dvr.url",
                 f"Nothing is recorded meanwhile; segments resume by themselves (retry up to every {self.cfg.retry_max_s:.0f}s)",
             ],
-            resolved=resolved,
         )
-        if resolved:
-            self._firing.discard(severity)
-        else:
-            self._firing.add(severity)

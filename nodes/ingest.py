@@ -506,7 +506,6 @@ class Ingest(Node):
         self.watch_mode = "polling"
         self._looks: dict[Path, _Look] = {}
         self._retry: dict[Path, _Retry] = {}  # failed (storage fault) or unfinished files
-        self._failing: set[Path] = set()  # files with a firing "Cannot ingest file" alert
         self._refused: dict[Path, str] = {}  # entries of input/ that are not regular files, alerted once
         self._renamed_in: set[str] = set()  # names renamed into input/: complete by the writer's word
         self._wake = asyncio.Event()
@@ -683,12 +682,14 @@ class Ingest(Node):
     async def _take(self, path: Path, signature: tuple[int, int]) -> None:
         ingest = self.settings.ingest
         grace = 0.0 if path.name in self._renamed_in else ingest.incomplete_grace_s
+        alert = f"input:{shown(str(path))}"  # the file's "Cannot ingest file" alert
         try:
             outcome = await asyncio.to_thread(
                 ingest_file, path, self.paths, self.ledger, component=self.name, grace_s=grace
             )
-        except FileNotFoundError:
-            return  # taken away meanwhile (by `vv ingest`, or its writer): nothing to do
+        except FileNotFoundError:  # taken away meanwhile (by `vv ingest`, or its writer): nothing to do
+            await self.alerts.resolve(alert, f"{shown(path.name)} was taken away from input/")
+            return
         except StillWriting as exc:
             log.info("%s: looking again in %.0fs", exc, ingest.stable_s)
             self._retry[path] = _Retry(signature, time.monotonic() + ingest.stable_s, ingest.stable_s)
@@ -698,8 +699,8 @@ class Ingest(Node):
             previous = self._retry.get(path)
             delay = min(ingest.retry_max_s, previous.delay * 2) if previous else ingest.retry_min_s
             self._retry[path] = _Retry(signature, time.monotonic() + delay, delay)
-            self._failing.add(path)
-            await self.raise_alert(
+            await self.alerts.fire(
+                alert,
                 "ERROR",
                 "Cannot ingest file",
                 f"{shown(path.name)}: {type(exc).__name__}: {exc}; it stays in input/ and is retried "
@@ -709,13 +710,5 @@ class Ingest(Node):
             )
             return
         self._retry.pop(path, None)
-        if path in self._failing:
-            self._failing.discard(path)
-            await self.raise_alert(
-                "ERROR",
-                "Cannot ingest file",
-                f"{shown(path.name)} was ingested after all",
-                context={"path": shown(str(path))},
-                resolved=True,
-            )
+        await self.alerts.resolve(alert, f"{shown(path.name)} was ingested after all")
         await announce(self, self.ledger, outcome, self.counts)

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,6 @@ from typing import Any
 
 import psutil
 
-from bus.alerts import Severity
 from bus.config import MonitorSettings, Settings
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on_health
@@ -182,7 +181,6 @@ class Monitor(Node):
         self.storage_dir = Path(self.cfg.storage_probe) if self.cfg.storage_probe else self.paths.storage
         self.state_path = self.state_dir / "monitor.json"
         self.rounds = 0  # check rounds in which nodes were judged (after the monitor's own grace)
-        self._firing: dict[str, dict[str, Any]] = {}
         self._history: dict[str, dict[str, Any]] = {}
         self._dirty = False
         self._storage_probe: asyncio.Task[str | None] | None = None
@@ -194,8 +192,6 @@ class Monitor(Node):
     async def setup(self) -> None:
         saved = load_history(self.state_path)
         self._history = {k: v for k, v in saved.get("nodes", {}).items() if isinstance(v, dict)}
-        firing = saved.get("firing", {})
-        self._firing = {k: v for k, v in firing.items() if isinstance(v, dict) and "title" in v}
         self._began = time.monotonic()
 
     async def background(self) -> None:
@@ -208,7 +204,7 @@ class Monitor(Node):
     def health_details(self) -> dict[str, Any]:
         return {
             "rounds": self.rounds,
-            "firing": len(self._firing),
+            "firing": len(self.alerts),
             "nodes": {
                 name: {
                     "state": w.state,
@@ -250,16 +246,16 @@ class Monitor(Node):
         if watched.status in LIVE:
             watched.last_beat = time.monotonic()
         if watched.status == "degraded":
-            await self._fire(
+            await self.alerts.fire(
                 f"degraded:{node}",
                 "WARNING",
                 "Node degraded",
                 f"{node} reports degraded: {watched.reason or 'no reason given'}",
-                {"node": node},
-                [f"Read the reason and logs/app.log (node={node}); the node keeps running"],
+                context={"node": node},
+                actions=[f"Read the reason and logs/app.log (node={node}); the node keeps running"],
             )
         elif watched.status == "online":
-            await self._clear(f"degraded:{node}", f"{node} is online again")
+            await self.alerts.resolve(f"degraded:{node}", f"{node} is online again")
 
     def _watched(self, node: str) -> Watched:
         watched = self.nodes.get(node)
@@ -306,13 +302,13 @@ class Monitor(Node):
             return
         if not self._restartable(w.name):
             w.state = "unmanaged"
-            await self._fire(
+            await self.alerts.fire(
                 f"down:{w.name}",
                 "ERROR",
                 "Node down, not restartable",
                 f"{w.name} is {problem}; no supervisor of this device can restart it",
-                {"node": w.name},
-                [
+                context={"node": w.name},
+                actions=[
                     f"Start it again (vv up, or systemctl start vv-{w.name}) and read logs/app.log (node={w.name})"
                 ],
             )
@@ -329,13 +325,15 @@ class Monitor(Node):
                 await self._fatal(w)
                 return
             w.state, w.restart_at = "unhealthy", now + delay
-            await self._fire(
+            await self.alerts.fire(
                 f"unhealthy:{w.name}",
                 "WARNING",
                 "Node unhealthy, restarting",
                 f"{w.name} is {problem}; restarting it through {self.cfg.supervisor}",
-                {"node": w.name},
-                [f"Nothing yet: the monitor restarts it; read logs/app.log (node={w.name}) if it recurs"],
+                context={"node": w.name},
+                actions=[
+                    f"Nothing yet: the monitor restarts it; read logs/app.log (node={w.name}) if it recurs"
+                ],
             )
         if w.restart_at is not None and now >= w.restart_at:
             w.restart_at = None
@@ -350,12 +348,14 @@ class Monitor(Node):
         tracker.mark_up()
         if tracker.refresh():
             self._dirty = True
-        await self._clear(f"unhealthy:{w.name}", f"{w.name} is alive again")
-        await self._clear(f"down:{w.name}", f"{w.name} is alive again")
+        await self.alerts.resolve(f"unhealthy:{w.name}", f"{w.name} is alive again")
+        await self.alerts.resolve(f"down:{w.name}", f"{w.name} is alive again")
         if tracker.fatal is not None:  # someone fixed and restarted it: watch it afresh
             tracker.reset()
             self._dirty = True
-        await self._clear(f"fatal:{w.name}", f"{w.name} is alive again; the monitor watches it afresh")
+        await self.alerts.resolve(
+            f"fatal:{w.name}", f"{w.name} is alive again; the monitor watches it afresh"
+        )
 
     def _restartable(self, node: str) -> bool:
         if self.cfg.supervisor == "systemd":
@@ -409,15 +409,15 @@ class Monitor(Node):
         reasons = "\n".join(f"  - {r}" for r in w.tracker.reasons())
         output = "\n".join(f"  {line}" for line in lines) or "  (none found)"
         restart = "vv up --reset" if self.cfg.supervisor == "vv" else f"systemctl restart vv-{w.name}"
-        await self._fire(
+        await self.alerts.fire(
             f"fatal:{w.name}",
             "CRITICAL",
             "Node unhealthy, restarts exhausted",
             f"{w.name} was restarted {len(w.tracker.restarts)} times within {self.policy.window_s:g}s and is "
             f"still {w.problem}; the monitor has stopped restarting it.\nRestart reasons:\n{reasons}\n"
             f"Last lines of logs/app.log:\n{output}",
-            {"node": w.name, "restarts": len(w.tracker.restarts)},
-            [
+            context={"node": w.name, "restarts": len(w.tracker.restarts)},
+            actions=[
                 f"Read the log lines above and logs/app.log (node={w.name})",
                 f"Fix the cause, then restart it ({restart}); the monitor resumes once it is back online",
             ],
@@ -441,18 +441,20 @@ class Monitor(Node):
                 key = f"{kind}:{w.name}"
                 if threshold <= 0 or figures[kind] <= threshold:
                     w.high_since.pop(kind, None)
-                    await self._clear(key, f"{w.name} {kind} back to {figures[kind]:.1f}%")
+                    await self.alerts.resolve(key, f"{w.name} {kind} back to {figures[kind]:.1f}%")
                     continue
                 since = w.high_since.setdefault(kind, now)
                 if now - since >= self.cfg.resource_sustain_s:
-                    await self._fire(
+                    await self.alerts.fire(
                         key,
                         "WARNING",
                         f"High {kind} use",
                         f"{w.name} (pid {w.pid}) at {figures[kind]:.1f}% {kind} for "
                         f"{format_duration(now - since)} (threshold {threshold:g}%)",
-                        {"node": w.name, "key": kind, "percent": round(figures[kind], 1)},
-                        [f"Check what {w.name} is doing (logs/app.log, its health); restart it if it leaks"],
+                        context={"node": w.name, "key": kind, "percent": round(figures[kind], 1)},
+                        actions=[
+                            f"Check what {w.name} is doing (logs/app.log, its health); restart it if it leaks"
+                        ],
                     )
 
     async def _check_storage(self) -> None:
@@ -465,15 +467,15 @@ class Monitor(Node):
         done, _ = await asyncio.wait({task}, timeout=max(self.cfg.check_interval_s, 1.0))
         error = task.result() if done else "the write probe did not finish (storage not responding)"
         if error is None:
-            await self._clear("storage", f"{self.storage_dir} is writable again")
+            await self.alerts.resolve("storage", f"{self.storage_dir} is writable again")
             return
-        await self._fire(
+        await self.alerts.fire(
             "storage",
             "CRITICAL",
             "Storage not writable",
             f"cannot write to {self.storage_dir}: {error}",
-            {"path": str(self.storage_dir)},
-            [
+            context={"path": str(self.storage_dir)},
+            actions=[
                 "Check the disk: mounted, read-only after errors (dmesg), full, permissions",
                 "Videos cannot be stored until this is fixed",
             ],
@@ -484,15 +486,17 @@ class Monitor(Node):
         for name, job in self.jobs.items():
             overdue = job_overdue(job.details, now - job.first_seen, wall, self.cfg.job_grace)
             if overdue is None:
-                await self._clear(f"job:{name}", f"{name} succeeded again")
+                await self.alerts.resolve(f"job:{name}", f"{name} succeeded again")
                 continue
-            await self._fire(
+            await self.alerts.fire(
                 f"job:{name}",
                 "ERROR",
                 "Scheduled job overdue",
                 f"{name}: {overdue}",
-                {"job": name},
-                [f"Check the job's schedule (timer/cron) and its last run in logs/app.log (node={name})"],
+                context={"job": name},
+                actions=[
+                    f"Check the job's schedule (timer/cron) and its last run in logs/app.log (node={name})"
+                ],
             )
 
     async def _check_journal(self) -> None:
@@ -511,51 +515,26 @@ class Monitor(Node):
             since = state.stage_since
             assert state.stage is not None and since is not None
             waited = (datetime.now(UTC) - since).total_seconds()
-            await self._fire(
+            await self.alerts.fire(
                 f"stuck:{video_id}",
                 "ERROR",
                 "Video stuck in pipeline",
                 f"video {video_id} has been {state.stage} for {format_duration(waited)} "
                 f"(limit {format_duration(limits[state.stage])})",
-                {"video": video_id, "stage": state.stage},
-                [f"See `vv status {video_id}`; check the node of the next stage and its logs"],
+                context={"video": video_id, "stage": state.stage},
+                actions=[f"See `vv status {video_id}`; check the node of the next stage and its logs"],
             )
-        for key in [k for k in self._firing if k.startswith("stuck:")]:
+        for key in self.alerts.firing("stuck:"):
             if key.removeprefix("stuck:") not in stuck_now:
-                await self._clear(key, "the video moved on")
+                await self.alerts.resolve(key, "the video moved on")
 
     # ------------------------------------------------------------------ alerts and state
-    async def _fire(
-        self,
-        key: str,
-        severity: Severity,
-        title: str,
-        details: str,
-        context: dict[str, Any],
-        actions: Sequence[str],
-    ) -> None:
-        """Raise an alert once per condition; it stays firing (on disk too) until `_clear`."""
-        if key in self._firing:
-            return
-        await self.raise_alert(severity, title, details, context=context, actions=actions)
-        self._firing[key] = {"severity": severity, "title": title, "context": context}
-        self._dirty = True
-
-    async def _clear(self, key: str, details: str) -> None:
-        meta = self._firing.pop(key, None)
-        if meta is None:
-            return
-        await self.raise_alert(
-            meta["severity"], meta["title"], details, context=meta["context"], resolved=True
-        )
-        self._dirty = True
-
     def _save(self) -> None:
         if not self._dirty:
             return
         history = {**self._history, **{name: w.tracker.to_dict() for name, w in self.nodes.items()}}
         try:
-            atomic_write_json(self.state_path, {"nodes": history, "firing": self._firing})
+            atomic_write_json(self.state_path, {"nodes": history})
         except OSError as exc:
             log.error("monitor state not saved to %s: %s", self.state_path, exc)
             return

@@ -111,7 +111,6 @@ class SupervisorNode(Node):
             listener=self._on_child,
         )
         self.reset, self.echo, self.out = reset, echo, out
-        self._alerted: set[str] = set()  # children whose FATAL alert is firing
         self._reported: dict[str, int] = {}  # node child -> pid reported started (subscribed)
 
     async def setup(self) -> None:
@@ -159,22 +158,15 @@ class SupervisorNode(Node):
         self.say(f"{child.name:<12} {label:<11} {message}")
         if kind == "fatal":
             await self._alert_fatal(child)
-        elif kind == "running" and child.name in self._alerted:
-            self._alerted.discard(child.name)
-            await self.raise_alert(
-                "CRITICAL",
-                "Node keeps crashing",
-                f"{child.name} is running again",
-                context={"node": child.name},
-                resolved=True,
-            )
+        elif kind == "running":
+            await self.alerts.resolve(f"fatal:{child.name}", f"{child.name} is running again")
 
     async def _alert_fatal(self, child: Child) -> None:
         policy = child.tracker.policy
         reasons = "\n".join(f"  - {r}" for r in child.tracker.reasons())
         output = "\n".join(f"  {line}" for line in list(child.lines)[-ALERT_OUTPUT_LINES:])
-        self._alerted.add(child.name)
-        await self.raise_alert(
+        await self.alerts.fire(
+            f"fatal:{child.name}",
             "CRITICAL",
             "Node keeps crashing",
             f"{child.name} was restarted {len(child.tracker.restarts)} times within {policy.window_s:g}s "

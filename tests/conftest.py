@@ -154,7 +154,7 @@ def vv(tmp_path: Path) -> Iterator[VV]:
         "VV_MQTT_WILL_DELAY_S": "1",
         "VV_SHARED": str(SHARED),
         # the test nodes and the scan workers tests run get their own credentials, like real ones
-        "VV_BROKER_NODES": "echo_node:Echo,crashy_node:Crashy",
+        "VV_BROKER_NODES": "echo_node:Echo,echo_node:Preparing,crashy_node:Crashy,failing_node:Fragile,failing_node:BackgroundCrash",
         "VV_BROKER_INSTANCES": "scan:a,scan:b",
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
         "PYTHONUNBUFFERED": "1",
@@ -274,6 +274,17 @@ class Publisher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@pytest.fixture
+def silent_network() -> Iterator[dict[str, str]]:
+    """Proxy settings for a network that swallows requests (a black-holed link): the proxy takes the
+    connection and never answers, so an unbounded download would hang for minutes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        yield {"HTTPS_PROXY": url, "HTTP_PROXY": url, "https_proxy": url, "http_proxy": url}
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -26,3 +27,16 @@ class Echo(Node):
             if event.data["original_name"] == "explode.mp4":
                 raise RuntimeError("handler bug on purpose")
             await self.emit("scan.done", fake_scan_done(event, "echo"), cause=event)
+
+
+class Preparing(Echo):
+    """An Echo whose preparation (a model that loads slowly) lasts until the test creates `go` in VV_HOME."""
+
+    name = "preparing"
+
+    async def prepare(self) -> None:
+        home = Path(self.settings.home)
+        while not (home / "go").exists():
+            await asyncio.sleep(0.02)
+        with (home / "echo.log").open("a") as handle:
+            handle.write(json.dumps({"id": "prepared"}) + "\n")

@@ -38,6 +38,8 @@ class Receiver:
     def __init__(self, port: int = 0) -> None:
         self.posts: list[tuple[str, Any]] = []
         self.status = 202  # what it answers
+        self.answer = threading.Event()  # cleared: a POST is recorded at once but answered only once set
+        self.answer.set()
         lock = self.lock = threading.Lock()
         posts = self.posts
         outer = self
@@ -47,6 +49,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with lock:
                     posts.append((self.path, json.loads(body)))
+                outer.answer.wait(30)
                 self.send_response(outer.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -68,6 +71,7 @@ class Receiver:
         return wait_until(lambda: predicate(b := self.bodies(path)) and b, timeout, what)  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        self.answer.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -225,6 +229,29 @@ def test_restart_does_not_page_again(vv: VV, probe: Probe, publisher: Publisher,
     receiver.wait("/hook", lambda b: len(b) >= 2, "the second notification")
     # the group's update carries only what changed: the repeat was folded into the known alert
     assert received(receiver, "/hook") == [("Disk space low", "firing", 1), ("Disk space low", "firing", 1)]
+    assert [a["alert_id"] for b in receiver.bodies("/hook") for a in parse(b)] == [
+        alert("Disk space low", mount="/")["alert_id"],
+        alert("Disk space low", mount="/data")["alert_id"],
+    ]
+
+
+def test_stop_during_a_delivery_finishes_it_and_does_not_page_again(
+    vv: VV, probe: Probe, publisher: Publisher, receiver: Receiver
+) -> None:
+    """SIGTERM while a notification waits for the receiver's answer: the alerter waits for the answer,
+    so the notification leaves its queue and the next start does not send it a second time."""
+    proc = start_alerter(vv, probe, [hook(receiver.port)])
+    receiver.answer.clear()
+    publish_alert(publisher, alert("Disk space low", mount="/"))
+    receiver.wait("/hook", lambda b: len(b) >= 1, "the first notification")
+    seen = len(probe.health("alerter"))
+    proc.terminate()
+    probe.wait_health("alerter", "offline", after=seen)  # its session is over; the answer is still due
+    receiver.answer.set()
+    assert proc.wait(15) == 0
+    start_alerter(vv, probe, [hook(receiver.port)])
+    publish_alert(publisher, alert("Disk space low", mount="/data"))
+    receiver.wait("/hook", lambda b: len(b) >= 2, "the second notification")
     assert [a["alert_id"] for b in receiver.bodies("/hook") for a in parse(b)] == [
         alert("Disk space low", mount="/")["alert_id"],
         alert("Disk space low", mount="/data")["alert_id"],

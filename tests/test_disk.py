@@ -125,9 +125,15 @@ def test_a_small_volume_with_room_is_fine_whatever_the_last_run_said(
 ) -> None:
     """DEFAULT thresholds on a 50 MB volume 100% free; the saved state of a previous run claims it
     was critical with ingest paused: the first look judges the disk as it is now."""
-    state = vv.home / "state" / "nodes" / "disk" / "disk.json"
-    state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"levels": {str(small_storage): "critical"}, "paused": True}))
+    state = vv.home / "state" / "nodes" / "disk"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "disk.json").write_text(json.dumps({"paused": True}))
+    firing = {
+        "severity": "CRITICAL",
+        "title": "Disk space critically low",
+        "context": {"mount": str(small_storage)},
+    }
+    (state / "alerts.json").write_text(json.dumps({f"critical:{small_storage}": firing}))
     vv.spawn("run", "disk")
     resolved = probe.wait_event("alert.critical", where=lambda e: e["data"]["status"] == "resolved")
     assert resolved[0]["data"]["context"]["mount"] == str(small_storage)

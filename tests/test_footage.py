@@ -37,7 +37,8 @@ from nodes.ingest import (
 )
 from nodes.scan.analyze import DamagedVideo, scan_video
 from nodes.scan.detectors.base import Detection, Frame
-from nodes.summarize.summary import THUMBNAIL_MAX_SIDE, build_summary, write_thumbnails
+from nodes.scan.objects import CROP_MAX_SIDE
+from nodes.summarize.summary import build_summary
 
 H264 = ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10")  # a DVR's GOP: a keyframe a second
 MSMPEG4 = ("-c:v", "msmpeg4v3", "-q:v", "5")  # what old DVRs put in AVI
@@ -165,23 +166,33 @@ def test_a_damaged_video_says_so_in_its_summary_text(footage: dict[str, Path]) -
     assert text == f"No objects detected. {damaged} of 40 frames were damaged and could not be decoded."
 
 
+class GrowingWholeFrame(NoDetector):
+    """A person filling the whole frame, surer each time: the last inferred frame is the best."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(self, frame_bgr: Frame) -> list[Detection]:
+        self.calls += 1
+        height, width = frame_bgr.shape[:2]
+        return [
+            Detection("person", min(0.99, 0.6 + 0.01 * self.calls), (0.0, 0.0, float(width), float(height)))
+        ]
+
+
 @pytest.mark.parametrize("name", ["dvr.ts", "dvr.h264", "scratched.mp4", "CH04 4K.MP4"])
 def test_thumbnails_come_from_the_scanned_frame_even_where_seeking_fails(
     name: str, footage: dict[str, Path], tmp_path: Path
 ) -> None:
     """MPEG-TS and raw H.264 do not seek; past damage a seek lands on another frame; a 4K crop is
-    scaled down. Each thumbnail must be the scan's frame (compared to a sequential read)."""
+    scaled down. Each thumbnail is cut by scan from the frame in hand (compared to ffmpeg's own read)."""
     path = footage[name]
-    analytic = scan_video(path, NoDetector(), ScanSettings(detect_fps=2, motion_gating=False))
+    settings = ScanSettings(detect_fps=5, motion_gating=False)  # frames enough to report a track
+    analytic = scan_video(path, GrowingWholeFrame(), settings, thumbnails=tmp_path)
+    (track,) = [t for t in analytic["tracks"] if "thumbnail" in t]
     last = analytic["frames"][-1]
-    width, height = analytic["video"]["width"], analytic["video"]["height"]
-    box = [0.0, 0.0, float(width), float(height)]  # the whole frame: the margin adds nothing
-    last["detections"] = [{"label": "person", "confidence": 0.9, "box": box}]
-    analytic["counts"] = {"person": {"max_simultaneous": 1, "frames": 1}}
-    summary = build_summary(analytic)
-    (ref,) = write_thumbnails(path, summary, tmp_path)
-    thumb = cv2.imread(ref["path"])
-    assert thumb is not None and max(thumb.shape[:2]) <= THUMBNAIL_MAX_SIDE
+    thumb = cv2.imread(track["thumbnail"]["crop"]["path"])
+    assert thumb is not None and max(thumb.shape[:2]) <= CROP_MAX_SIDE
     # ffmpeg's own frame counter skips refused frames: past damage, the timestamp says which frame
     at_t = f"gte(t\\,{last['t'] - 0.5 / analytic['video']['fps']})"
     frame = frame_at(path, at_t if "scratched" in name else f"eq(n\\,{last['index']})")

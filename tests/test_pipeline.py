@@ -12,6 +12,8 @@ import pytest
 from clips import Scene, require_shared, write_clip
 from conftest import VV, Probe, Publisher, store_video, wait_until
 
+from nodes.demo import synthetic_clip
+
 FAST = {"VV_INGEST_SETTLE_S": "0.2", "VV_INGEST_POLL_INTERVAL_S": "0.3"}
 
 
@@ -177,9 +179,35 @@ def test_without_weights_scan_degrades_to_hog_and_says_which_setting(
     assert warning["title"] == "Scan runs a fallback detector" and any(
         "VV_SCAN_MODEL" in a for a in warning["suggested_actions"]
     )
-    drop(vv, write_clip(tmp_path / "p.mp4", [Scene("person", 1.0)]))
+    drop(vv, synthetic_clip(tmp_path / "walkers.mp4"))
     done = probe.wait_event("scan.done", timeout=60)[0]["data"]
     assert done["backend"] == "hog" and "scan.model" in done["degraded"]
+    assert done["counts"].get("person", 0) >= 1
+
+
+def test_offline_a_named_model_is_waited_for_briefly_then_hog_runs_and_no_video_is_lost(
+    vv: VV, probe: Probe, silent_network: dict[str, str], tmp_path: Path
+) -> None:
+    """Default settings, a network that never answers: scan subscribes first, gives the download of
+    yolo11n.pt scan.download_timeout_s, then runs HOG, degraded with the reason and one warning; the
+    video announced while the model was loading is scanned (a download left unbounded hangs for minutes)."""
+    env = {"VV_SCAN_MODEL": "yolo11n.pt", **silent_network}
+    start(vv, probe, env, "ingest")
+    vv.spawn("run", "scan", extra_env=env)
+    assert probe.wait_health("scan", "online", timeout=30)["details"]["backend"] == "loading"
+    drop(vv, synthetic_clip(tmp_path / "walkers.mp4"))
+    announced = probe.wait_event("video.new")[0]
+    health = probe.wait_health("scan", "degraded", timeout=60)
+    assert "yolo11n.pt was not downloaded within 5s" in health["reason"]
+    assert "HOG" in health["reason"] and health["details"]["backend"] == "hog"
+    done = probe.wait_event("scan.done", timeout=60)[0]
+    assert done["causationid"] == announced["id"] and done["data"]["backend"] == "hog"
+    assert "scan.download_timeout_s" in done["data"]["degraded"]
+    messages = [d for _, d in probe.messages if isinstance(d, dict)]
+    ready = next(d for d in probe.health("scan") if d["status"] == "degraded")
+    assert messages.index(announced) < messages.index(ready)  # announced before the detector was ready
+    warnings = probe.events("alert.warning")
+    assert [w["data"]["title"] for w in warnings] == ["Scan runs a fallback detector"]
 
 
 def test_a_scan_over_its_time_budget_warns_then_quarantines(

@@ -182,20 +182,29 @@ def test_verify_alert_raises_critical_for_a_tampered_logline(
     assert alert["title"] == "LogLine failed verification" and alert["context"]["path"] == str(path)
 
 
-def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["as-is", "no-assets-no-network", "lean-install"])
+def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(
+    tmp_path: Path, silent_network: dict[str, str], case: str
+) -> None:
+    """`make demo` as is; on a box with neither ../shared nor a network; and there without the
+    [yolo] extra (its sample photos and torch): a verified LogLine well within two minutes, and
+    the demo says which detector ran."""
     import os
     import subprocess
     import sys
 
     from conftest import REPO, SHARED
 
-    from nodes.demo import sample_photos
-
-    if not sample_photos():
-        pytest.skip("the [yolo] extra (ultralytics, which ships the demo's sample photos) is not installed")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VV_")}, "VV_SHARED": str(SHARED)}
+    if case != "as-is":
+        env.update(silent_network, VV_SHARED=str(tmp_path / "no-shared"))
+    if case == "lean-install":  # an ultralytics that cannot be imported, as if it were not installed
+        shadow = tmp_path / "lean" / "ultralytics"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise ImportError('not installed (lean install)')\n")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow.parent), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "nodes.cli", "demo", "--home", str(tmp_path / "demo")],
+        [sys.executable, "-m", "nodes.cli", "demo", "--home", str(tmp_path / "demo"), "--timeout", "120"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -205,3 +214,11 @@ def test_vv_demo_runs_the_pipeline_and_verifies_its_logline(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "logline.signed" in result.stdout and "\nVALID " in result.stdout
     assert "everything stopped cleanly" in result.stdout
+    if case == "as-is":
+        assert "demo: detector: " in result.stdout
+        return
+    assert "demo: detector: hog (opencv-hog-people), the fallback, because" in result.stdout
+    assert "yolo11n.pt" in result.stdout and "set VV_SCAN_MODEL (scan.model)" in result.stdout
+    if case == "lean-install":
+        assert "ultralytics is not installed" in result.stdout
+        assert '"person"' in result.stdout  # the clip drawn with OpenCV shows people HOG finds

@@ -6,8 +6,9 @@ resolves, silences, inhibition), and writes each notification to the on-disk que
 so a slow or throttled service never blocks the event loop. A failing channel is retried with
 capped exponential backoff; meanwhile the node is `degraded` with the reason and the queue depth
 in its health, and nothing is lost. The fold state is saved atomically under the node's state
-directory (at once for anything that changes what is sent, within a second for mere counts), so
-a restart neither pages again nor forgets an open alert.
+directory (at once for anything that changes what is sent, within a second for mere counts), and
+a stop lets the notification on the wire finish and leave its queue, so a restart neither pages
+again nor forgets an open alert (only a crash mid-send can send one twice: at least once).
 
 Commands: `cmd.alerter.silence` with args `{"matcher": {dedup_key|source_component|title: ...},
 "until": RFC 3339}` or `{"matcher": ..., "duration_s": N}`; `cmd.alerter.unsilence` with args
@@ -22,6 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bus.backoff import Backoff
@@ -234,32 +236,44 @@ class Alerter(Node):
                 wait = state.refresh_at - time.monotonic() if state.channel.resend_s else None
                 await wait_for_event(state.wake, wait)
                 continue
-            path, item = head
+            attempt = asyncio.ensure_future(self._attempt(state, *head))
             try:
-                if not isinstance(item.get("alerts"), list) or not isinstance(item.get("group"), str):
-                    raise ChannelError("malformed queue item (no alerts or group)", retryable=False)
-                await self._send(state, item["alerts"], item["group"])
-                state.sent += 1
-            except ChannelError as exc:
-                if exc.retryable:
-                    self._failed(state, str(exc))
-                    await asyncio.sleep(state.backoff.next_delay())
-                    continue
-                state.refused += 1
-                state.rejected.put(
-                    node=self.name,
-                    topic=f"channel/{state.channel.name}",
-                    payload=json.dumps(item).encode(),
-                    content_type=JSON,
-                    reason=str(exc),
-                )
-                log.error(
-                    "channel %s refused a notification for good (%s); kept in %s",
-                    state.channel.name,
-                    exc,
-                    state.rejected.path,
-                )
-            state.queue.remove(path)
+                retry = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # A stop while a notification is on the wire: let it finish (bounded by the send
+                # timeout) and leave the queue, so the next start does not page again.
+                await attempt
+                raise
+            if retry:
+                await asyncio.sleep(state.backoff.next_delay())
+
+    async def _attempt(self, state: ChannelState, path: Path, item: dict[str, Any]) -> bool:
+        """Deliver the queue's head; it leaves the queue unless the failure is worth a retry (True)."""
+        try:
+            if not isinstance(item.get("alerts"), list) or not isinstance(item.get("group"), str):
+                raise ChannelError("malformed queue item (no alerts or group)", retryable=False)
+            await self._send(state, item["alerts"], item["group"])
+            state.sent += 1
+        except ChannelError as exc:
+            if exc.retryable:
+                self._failed(state, str(exc))
+                return True
+            state.refused += 1
+            state.rejected.put(
+                node=self.name,
+                topic=f"channel/{state.channel.name}",
+                payload=json.dumps(item).encode(),
+                content_type=JSON,
+                reason=str(exc),
+            )
+            log.error(
+                "channel %s refused a notification for good (%s); kept in %s",
+                state.channel.name,
+                exc,
+                state.rejected.path,
+            )
+        state.queue.remove(path)
+        return False
 
     async def _send(self, state: ChannelState, alerts: list[dict[str, Any]], group: str) -> None:
         """One delivery attempt in a thread, bounded by `alerter.send_timeout_s`."""

@@ -18,12 +18,13 @@ from typing import Any
 
 import cv2
 
-from bus.config import ScanSettings
+from bus.config import FilterSettings, ScanSettings, TrackSettings
 from nodes.common.video import FrameReader, capture_of
 from nodes.scan.detectors.base import Detector, Frame, detect_frames
 from nodes.scan.motion import MotionGate
+from nodes.scan.objects import ObjectTracker
 
-ANALYTIC_VERSION = 1
+ANALYTIC_VERSION = 2
 
 
 class VideoError(Exception):
@@ -87,30 +88,44 @@ def scan_video(
     detector: Detector,
     settings: ScanSettings,
     *,
+    track: TrackSettings | None = None,
+    filters: FilterSettings | None = None,
+    thumbnails: Path | None = None,
     progress: Callable[[float], None] | None = None,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    """Run `detector` over the sampled frames of `path`; `deadline` is a time.monotonic() instant."""
+    """Run `detector` and the tracker over the sampled frames of `path`, writing the reported tracks'
+    thumbnails into the directory `thumbnails` (none without); `deadline` is a time.monotonic() instant."""
     started = time.perf_counter()
     gate = MotionGate(settings.motion_threshold, settings.motion_max_skip_s, enabled=settings.motion_gating)
     sampled: list[dict[str, Any]] = []
     decode_s = motion_s = inference_s = 0.0
     next_sample = 0.0
     reported = 0.0
-    pending: list[tuple[dict[str, Any], Frame]] = []  # inferred frames waiting for a batch of scan.batch
-
-    def flush() -> None:
-        nonlocal inference_s
-        tick = time.perf_counter()
-        found = detect_frames(detector, [frame for _, frame in pending])
-        inference_s += time.perf_counter() - tick
-        for (record, _), detections in zip(pending, found, strict=True):
-            record["detections"] = [d.to_json() for d in detections]
-        pending.clear()
+    pending: list[
+        tuple[dict[str, Any], Frame, float]
+    ] = []  # inferred frames (record, image, t) awaiting a batch
 
     with open_video(path) as (capture, info):
         fps = info["fps"]
         step = fps / settings.detect_fps if 0 < settings.detect_fps < fps else 1.0
+        objects = ObjectTracker(
+            track or TrackSettings(), filters or FilterSettings(), (info["width"], info["height"])
+        )
+
+        def flush() -> None:
+            """Detect the pending frames in one call, then hand them to the tracker in order."""
+            nonlocal inference_s
+            if not pending:
+                return
+            tick = time.perf_counter()
+            found = detect_frames(detector, [frame for _, frame, _ in pending])
+            inference_s += time.perf_counter() - tick
+            for (record, frame, t), detections in zip(pending, found, strict=True):
+                record["detections"] = [d.to_json() for d in detections]
+                objects.frame(t, record["index"], frame, record["detections"])
+            pending.clear()
+
         reader = FrameReader(capture)
         while True:
             tick = time.perf_counter()
@@ -144,14 +159,16 @@ def scan_video(
             }
             sampled.append(record)
             if decision.infer:
-                pending.append((record, frame))
+                pending.append((record, frame, t))
                 if len(pending) >= settings.batch:
                     flush()
+            else:
+                flush()  # the tracker takes frames in order: a gated frame ends the batch
+                objects.frame(t, index, frame, None)
             if progress is not None and info["frames"] and index / info["frames"] - reported >= 0.01:
                 reported = min(1.0, index / info["frames"])
                 progress(reported)
-        if pending:
-            flush()
+        flush()
     decoded = reader.result(info["frames"])
     if (problem := decoded.problem()) is not None:
         raise DamagedVideo(f"{path}: {problem}")
@@ -161,6 +178,7 @@ def scan_video(
         "duration_s": round(decoded.frames / fps, 3),
         "frames_damaged": decoded.damaged,
     }
+    tracks = objects.finish(thumbnails)
     if progress is not None:
         progress(1.0)
     return {
@@ -174,6 +192,7 @@ def scan_video(
         "motion_threshold": settings.motion_threshold,
         "frames": sampled,
         "counts": _counts(sampled),
+        "tracks": tracks,
         "timing": {
             "decode_s": round(decode_s, 4),
             "motion_s": round(motion_s, 4),

@@ -1,4 +1,4 @@
-"""The scan node: video.new in, detections (the analytic artifact) out as scan.done.
+"""The scan node: video.new in; detections, tracks (the analytic artifact) and thumbnails out as scan.done.
 
 Several workers share the load through the shared subscription `$share/scan/...`. Each attempt is
 recorded on disk before it starts, so a video that keeps failing (or keeps killing the worker) is
@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger("vv.scan")
 
 MIN_PROCESSING_S = 60.0
 PROCESSING_PER_VIDEO_S = 10.0  # default budget: ten times the video's duration, at least a minute
+THUMBNAILS_DIR = "thumbnails"  # beside the video: crops and full frames of the reported tracks
 
 
 class Attempts:
@@ -65,10 +67,16 @@ class Scan(Node):
     shared_group = "scan"
 
     async def setup(self) -> None:
-        self.detector: Detector
-        self.detector, self.degraded = make_detector(self.settings.scan, self.paths.home)
         self.attempts = Attempts(self.state_dir / "attempts.json")
         self.current: dict[str, Any] = {}
+
+    async def prepare(self) -> None:
+        """Load the detector once subscribed: importing torch or fetching a model takes seconds."""
+        self.detector: Detector
+        self.detector, self.degraded = await asyncio.to_thread(
+            make_detector, self.settings.scan, self.paths.home
+        )
+        log.info("detector: %s %s (%s)", self.detector.name, self.detector.model, self.detector.runtime)
         if self.degraded:
             self.set_status("degraded", self.degraded)
             await self.raise_alert(
@@ -82,10 +90,8 @@ class Scan(Node):
             )
 
     def health_details(self) -> dict[str, Any]:
-        details: dict[str, Any] = {"current": self.current}
-        if hasattr(self, "detector"):
-            details["backend"] = self.detector.name
-        return details
+        loaded = hasattr(self, "detector")
+        return {"current": self.current, "backend": self.detector.name if loaded else "loading"}
 
     def _budget_s(self, duration_s: float) -> float:
         configured = self.settings.scan.max_processing_s
@@ -109,6 +115,9 @@ class Scan(Node):
                     path,
                     self.detector,
                     self.settings.scan,
+                    track=self.settings.track,
+                    filters=self.settings.filters,
+                    thumbnails=stored.directory / THUMBNAILS_DIR,
                     progress=lambda done: self.current.update(progress=round(done, 3)),
                     deadline=time.monotonic() + budget,
                 )
@@ -134,7 +143,7 @@ class Scan(Node):
         schemas.validate("analytic", analytic)
         ref = write_artifact(stored.directory, ANALYTIC_NAME, analytic)
         self.attempts.finish(video_id, None)
-        counts = {label: c["max_simultaneous"] for label, c in analytic["counts"].items()}
+        counts = dict(sorted(Counter(t["label"] for t in analytic["tracks"] if t["reported"]).items()))
         data: dict[str, Any] = {
             "video": video,
             "analytic": ref,

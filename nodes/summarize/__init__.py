@@ -1,15 +1,5 @@
-"""Summarize: tracks, per-class figures, timeline, thumbnails and a short text for one scanned video."""
+"""Summarize: per-class figures, peak in view, timeline and a short text from the tracks scan reported."""
 
-from nodes.summarize.summary import ThumbnailRef, build_summary, describe, plural, write_thumbnails
-from nodes.summarize.tracks import Track, iou, link_tracks
+from nodes.summarize.summary import build_summary, describe, peak_in_view, plural, thumbnails
 
-__all__ = [
-    "ThumbnailRef",
-    "Track",
-    "build_summary",
-    "describe",
-    "iou",
-    "link_tracks",
-    "plural",
-    "write_thumbnails",
-]
+__all__ = ["build_summary", "describe", "peak_in_view", "plural", "thumbnails"]

@@ -1,4 +1,4 @@
-"""The summarize node: scan.done in; tracks, a scene summary and thumbnails out as summary.done."""
+"""The summarize node: scan.done in; the scene summary out as summary.done (cheap: no video decode)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bus.config import ConfigError
 from bus.envelope import Event
 from bus.node import Node, on
 from nodes.common.claims import SUMMARY_NAME, check_analytic, check_video, video_inputs
-from nodes.summarize.summary import Describer, build_summary, describe, write_thumbnails
+from nodes.summarize.summary import Describer, build_summary, describe, thumbnails
 
 log = logging.getLogger("vv.summarize")
 
@@ -50,9 +50,6 @@ class Summarize(Node):
         )
         summary["inputs"] = {**video_inputs(video), "analytic_sha256": analytic_ref["sha256"]}
         schemas.validate("summary", summary)
-        thumbnails = await asyncio.to_thread(
-            write_thumbnails, video.path, summary, video.directory / "thumbnails"
-        )
         ref = write_artifact(video.directory, SUMMARY_NAME, summary)
         data: dict[str, Any] = {
             "video": event.data["video"],
@@ -60,7 +57,7 @@ class Summarize(Node):
             "summary": ref,
             "text": summary["text"],
             "counts": summary["counts"],
-            "thumbnails": [{"path": t["path"], "sha256": t["sha256"]} for t in thumbnails],
+            "thumbnails": thumbnails(summary),
         }
         log.info("summarized %s: %s", event.subject, summary["text"], extra={"video": event.subject})
         await self.emit("summary.done", data, cause=event)

@@ -1,7 +1,9 @@
-"""Turn an analytic artifact into a scene summary: per-class figures, a timeline, thumbnails, text.
+"""Turn an analytic artifact into a scene summary: per-class figures, a timeline and text.
 
-`build_summary` is a pure function of the analytic (unit-tested alone); `describe` is the default,
-deterministic text generator and can be swapped (e.g. for an LLM) by passing another callable.
+The tracks, their filters and thumbnails were made by scan from the frames it decoded, so this is
+cheap and never opens the video. `build_summary` is a pure function of the analytic (unit-tested
+alone); `describe` is the default, deterministic text generator and can be swapped (e.g. for an
+LLM) by passing another callable.
 """
 
 from __future__ import annotations
@@ -9,30 +11,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-import cv2
-
-from bus.artifacts import write_artifact
-from nodes.common.video import FrameReader
-from nodes.scan.analyze import VideoError, open_video
-from nodes.scan.detectors.base import Frame
-from nodes.summarize.tracks import MAX_GAP_S, Track, link_tracks
-
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 DWELL_MENTION_S = 5.0  # a stay shorter than this is not worth a clause in the text
-THUMBNAIL_MARGIN = 0.1  # context around the box, as a fraction of its size
-THUMBNAIL_MAX_SIDE = 640  # a crop of a 4K frame is scaled down to this: a thumbnail is for a glance
-JPEG_QUALITY = 85
+MAX_GAP_S = 2.0  # tracks closer in time than this make one activity segment of the timeline
 
 Describer = Callable[[dict[str, Any]], str]
-
-
-class ThumbnailRef(TypedDict):
-    path: str
-    sha256: str
-    track: int
 
 
 _IRREGULAR = {"person": "people", "mouse": "mice", "knife": "knives", "man": "men", "woman": "women"}
@@ -69,6 +54,12 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
+def _count(label: str, count: int, peak: int) -> str:
+    """Distinct objects, and the most in view together when that differs: "14 people (up to 5 at once)"."""
+    text = f"{count} {plural(label, count)}"
+    return f"{text} (up to {peak} at once)" if 1 < peak < count else text
+
+
 def describe(summary: dict[str, Any]) -> str:
     """One deterministic sentence: "2 people and 1 car between 00:12 and 00:45; one person stayed 31 s"."""
     tracks = summary["tracks"]
@@ -76,7 +67,9 @@ def describe(summary: dict[str, Any]) -> str:
         return "No objects detected."
     counts = summary["counts"]
     order = sorted(counts, key=lambda label: (-counts[label], label))
-    what = _join([f"{counts[label]} {plural(label, counts[label])}" for label in order])
+    what = _join(
+        [_count(label, counts[label], summary["classes"][label]["peak_simultaneous"]) for label in order]
+    )
     start = min(track["first_seen"] for track in tracks)
     end = max(track["last_seen"] for track in tracks)
     when = f"at {clock(start)}" if clock(start) == clock(end) else f"between {clock(start)} and {clock(end)}"
@@ -87,68 +80,79 @@ def describe(summary: dict[str, Any]) -> str:
     return text + "."
 
 
-def _timeline(tracks: list[Track], max_gap_s: float) -> list[dict[str, Any]]:
+def peak_in_view(tracks: list[dict[str, Any]]) -> int:
+    """Most tracks in view at one instant (one seen last where another is seen first overlaps it)."""
+    events = sorted(
+        [(track["first_seen"], 0) for track in tracks] + [(track["last_seen"], 1) for track in tracks]
+    )
+    peak = current = 0
+    for _, ends in events:
+        current += -1 if ends else 1
+        peak = max(peak, current)
+    return peak
+
+
+def _timeline(tracks: list[dict[str, Any]], max_gap_s: float) -> list[dict[str, Any]]:
     """Merge track lifetimes into activity segments; each lists how many tracks of each class it holds."""
     segments: list[dict[str, Any]] = []
     members: list[Counter[str]] = []
-    for track in sorted(tracks, key=lambda tr: (tr.first_t, tr.id)):
-        if segments and track.first_t - segments[-1]["end"] <= max_gap_s:
-            segments[-1]["end"] = max(segments[-1]["end"], track.last_t)
-            members[-1][track.label] += 1
+    for track in sorted(tracks, key=lambda tr: (tr["first_seen"], tr["id"])):
+        if segments and track["first_seen"] - segments[-1]["end"] <= max_gap_s:
+            segments[-1]["end"] = max(segments[-1]["end"], track["last_seen"])
+            members[-1][track["label"]] += 1
         else:
-            segments.append({"start": track.first_t, "end": track.last_t})
-            members.append(Counter({track.label: 1}))
+            segments.append({"start": track["first_seen"], "end": track["last_seen"]})
+            members.append(Counter({track["label"]: 1}))
     for segment, labels in zip(segments, members, strict=True):
         segment["labels"] = dict(sorted(labels.items()))
     return segments
 
 
-def _track_json(track: Track) -> dict[str, Any]:
-    return {
-        "id": track.id,
-        "label": track.label,
-        "first_seen": round(track.first_t, 3),
-        "last_seen": round(track.last_t, 3),
-        "dwell_s": round(track.dwell_s, 3),
-        "hits": track.hits,
-        "best": {
-            "t": round(track.best_t, 3),
-            "index": track.best_index,
-            "box": [round(v, 1) for v in track.best_box],
-            "confidence": round(track.best_confidence, 4),
-        },
-    }
+_TRACK_FIELDS = (
+    "id",
+    "label",
+    "first_seen",
+    "last_seen",
+    "dwell_s",
+    "hits",
+    "frames",
+    "median_score",
+    "best",
+)
 
 
 def build_summary(
     analytic: dict[str, Any], *, describer: Describer = describe, max_gap_s: float = MAX_GAP_S
 ) -> dict[str, Any]:
-    """The summary artifact for one analytic artifact (see schemas/summary.schema.json)."""
-    tracks = link_tracks(analytic["frames"], max_gap_s=max_gap_s)
+    """The summary artifact for one analytic artifact (see schemas/summary.schema.json): only the
+    tracks that passed their class's filters count; the others are tallied under `rejected`."""
+    reported = [track for track in analytic["tracks"] if track["reported"]]
+    rejected = Counter(track["label"] for track in analytic["tracks"] if not track["reported"])
     classes: dict[str, dict[str, Any]] = {}
-    for track in tracks:
-        entry = classes.setdefault(
-            track.label,
-            {
-                "tracks": 0,
-                "first_seen": track.first_t,
-                "last_seen": track.last_t,
-                "longest_dwell_s": 0.0,
-                "peak_simultaneous": analytic["counts"].get(track.label, {}).get("max_simultaneous", 1),
-            },
-        )
-        entry["tracks"] += 1
-        entry["first_seen"] = min(entry["first_seen"], track.first_t)
-        entry["last_seen"] = max(entry["last_seen"], track.last_t)
-        entry["longest_dwell_s"] = round(max(entry["longest_dwell_s"], track.dwell_s), 3)
+    for label in sorted({track["label"] for track in reported}):
+        mine = [track for track in reported if track["label"] == label]
+        classes[label] = {
+            "tracks": len(mine),
+            "first_seen": min(track["first_seen"] for track in mine),
+            "last_seen": max(track["last_seen"] for track in mine),
+            "longest_dwell_s": max(track["dwell_s"] for track in mine),
+            "peak_simultaneous": peak_in_view(mine),
+        }
+    tracks = []
+    for track in reported:
+        entry = {name: track[name] for name in _TRACK_FIELDS}
+        if "thumbnail" in track:
+            entry["thumbnail"] = track["thumbnail"]
+        tracks.append(entry)
     summary: dict[str, Any] = {
         "summary_version": SUMMARY_VERSION,
         "video": analytic["video"],
         "detector": analytic["detector"],
-        "classes": dict(sorted(classes.items())),
-        "counts": {label: entry["tracks"] for label, entry in sorted(classes.items())},
-        "timeline": _timeline(tracks, max_gap_s),
-        "tracks": [_track_json(track) for track in tracks],
+        "classes": classes,
+        "counts": {label: entry["tracks"] for label, entry in classes.items()},
+        "rejected": dict(sorted(rejected.items())),
+        "timeline": _timeline(reported, max_gap_s),
+        "tracks": tracks,
     }
     summary["text"] = describer(summary) + damage_note(analytic["video"])
     return summary
@@ -162,51 +166,11 @@ def damage_note(video: dict[str, Any]) -> str:
     return f" {damaged} of {video['frames']} frames were damaged and could not be decoded."
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "object"
-
-
-def write_thumbnails(video_path: Path, summary: dict[str, Any], out_dir: Path) -> list[ThumbnailRef]:
-    """A JPEG crop of each track's best frame; tracks whose frame fails are skipped.
-
-    Frames are read in order, as the scan read them, never sought: MPEG-TS and raw H.264 streams
-    cannot seek, and past a damaged frame a seek lands elsewhere than the scan's frame index.
-    """
-    wanted: dict[int, list[dict[str, Any]]] = {}
-    for track in summary["tracks"]:
-        wanted.setdefault(track["best"]["index"], []).append(track)
-    last = max(wanted, default=-1)
-    refs: list[ThumbnailRef] = []
-    with open_video(video_path) as (capture, info):
-        reader = FrameReader(capture)
-        while reader.index < last and reader.grab():
-            if reader.index not in wanted:
-                continue
-            ok, frame = capture.retrieve()
-            if not ok or frame is None:
-                continue
-            for track in wanted[reader.index]:
-                jpeg = _crop(frame, track["best"]["box"], info)
-                if jpeg is None:
-                    continue
-                ref = write_artifact(out_dir, f"thumb-{track['id']:04d}-{_slug(track['label'])}.jpg", jpeg)
-                refs.append({"path": ref["path"], "sha256": ref["sha256"], "track": track["id"]})
-    return sorted(refs, key=lambda ref: ref["track"])
-
-
-def _crop(frame: Frame, box: list[float], info: dict[str, Any]) -> bytes | None:
-    """The box with a margin, at most THUMBNAIL_MAX_SIDE on its long side, as JPEG (None if empty)."""
-    x1, y1, x2, y2 = box
-    mx, my = (x2 - x1) * THUMBNAIL_MARGIN, (y2 - y1) * THUMBNAIL_MARGIN
-    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
-    right, bottom = min(info["width"], int(x2 + mx + 1)), min(info["height"], int(y2 + my + 1))
-    if right <= left or bottom <= top:
-        return None
-    crop = frame[top:bottom, left:right]
-    scale = THUMBNAIL_MAX_SIDE / max(crop.shape[:2])
-    if scale < 1.0:
-        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise VideoError(f"cannot encode a thumbnail of box {box}")
-    return bytes(jpeg.tobytes())
+def thumbnails(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """Every thumbnail file the summary names (crop, then full frame, per track)."""
+    return [
+        {"path": ref["path"], "sha256": ref["sha256"]}
+        for track in summary["tracks"]
+        if "thumbnail" in track
+        for ref in (track["thumbnail"]["crop"], track["thumbnail"]["frame"])
+    ]

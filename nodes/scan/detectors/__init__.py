@@ -102,6 +102,7 @@ def _build(settings: ScanSettings, home: Path) -> Detector:
         imgsz=settings.imgsz,
         confidence=settings.confidence,
         threads=settings.threads,
+        download_timeout_s=settings.download_timeout_s,
     )
 
 
