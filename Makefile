@@ -13,7 +13,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[yolo,onnx,dev]'
+	$(BIN)/python -m pip install -q -e '.[yolo,onnx,openvino,dev]'
 	@touch $(STAMP)
 
 install: system-deps $(STAMP)

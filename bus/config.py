@@ -96,7 +96,7 @@ class JournalSettings:
 
 @dataclass(frozen=True)
 class ScanSettings:
-    backend: Literal["auto", "ultralytics", "onnx", "darknet", "hog"] = "auto"
+    backend: Literal["auto", "ultralytics", "onnx", "openvino", "darknet", "hog"] = "auto"
     model: str = ""
     model_config: str = ""
     labels: str = ""
@@ -104,6 +104,7 @@ class ScanSettings:
     imgsz: int = 320
     confidence: float = 0.25
     threads: int = 0  # 0: one per core
+    batch: int = 1  # sampled frames per detector call (onnx/openvino: pays off with a batched export)
     motion_gating: bool = True
     motion_threshold: float = 0.002  # fraction of changed pixels that counts as motion
     motion_max_skip_s: float = 5.0  # run the detector at least this often, even on a static scene

@@ -25,7 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cleanup": ("nodes.cleanup", "remove old files under given roots, safely"),
     "export": ("nodes.export", "export logs as a signed tarball, or verify one"),
     "demo": ("nodes.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
-    "model": ("nodes.model_export", "export a YOLO model to ONNX for lean edge boxes"),
+    "model": (
+        "nodes.model_export",
+        "export a YOLO model to ONNX for lean edge boxes, or quantize it to int8",
+    ),
 }
 
 

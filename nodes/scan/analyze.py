@@ -20,7 +20,7 @@ import cv2
 
 from bus.config import FilterSettings, ScanSettings, TrackSettings
 from nodes.common.video import FrameReader, capture_of
-from nodes.scan.detectors.base import Detector
+from nodes.scan.detectors.base import Detector, Frame, detect_frames
 from nodes.scan.motion import MotionGate
 from nodes.scan.objects import ObjectTracker
 
@@ -102,12 +102,30 @@ def scan_video(
     decode_s = motion_s = inference_s = 0.0
     next_sample = 0.0
     reported = 0.0
+    pending: list[
+        tuple[dict[str, Any], Frame, float]
+    ] = []  # inferred frames (record, image, t) awaiting a batch
+
     with open_video(path) as (capture, info):
         fps = info["fps"]
         step = fps / settings.detect_fps if 0 < settings.detect_fps < fps else 1.0
         objects = ObjectTracker(
             track or TrackSettings(), filters or FilterSettings(), (info["width"], info["height"])
         )
+
+        def flush() -> None:
+            """Detect the pending frames in one call, then hand them to the tracker in order."""
+            nonlocal inference_s
+            if not pending:
+                return
+            tick = time.perf_counter()
+            found = detect_frames(detector, [frame for _, frame, _ in pending])
+            inference_s += time.perf_counter() - tick
+            for (record, frame, t), detections in zip(pending, found, strict=True):
+                record["detections"] = [d.to_json() for d in detections]
+                objects.frame(t, record["index"], frame, record["detections"])
+            pending.clear()
+
         reader = FrameReader(capture)
         while True:
             tick = time.perf_counter()
@@ -132,24 +150,25 @@ def scan_video(
             tick = time.perf_counter()
             decision = gate.step(frame, t)
             motion_s += time.perf_counter() - tick
-            detections = []
+            record: dict[str, Any] = {
+                "t": round(t, 3),
+                "index": index,
+                "motion": decision.motion,
+                "inferred": decision.infer,
+                "detections": [],
+            }
+            sampled.append(record)
             if decision.infer:
-                tick = time.perf_counter()
-                detections = [d.to_json() for d in detector.detect(frame)]
-                inference_s += time.perf_counter() - tick
-            objects.frame(t, index, frame, detections if decision.infer else None)
-            sampled.append(
-                {
-                    "t": round(t, 3),
-                    "index": index,
-                    "motion": decision.motion,
-                    "inferred": decision.infer,
-                    "detections": detections,
-                }
-            )
+                pending.append((record, frame, t))
+                if len(pending) >= settings.batch:
+                    flush()
+            else:
+                flush()  # the tracker takes frames in order: a gated frame ends the batch
+                objects.frame(t, index, frame, None)
             if progress is not None and info["frames"] and index / info["frames"] - reported >= 0.01:
                 reported = min(1.0, index / info["frames"])
                 progress(reported)
+        flush()
     decoded = reader.result(info["frames"])
     if (problem := decoded.problem()) is not None:
         raise DamagedVideo(f"{path}: {problem}")

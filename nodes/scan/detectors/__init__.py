@@ -82,12 +82,14 @@ def _build(settings: ScanSettings, home: Path) -> Detector:
             confidence=settings.confidence,
             threads=settings.threads,
         )
-    if backend == "onnx":
+    if backend in ("onnx", "openvino"):
         from nodes.scan.detectors.onnx import OnnxDetector
+        from nodes.scan.detectors.openvino import OpenVinoDetector
 
         model = _existing(settings.model)
         labels = read_labels(Path(settings.labels).expanduser()) if settings.labels else []
-        return OnnxDetector(
+        engine = OpenVinoDetector if backend == "openvino" else OnnxDetector
+        return engine(
             model, labels, imgsz=settings.imgsz, confidence=settings.confidence, threads=settings.threads
         )
     from nodes.scan.detectors.ultralytics import UltralyticsDetector

@@ -67,6 +67,54 @@ class Detector(Protocol):
     def detect(self, frame_bgr: Frame) -> list[Detection]: ...
 
 
+@runtime_checkable
+class BatchDetector(Detector, Protocol):
+    """A backend that infers several frames in one call (the ONNX engines)."""
+
+    def detect_batch(self, frames: Sequence[Frame]) -> list[list[Detection]]: ...
+
+
+def detect_frames(detector: Detector, frames: Sequence[Frame]) -> list[list[Detection]]:
+    """Detections per frame: in one batched call where the backend has one, else frame by frame."""
+    if isinstance(detector, BatchDetector):
+        return detector.detect_batch(frames)
+    return [detector.detect(frame) for frame in frames]
+
+
+def iou(a: Box, b: Box) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def agreement(
+    reference: Sequence[Sequence[Detection]],
+    other: Sequence[Sequence[Detection]],
+    *,
+    min_iou: float = 0.5,
+    labels: bool = True,
+) -> float:
+    """Share of `reference` detections that `other` finds in the same frame too: IoU >= min_iou and,
+    with `labels`, the same label; each match used once (greedy, best confidence first). How an int8
+    model or another engine is judged against fp32, frame by frame (lists of per-frame detections)."""
+    matched = total = 0
+    for wanted, found in zip(reference, other, strict=True):
+        unused = list(found)
+        total += len(wanted)
+        for ref in wanted:
+            candidates = [
+                (iou(ref.box, o.box), i) for i, o in enumerate(unused) if not labels or o.label == ref.label
+            ]
+            best = max(candidates, default=(0.0, -1))
+            if best[0] >= min_iou:
+                unused.pop(best[1])
+                matched += 1
+    return matched / total if total else 1.0
+
+
 def thread_count(threads: int) -> int:
     """`scan.threads`, with 0 meaning one per core."""
     return threads if threads > 0 else (os.cpu_count() or 1)
