@@ -114,7 +114,12 @@ def is_transient(exc: BaseException) -> bool:
     message works once that is fixed. Anything else (a refusal, a schema or validation error, a bug)
     would fail the same way again: dead-lettered at once.
     """
+    if isinstance(exc, sqlite3.OperationalError):  # the node's own store: a full or failing disk, a lock
+        return any(sign in str(exc) for sign in _STORE_FAULTS)
     return isinstance(exc, OSError) and not isinstance(exc, RejectedMessage)
+
+
+_STORE_FAULTS = ("disk is full", "disk I/O error", "database is locked", "unable to open", "readonly")
 
 
 class _Transient(Exception):
@@ -355,10 +360,11 @@ class Node:
         memory: the news that the box is in trouble must not depend on the box's disk."""
         event = dataclasses.replace(event, seq=self.store.next_seq(event.type, reserve=False))
         topic = topic_for(self.device, event.type)
-        self._spool.append(
-            (topic, codec.encode(event.to_dict(), event.datacontenttype), event.datacontenttype)
-        )
+        self._spool_row(topic, codec.encode(event.to_dict(), event.datacontenttype), event.datacontenttype)
         log.warning("%s could not be persisted (%s): sending it from memory", event.type, error)
+
+    def _spool_row(self, topic: str, payload: bytes, content_type: str) -> None:
+        self._spool.append((topic, payload, content_type))
         if self._client is not None:
             asyncio.get_running_loop().create_task(self._send_spool(self._client))
 
@@ -710,6 +716,11 @@ class Node:
                 yield
         except BaseException:
             if outer:
+                # The commit failed (a full disk) or the batch crashed: its alerts and commands still go
+                # out, from memory; its events are redone with the retry or the redelivery.
+                for row in self._uncommitted or []:
+                    if parse_topic(row.topic)[1].startswith(SPOOLED_PREFIXES):
+                        self._spool_row(row.topic, row.payload, row.content_type)
                 self._uncommitted = None
             raise
         if outer:
@@ -718,18 +729,38 @@ class Node:
                 self._send_queue.put_nowait(row)
 
     async def _handle_batch(self, client: aiomqtt.Client, batch: list[_Delivery]) -> None:
-        """One transaction for the batch; acks only for what it committed as handled or refused."""
+        """One transaction for the batch; acks only for what it committed as handled or refused.
+
+        When the transaction itself fails transiently (the store's disk is full: a claim or the commit
+        cannot be written), nothing of the batch is done: every message waits for its retry, as a
+        failed handler's would, instead of the node crashing into a restart loop."""
         done: list[aiomqtt.Message] = []
-        with self._committing():
+        try:
+            with self._committing():
+                for delivery in batch:
+                    try:
+                        await self._receive(delivery.message)
+                    except _Transient as failure:
+                        await self._retry_later(delivery, failure)
+                    else:
+                        done.append(delivery.message)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            context = {"node": self.name, "topic": str(batch[0].message.topic)}
+            store = _Transient(self._store_fault_key, "its state store", context, exc)
             for delivery in batch:
-                try:
-                    await self._receive(delivery.message)
-                except _Transient as failure:
-                    await self._retry_later(delivery, failure)
-                else:
-                    done.append(delivery.message)
+                if delivery not in self._retrying:
+                    await self._retry_later(delivery, store)
+            return
+        if self._store_fault_key in self.alerts:
+            await self.alerts.resolve(self._store_fault_key, f"{self.name} writes its state store again")
         for message in done:
             ack(client, message)
+
+    @property
+    def _store_fault_key(self) -> str:
+        return f"bus:store:{self.node_name}"
 
     async def _retry_later(self, delivery: _Delivery, failure: _Transient) -> None:
         """Schedule the next try (capped backoff); alert.error once it has failed `retry_alert_after` times."""

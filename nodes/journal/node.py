@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from nodes.journal.retention import apply_retention
 from nodes.journal.store import Journal, JournalError
 
 log = logging.getLogger("vv.journal")
+RECENTLY_APPENDED = 10_000  # event ids remembered in-process, so a retried event is appended once
 
 
 class JournalNode(Node):
@@ -48,6 +50,7 @@ class JournalNode(Node):
         )
         self._answers: set[asyncio.Task[None]] = set()
         self.answered = 0
+        self._appended: OrderedDict[str, None] = OrderedDict()
         for report in self.journal.recovery:
             await self.raise_alert(
                 "WARNING",
@@ -60,10 +63,19 @@ class JournalNode(Node):
     @on("#")
     async def record(self, event: Event) -> None:
         # Acked only after this returns: an event is on disk (or in the OS, per the fsync policy)
-        # before the broker forgets it.
-        self.journal.append(
-            {"topic": topic_for(event.device, event.type), "received_at": utc_now(), "event": event.to_dict()}
-        )
+        # before the broker forgets it. An event appended whose dedupe claim could not be committed
+        # (a full disk) comes back for a retry: it is not appended twice.
+        if event.id not in self._appended:
+            self.journal.append(
+                {
+                    "topic": topic_for(event.device, event.type),
+                    "received_at": utc_now(),
+                    "event": event.to_dict(),
+                }
+            )
+            self._appended[event.id] = None
+            if len(self._appended) > RECENTLY_APPENDED:
+                self._appended.popitem(last=False)
         if event.type == CATCHUP_REQUEST:
             self._answer_later(event)
 
