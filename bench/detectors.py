@@ -7,8 +7,11 @@ sampled frames: the share of fp32 boxes found again at IoU >= 0.5, with and with
 No weights are downloaded: speed is measured on `vv model export yolo11n.yaml` (random weights, no
 detections, as a trained model's compute); agreement on the same architecture made to see the
 image (tests/yolo_models.py), random labels: a lower bound for labels, numerical only for boxes.
+With `--trained yolo11n-320.onnx` (an fp32 export of trained weights: `vv model export yolo11n.pt
+--imgsz 320` where they can be downloaded) the agreement is measured on that model instead: the
+figure that says whether int8 keeps >= 95% of fp32's boxes.
 
-    .venv/bin/python bench/detectors.py [--seconds 60] [--threads 0]
+    .venv/bin/python bench/detectors.py [--seconds 60] [--threads 0] [--trained MODEL.onnx]
 """
 
 from __future__ import annotations
@@ -119,16 +122,22 @@ def speed(variant: Variant, models: dict[str, Path], clip: Path, threads: int) -
     return row
 
 
-def int8_agreement(work: Path, clip: Path, threads: int) -> list[tuple[str, float, float, int]]:
+def int8_agreement(
+    work: Path, clip: Path, threads: int, trained: Path | None
+) -> list[tuple[str, float, float, int]]:
     """(engine, label agreement, box agreement, fp32 boxes) of int8 against onnxruntime fp32."""
     import cv2
-    from clips import photo
-    from yolo_models import awake_yolo11n
 
-    photos = [photo(name, (640, 480)) for name in ("person", "dog", "horses", "giraffe")]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        fp32 = awake_yolo11n(work / "awake" / "yolo11n-320.onnx", photos)
-    int8 = fp32.with_name("yolo11n-320-int8.onnx")
+    if trained is None:
+        from clips import photo
+        from yolo_models import awake_yolo11n
+
+        photos = [photo(name, (640, 480)) for name in ("person", "dog", "horses", "giraffe")]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fp32 = awake_yolo11n(work / "awake" / "yolo11n-320.onnx", photos)
+    else:
+        fp32 = trained.resolve()
+    int8 = work / f"{fp32.stem}-int8.onnx"
     vv("model", "quantize", str(fp32), "--sample-media", "--output", str(int8), cwd=work)
     capture = cv2.VideoCapture(str(clip))
     frames = []
@@ -161,7 +170,14 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=0, help="scan.threads (0: one per core)")
+    parser.add_argument(
+        "--trained",
+        type=Path,
+        help="fp32 ONNX export of TRAINED weights: measure int8 agreement on it (default: random weights)",
+    )
     args = parser.parse_args()
+    if args.trained is not None and not args.trained.is_file():
+        parser.error(f"--trained {args.trained}: no such file")
     with tempfile.TemporaryDirectory(prefix="vv-bench-detectors-") as tmp:
         work = Path(tmp)
         clip = work / "bench.mp4"
@@ -179,8 +195,11 @@ def main() -> int:
                 f"{r['plain_inferred']:>9.0f}{r['gated_inferred']:>6.0f}"
             )
         print("x4: scan.batch 4 on a batch-4 export; @256: imgsz 256; RTF: video seconds per wall second")
-        print("int8 vs onnxruntime fp32 on the clip at confidence 0.5, fp32 boxes found again at IoU >= 0.5:")
-        for backend, labelled, boxes, count in int8_agreement(work, clip, args.threads):
+        weights = f"trained {args.trained.name}" if args.trained else "random weights"
+        print(
+            f"int8 vs onnxruntime fp32 ({weights}) at confidence 0.5, fp32 boxes found again at IoU >= 0.5:"
+        )
+        for backend, labelled, boxes, count in int8_agreement(work, clip, args.threads, args.trained):
             print(
                 f"  {backend:<9} int8: {labelled:5.1f}% with the label, {boxes:5.1f}% boxes only (of {count})"
             )
