@@ -27,7 +27,7 @@ from test_signed_pipeline import loglines, verify
 from bus.config import ScanSettings, VVPaths
 from bus.inputs import shown
 from nodes.common.video import Decoded
-from nodes.ingest import (
+from nodes.ingest.node import (
     UnreadableVideo,
     ingest_file,
     is_candidate,

@@ -15,7 +15,7 @@ from clips import Scene, write_clip
 from conftest import VV, Probe, Publisher, wait_until
 
 from bus.config import VVPaths
-from nodes.ingest import (
+from nodes.ingest.node import (
     UnreadableVideo,
     held_open,
     ingest_file,

@@ -22,7 +22,7 @@ from nodes.common.claims import ANALYTIC_NAME, StoredVideo, video_inputs
 from nodes.scan.analyze import scan_video
 from nodes.scan.detectors import make_detector
 from nodes.scan.tracking import track_frames
-from nodes.summarize.node import Summarize
+from nodes.summarize.node import SummarizeNode
 from nodes.summarize.summary import build_summary, describe, peak_in_view
 
 WEIGHTS = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"
@@ -243,7 +243,7 @@ def test_summarize_never_decodes_the_video(
         "duration_s": 23.0,
     }
     event = types.SimpleNamespace(data={"video": stored, "analytic": ref}, subject=video.id)
-    asyncio.run(Summarize.summarize(node, event))  # type: ignore[arg-type]
+    asyncio.run(SummarizeNode.summarize(node, event))  # type: ignore[arg-type]
     assert not opened
     ((event_type, data),) = emitted
     assert event_type == "summary.done" and data["counts"]["person"] >= 3

@@ -15,11 +15,11 @@ from conftest import VV, Probe, Publisher
 
 from bus.artifacts import write_artifact
 from bus.fsutil import sha256_bytes
-from nodes import verify
+from nodes.sign import verify
 from nodes.sign.head import ChainHead, head_path, signed_head, write_head
 from nodes.sign.keys import KeyStore, Verifier
 from nodes.sign.logline import GENESIS_PREV, build_logline, logline_hash, sign_logline, write_logline
-from nodes.verify import HeadCheck, verify_paths
+from nodes.sign.verify import HeadCheck, verify_paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -258,7 +258,7 @@ def test_hmac_chain_verifies_with_the_local_store_only(tmp_path: Path) -> None:
 def run_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "VV_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "nodes.verify", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "nodes.sign.verify", *args], cwd=REPO, env=env, capture_output=True, text=True
     )
 
 

@@ -78,7 +78,7 @@ class ChannelState:
         }
 
 
-class Alerter(Node):
+class AlerterNode(Node):
     """Alerts in, notifications out: folded, grouped, silenced, queued, retried."""
 
     name = "alerter"

@@ -21,7 +21,7 @@ from bus.envelope import Event, utc_now
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on
 from nodes.common.claims import ANALYTIC_NAME, StoredVideo, check_video, video_inputs
-from nodes.ingest import UnreadableVideo, quarantine
+from nodes.ingest.node import UnreadableVideo, quarantine
 from nodes.scan.analyze import DamagedVideo, ScanTimeout, VideoError, scan_video
 from nodes.scan.detectors import make_detector
 from nodes.scan.detectors.base import Detector
@@ -61,7 +61,7 @@ class Attempts:
         atomic_write_json(self.path, self.history)
 
 
-class Scan(Node):
+class ScanNode(Node):
     name = "scan"
     produces = ("scan.done", "video.quarantined")
     shared_group = "scan"

@@ -45,7 +45,7 @@ from nodes.sign.logline import (
 log = logging.getLogger("vv.sign")
 
 
-class Sign(Node):
+class SignNode(Node):
     name = "sign"
     produces = ("logline.signed",)
 

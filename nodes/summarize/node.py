@@ -32,7 +32,7 @@ def load_describer(spec: str) -> Describer:
     return cast(Describer, describer)
 
 
-class Summarize(Node):
+class SummarizeNode(Node):
     name = "summarize"
     produces = ("summary.done",)
 

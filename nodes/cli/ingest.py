@@ -22,14 +22,14 @@ from bus.config import Settings, load_settings
 from bus.inputs import not_regular, shown
 from bus.logs import setup_logging
 from bus.node import Node
-from nodes.ingest import Ingest, IngestCounts, Outcome, announce, ingest_file, ledger_for
+from nodes.ingest.node import IngestCounts, IngestNode, Outcome, announce, ingest_file, ledger_for
 
 
-class IngestOnce(Node):
+class IngestCliNode(Node):
     """A short-lived producer with the ingest node's name and no subscriptions (instance `cli`)."""
 
     name = "ingest"
-    produces = Ingest.produces
+    produces = IngestNode.produces
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _ingest(settings: Settings, files: list[Path], *, copy: bool, as_json: bool, timeout: float) -> int:
-    node = IngestOnce(settings, instance="cli")
+    node = IngestCliNode(settings, instance="cli")
     node.state_dir.mkdir(parents=True, exist_ok=True)
     ledger = ledger_for(settings.paths)
     counts = IngestCounts()

@@ -13,20 +13,20 @@ from bus.inputs import shown
 
 # verb -> (module with add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("nodes.up", "start the broker and every node of the device, supervised"),
-    "run": ("nodes.run", "run one node in the foreground (a process of the mesh)"),
-    "broker": ("nodes.broker_cli", "run the edge mosquitto broker configured for VV_HOME"),
-    "ingest": ("nodes.ingest_cli", "ingest video files now (moved, or copied with --copy) and announce them"),
-    "tail": ("nodes.tail", "print live events decoded, one line each"),
-    "status": ("nodes.status", "fold the journal into each video's state"),
-    "replay": ("nodes.replay", "re-publish journal events (same ids: consumers dedupe)"),
-    "verify": ("nodes.verify", "verify signed LogLines: signature, key, chain, chain head, artifacts"),
-    "keys": ("nodes.keys_cli", "generate, list and export signing keys"),
-    "cleanup": ("nodes.cleanup", "remove old files under given roots, safely"),
-    "export": ("nodes.export", "export logs as a signed tarball, or verify one"),
-    "demo": ("nodes.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
+    "up": ("nodes.cli.up", "start the broker and every node of the device, supervised"),
+    "run": ("nodes.cli.run", "run one node in the foreground (a process of the mesh)"),
+    "broker": ("nodes.cli.broker", "run the edge mosquitto broker configured for VV_HOME"),
+    "ingest": ("nodes.cli.ingest", "ingest video files now (moved, or copied with --copy) and announce them"),
+    "tail": ("nodes.cli.tail", "print live events decoded, one line each"),
+    "status": ("nodes.cli.status", "fold the journal into each video's state"),
+    "replay": ("nodes.cli.replay", "re-publish journal events (same ids: consumers dedupe)"),
+    "verify": ("nodes.sign.verify", "verify signed LogLines: signature, key, chain, chain head, artifacts"),
+    "keys": ("nodes.cli.keys", "generate, list and export signing keys"),
+    "cleanup": ("nodes.ops.cleanup", "remove old files under given roots, safely"),
+    "export": ("nodes.ops.export", "export logs as a signed tarball, or verify one"),
+    "demo": ("nodes.ops.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
     "model": (
-        "nodes.model_export",
+        "nodes.cli.model",
         "export a YOLO model to ONNX for lean edge boxes, or quantize it to int8",
     ),
 }
@@ -81,6 +81,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -489,7 +489,7 @@ class _Retry:
     delay: float
 
 
-class Ingest(Node):
+class IngestNode(Node):
     """Watches `input/`; each complete file becomes a stored video (`video.new`) or a quarantined one."""
 
     name = "ingest"

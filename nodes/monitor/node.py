@@ -41,7 +41,7 @@ from bus.node import Node, on_health
 from nodes.journal.fold import format_duration, stuck
 from nodes.journal.index import open_videos
 from nodes.journal.store import JournalError, parse_rfc3339
-from nodes.supervisor import RestartPolicy, RestartTracker, load_history
+from nodes.ops.supervisor import RestartPolicy, RestartTracker, load_history
 
 log = logging.getLogger("vv.monitor")
 
@@ -167,7 +167,7 @@ class Job:
     first_seen: float  # monotonic
 
 
-class Monitor(Node):
+class MonitorNode(Node):
     name = "monitor"
     produces = ("cmd.supervisor.restart",)  # restarts a hung node through `vv up`
 

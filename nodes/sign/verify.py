@@ -522,7 +522,7 @@ def verify_paths(
     return report
 
 
-class Audit(Node):
+class VerifyCliNode(Node):
     """The producer of `vv verify --alert`: a short-lived node that raises one CRITICAL per INVALID."""
 
     name = "verify"
@@ -530,7 +530,7 @@ class Audit(Node):
 
 async def raise_invalid_alerts(settings: Settings, invalid: list[dict[str, Any]]) -> None:
     """Publish `alert.critical` for each INVALID LogLine (scheduled audits page someone)."""
-    async with Audit(settings, instance="cli").running() as node:
+    async with VerifyCliNode(settings, instance="cli").running() as node:
         for result in invalid:
             await node.raise_alert(
                 "CRITICAL",

@@ -1,5 +1,5 @@
 """`vv model export MODEL --imgsz 320`: turn a YOLO model into ONNX for lean edge boxes;
-`vv model quantize MODEL.onnx`: a static int8 copy of it (nodes/model_quantize.py).
+`vv model quantize MODEL.onnx`: a static int8 copy of it (nodes/ops/quantize.py).
 
 The ONNX file then runs through onnxruntime (or OpenCV DNN) without torch or ultralytics on the
 device: about 114 MB of RSS instead of about 800 MB. Needs the optional `[yolo]` extra (AGPL).
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from bus.config import ConfigError, load_settings
-from nodes import model_quantize
+from nodes.ops import quantize as model_quantize
 from nodes.scan.detectors.base import DetectorUnavailable
 from nodes.scan.detectors.ultralytics import import_ultralytics, resolve_weights
 

@@ -17,7 +17,7 @@ from typing import Any
 from bus.envelope import Event
 from bus.node import Node, RefusedClaim
 from nodes.common.claims import StoredVideo, check_video
-from nodes.ingest import UnreadableVideo, quarantine
+from nodes.ingest.node import UnreadableVideo, quarantine
 from nodes.journal.fold import STAGE_OF_TYPE, VideoState, format_time, stuck
 from nodes.journal.index import last_events, open_videos
 from nodes.journal.store import JournalError, parse_rfc3339
@@ -26,7 +26,7 @@ log = logging.getLogger("vv.reconciler")
 TYPE_OF_STAGE = {stage: event_type for event_type, stage in STAGE_OF_TYPE.items()}
 
 
-class Reconciler(Node):
+class ReconcilerNode(Node):
     name = "reconciler"
     # re-announces a stuck stage with that stage's own event type, or quarantines the video
     produces = ("video.new", "scan.done", "summary.done", "video.quarantined")

@@ -145,7 +145,7 @@ def record_segment(
     return Segment(final, frames, error)
 
 
-class Dvr(Node):
+class DvrNode(Node):
     """Records `dvr.url` into `input/` segment by segment, surviving the stream going and coming back."""
 
     name = "dvr"

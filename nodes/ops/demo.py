@@ -32,9 +32,9 @@ from bus.argtypes import positive_float
 from bus.client import MqttError, stream
 from bus.config import Settings, load_settings
 from bus.topics import is_catchup_reply, parse_topic
+from nodes.cli.tail import format_line
 from nodes.sign.keys import KeyStore
-from nodes.tail import format_line
-from nodes.verify import verify_paths
+from nodes.sign.verify import verify_paths
 
 NODES = ("journal", "ingest", "scan", "summarize", "sign", "reconciler")
 SHARED_MODEL = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"

@@ -30,8 +30,8 @@ from bus.envelope import JSON, Event, utc_now
 from bus.logs import setup_logging
 from bus.node import Node, RejectedMessage, __version__, on, on_health
 from bus.topics import health_topic
+from nodes.ops.supervisor import Child, ChildSpec, EventKind, RestartPolicy, Supervisor
 from nodes.registry import NODES, load_node_class
-from nodes.supervisor import Child, ChildSpec, EventKind, RestartPolicy, Supervisor
 
 log = logging.getLogger("vv.up")
 

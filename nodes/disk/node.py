@@ -103,7 +103,7 @@ def usage_of(path: Path) -> Usage:
     return Usage(stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize)
 
 
-class DiskWatch(Node):
+class DiskNode(Node):
     """Watches free space; raises and resolves alerts; pauses and resumes ingest."""
 
     name = "disk"
