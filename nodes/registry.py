@@ -25,8 +25,8 @@ NODES: dict[str, str] = {
 
 # Nodes a `vv` verb runs in its own process rather than `vv run`, by the name they connect as.
 VERB_NODES: dict[str, str] = {
-    "supervisor": "nodes.cli.up:SupervisorNode",  # vv up
-    "ingest-cli": "nodes.cli.ingest:IngestCliNode",  # vv ingest
+    "supervisor": "nodes.ops.up:SupervisorNode",  # vv up
+    "ingest-cli": "nodes.ingest.once:IngestCliNode",  # vv ingest
     "verify-cli": "nodes.sign.verify:VerifyCliNode",  # vv verify --alert
     "cleanup": "bus.jobs:JobNode",  # vv cleanup --job-period
     "export": "bus.jobs:JobNode",  # vv export --job-period

@@ -180,7 +180,7 @@ def test_scan_batch_gives_the_frames_one_at_a_time_would(models: Models, tmp_pat
 def test_calibration_takes_photos_and_frames_spread_over_videos(tmp_path: Path) -> None:
     from clips import Scene, write_clip
 
-    from nodes.ops.quantize import FRAMES_PER_VIDEO, calibration_frames
+    from nodes.ops.model_quantize import FRAMES_PER_VIDEO, calibration_frames
 
     (tmp_path / "a").mkdir()
     write_clip(tmp_path / "a" / "clip.MP4", [Scene("person", 3)])  # 30 frames: 8 of them, every 4th

@@ -20,11 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tail": ("nodes.cli.tail", "print live events decoded, one line each"),
     "status": ("nodes.cli.status", "fold the journal into each video's state"),
     "replay": ("nodes.cli.replay", "re-publish journal events (same ids: consumers dedupe)"),
-    "verify": ("nodes.sign.verify", "verify signed LogLines: signature, key, chain, chain head, artifacts"),
+    "verify": ("nodes.cli.verify", "verify signed LogLines: signature, key, chain, chain head, artifacts"),
     "keys": ("nodes.cli.keys", "generate, list and export signing keys"),
-    "cleanup": ("nodes.ops.cleanup", "remove old files under given roots, safely"),
-    "export": ("nodes.ops.export", "export logs as a signed tarball, or verify one"),
-    "demo": ("nodes.ops.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
+    "cleanup": ("nodes.cli.cleanup", "remove old files under given roots, safely"),
+    "export": ("nodes.cli.export", "export logs as a signed tarball, or verify one"),
+    "demo": ("nodes.cli.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
     "model": (
         "nodes.cli.model",
         "export a YOLO model to ONNX for lean edge boxes, or quantize it to int8",
@@ -80,4 +80,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
-

@@ -21,15 +21,8 @@ from bus.client import MqttError
 from bus.config import Settings, load_settings
 from bus.inputs import not_regular, shown
 from bus.logs import setup_logging
-from bus.node import Node
-from nodes.ingest.node import IngestCounts, IngestNode, Outcome, announce, ingest_file, ledger_for
-
-
-class IngestCliNode(Node):
-    """A short-lived producer with the ingest node's name and no subscriptions (instance `cli`)."""
-
-    name = "ingest"
-    produces = IngestNode.produces
+from nodes.ingest.node import IngestCounts, Outcome, announce, ingest_file, ledger_for
+from nodes.ingest.once import IngestCliNode
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,22 +1,25 @@
 """`vv model export MODEL --imgsz 320`: turn a YOLO model into ONNX for lean edge boxes;
-`vv model quantize MODEL.onnx`: a static int8 copy of it (nodes/ops/quantize.py).
+`vv model quantize MODEL.onnx`: a static int8 copy of it (nodes/ops/model_quantize.py).
 
 The ONNX file then runs through onnxruntime (or OpenCV DNN) without torch or ultralytics on the
 device: about 114 MB of RSS instead of about 800 MB. Needs the optional `[yolo]` extra (AGPL).
+The work itself: nodes/ops/model_export.py and nodes/ops/model_quantize.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from bus.config import ConfigError, load_settings
-from nodes.ops import quantize as model_quantize
+from bus.inputs import shown
+from nodes.ops import model_quantize
+from nodes.ops.model_export import export_onnx
+from nodes.ops.model_quantize import QuantizeError, calibration_frames, quantize, sample_media
 from nodes.scan.detectors.base import DetectorUnavailable
-from nodes.scan.detectors.ultralytics import import_ultralytics, resolve_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,38 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch", type=int, default=1, help="frames per inference, fixed (default 1; 0: dynamic batch)"
     )
     export.add_argument("--json", action="store_true", help="print the result as JSON")
-    model_quantize.add_arguments(actions)
-
-
-def export_onnx(
-    model: str, *, home: Path, imgsz: int, output: Path | None, opset: int | None, batch: int = 1
-) -> Path:
-    """Export with ultralytics (no graph simplification: it would need onnxslim) and move into place.
-
-    `batch` 0 is ultralytics' dynamic export (batch and input size free); the scan backends still feed
-    the imgsz from the export's metadata."""
-    ultralytics = import_ultralytics(home, threads=0)
-    yolo = ultralytics.YOLO(resolve_weights(model, home), task="detect")
-    options: dict[str, object] = {
-        "format": "onnx",
-        "imgsz": imgsz,
-        "simplify": False,
-        "dynamic": batch == 0,
-        "batch": max(batch, 1),
-    }
-    if opset:
-        options["opset"] = opset
-    produced = Path(yolo.export(**options))
-    if output is None or output.resolve() == produced.resolve():
-        return produced
-    output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(produced, output)
-    return output
+    _add_quantize(actions)
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", "export") == "quantize":
-        return model_quantize.run(args)
+        return _quantize(args)
     batch = getattr(args, "batch", 1)
     if batch < 0:
         print(f"vv model export: --batch {batch} must be 0 (dynamic) or positive", file=sys.stderr)
@@ -97,4 +74,63 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(f"exported {args.model} -> {path} (imgsz {args.imgsz}, {path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _add_quantize(actions: Any) -> None:
+    """Register `quantize` beside `export` under `vv model` (`actions` is argparse's subparsers)."""
+    quantize = actions.add_parser(
+        "quantize",
+        help="a static int8 (QDQ) copy of an ONNX export",
+        description=(model_quantize.__doc__ or "").strip(),
+    )
+    quantize.add_argument("model", type=Path, metavar="MODEL.onnx", help="an ONNX export (vv model export)")
+    source = quantize.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="photos and videos to calibrate on (e.g. VV_HOME/storage)",
+    )
+    source.add_argument(
+        "--sample-media", action="store_true", help="the shared sample photos ($VV_SHARED/media)"
+    )
+    quantize.add_argument("--frames", type=int, default=64, help="most calibration frames (default 64)")
+    quantize.add_argument(
+        "--output", type=Path, help="where to write it (default: MODEL-int8.onnx beside it)"
+    )
+    quantize.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    try:
+        if not args.model.is_file():
+            raise QuantizeError(f"MODEL {shown(str(args.model))} is not a file")
+        if args.frames <= 0:
+            raise QuantizeError(f"--frames {args.frames} must be positive")
+        directory = sample_media() if args.sample_media else args.calibration
+        if not directory.is_dir():
+            option = "--sample-media (set VV_SHARED)" if args.sample_media else "--calibration"
+            raise QuantizeError(f"{option}: {shown(str(directory))} is not a directory")
+        frames = calibration_frames(directory, args.frames)
+        if not frames:
+            raise QuantizeError(f"no photos or videos to calibrate on under {shown(str(directory))}")
+        output = args.output or args.model.with_name(f"{args.model.stem}-int8.onnx")
+        result = quantize(args.model, output, frames)
+    except QuantizeError as exc:
+        print(f"vv model quantize: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # onnxruntime's quantizer fails in many untyped ways on graphs it cannot take
+        print(
+            f"vv model quantize: cannot quantize {shown(str(args.model))}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        size = Path(result["int8"]).stat().st_size / 1e6
+        print(
+            f"quantized {result['model']} -> {result['int8']} (int8 QDQ, {len(frames)} calibration frames, {size:.1f} MB)"
+        )
     return 0

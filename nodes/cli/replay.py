@@ -10,16 +10,14 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
 
 from bus.argtypes import rfc3339
 from bus.broker import ADMIN_USER
 from bus.client import MqttError, publish_documents
 from bus.config import load_settings
 from bus.inputs import shown
-from bus.topics import topic_for
-from nodes.journal.store import JournalError, iter_records
+from nodes.journal.store import JournalError
+from nodes.ops.replay import selected_events
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,22 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list what would be re-published")
 
 
-def _selected(args: argparse.Namespace, journal: Any) -> Iterator[tuple[str, dict[str, Any], str]]:
-    for record in iter_records(journal, since=args.since):
-        event = record.get("event")
-        if not isinstance(event, dict):
-            continue
-        if args.types and event.get("type") not in args.types:
-            continue
-        if args.subject and event.get("subject") != args.subject:
-            continue
-        yield topic_for(event["device"], event["type"]), event, event["datacontenttype"]
-
-
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
-        items = list(_selected(args, settings.paths.journal))
+        items = list(selected_events(args, settings.paths.journal))
     except (FileNotFoundError, JournalError) as exc:
         print(f"vv replay: {shown(exc)}", file=sys.stderr)
         return 1

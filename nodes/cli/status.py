@@ -12,7 +12,6 @@ Exit codes: 0 shown, 1 the video is unknown or the journal is damaged, 2 usage e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sqlite3
 import sys
@@ -27,7 +26,7 @@ from bus.inputs import shown
 from nodes.journal.fold import VideoState, fold_journal, format_table, format_video, to_json
 from nodes.journal.index import VideoIndex, VideoRecord, open_index
 from nodes.journal.store import JournalError
-from nodes.sign.logline import SUFFIX as LOGLINE_SUFFIX
+from nodes.ops.status import as_files_tell
 
 DEFAULT_LIMIT = 50
 
@@ -49,19 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _fail(message: str) -> int:
     print(f"vv status: {shown(message)}", file=sys.stderr)
     return 1
-
-
-def as_files_tell(state: VideoState, storage: Path) -> tuple[VideoState, str | None]:
-    """The state, corrected by the storage tree where the two disagree, and why: the journal can miss
-    events (its disk was full, it was down) and must never make `vv status` contradict the files."""
-    on_disk = next(storage.glob(f"*/*/*/{state.video_id}/{state.video_id}{LOGLINE_SUFFIX}"), None)
-    if on_disk is not None and state.stage != "signed":
-        heard = state.stage or "nothing"
-        note = f"signed: {on_disk} exists; the journal last heard {heard} (it missed events)"
-        return dataclasses.replace(state, stage="signed"), note
-    if on_disk is None and state.stage == "signed":
-        return state, "no LogLine on disk for this signed video: run `vv verify` on the storage tree"
-    return state, None
 
 
 def _show_video(args: argparse.Namespace, found: VideoRecord, storage: Path) -> int:

@@ -24,14 +24,12 @@ Rules (why each exists):
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fnmatch
 import json
 import os
 import re
 import stat
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -40,10 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from bus.argtypes import non_negative_float, output_file
 from bus.fsutil import iter_open_fds
-from bus.inputs import shown
-from bus.jobs import add_job_argument, report_if_job
 
 DAY_S = 86400.0
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # non-UTF-8 names stay loggable
@@ -391,7 +386,7 @@ def _plan_rmdirs(plan: Plan, dirs: _Dirs, removed: list[int]) -> None:
             emptied[parent] = True
 
 
-class _JsonLog:
+class JsonLog:
     """Each action as one JSON line, so an audit can replay what cleanup did and why.
 
     Lines are batched (`flush` writes them): one write per thousand deletions, not one per file.
@@ -513,7 +508,7 @@ def apply_plan(plan: Plan, log: TextIO | None = None, progress: Progress | None 
     Deletions run in batches (a progress line and one bulk merge into the result and log per batch).
     """
     result = Result(skipped=list(plan.skipped))
-    journal = _JsonLog(log)
+    journal = JsonLog(log)
     for path, reason in plan.skipped:
         journal.write("skip", path, reason=reason)
     batches = [plan.delete[i : i + APPLY_BATCH] for i in range(0, len(plan.delete), APPLY_BATCH)]
@@ -582,102 +577,3 @@ def plan_as_result(plan: Plan) -> Result:
         removed_dirs=list(plan.rmdirs),
         skipped=list(plan.skipped),
     )
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--days", type=non_negative_float, required=True, help="delete files older than this many days"
-    )
-    parser.add_argument("--dirs", required=True, help="comma-separated roots, e.g. var/storage,var/logs")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
-    parser.add_argument(
-        "--log-file", type=output_file, help="JSON-lines action log (default VV_HOME/logs/cleanup.log)"
-    )
-    parser.add_argument(
-        "--min-free-space", help="only delete (oldest first) until this is free: 15%% or 20GB (KB/MB/GB/TB)"
-    )
-    parser.add_argument(
-        "--exclude-patterns", default="", help="comma-separated globs to keep, e.g. '*.lock,*.logline.json'"
-    )
-    parser.add_argument(
-        "--include-quarantine",
-        action="store_true",
-        help="also clean quarantined evidence (VV_HOME/corrupted)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the summary (and dry-run list) as JSON")
-    add_job_argument(parser)
-
-
-def _progress_printer() -> Progress | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def show(what: str, count: int) -> None:
-        print(f"\r{what} {count} ...", end="", file=sys.stderr, flush=True)
-
-    return show
-
-
-def run(args: argparse.Namespace) -> int:
-    from bus.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings()
-        min_free = parse_min_free(args.min_free_space) if args.min_free_space else None
-        roots = check_roots(args.dirs.split(","), protected_paths(settings.home.resolve()))
-    except (ConfigError, CleanupError) as exc:
-        print(f"vv cleanup: {shown(exc)}", file=sys.stderr)
-        return 2
-    progress = _progress_printer()
-    plan = plan_cleanup(
-        roots,
-        args.days,
-        exclude=[p.strip() for p in args.exclude_patterns.split(",") if p.strip()],
-        quarantine=settings.paths.corrupted,
-        include_quarantine=args.include_quarantine,
-        min_free=min_free,
-        progress=progress,
-    )
-    log_path: Path = args.log_file or settings.paths.logs / "cleanup.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as log:
-        result = plan_as_result(plan) if args.dry_run else apply_plan(plan, log, progress)
-        figures = summary(result, args.dry_run)
-        summary_log = _JsonLog(log)
-        summary_log.write("summary", ",".join(roots), **figures)
-        summary_log.flush()
-    if progress is not None:
-        print("", file=sys.stderr)
-    if args.json:
-        doc: dict[str, object] = dict(figures)
-        doc["skipped_paths"] = [{"path": p, "reason": r} for p, r in result.skipped]
-        doc["error_paths"] = [{"path": p, "error": e} for p, e in result.errors]
-        if args.dry_run:
-            doc["delete"] = result.deleted
-            doc["rmdirs"] = result.removed_dirs
-        print(json.dumps(doc, indent=2))
-    else:
-        if args.dry_run:
-            for path in [*result.deleted, *result.removed_dirs]:
-                print(f"would delete {shown(path)}")
-        for path, error in result.errors:
-            print(f"error {shown(path)}: {shown(error)}", file=sys.stderr)
-        skipped = figures["skipped"]
-        assert isinstance(skipped, dict)
-        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items())) or "none"
-        verb = "would delete" if args.dry_run else "deleted"
-        print(
-            f"cleanup: {verb} {figures['files']} files ({_human(result.deleted_bytes)}), "
-            f"{figures['dirs']} empty dirs; skipped: {reasons}; errors: {figures['errors']}"
-        )
-    if not args.dry_run:
-        report_if_job(args, settings, "cleanup", not result.errors, figures)
-    return 1 if result.errors else 0

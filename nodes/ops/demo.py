@@ -1,21 +1,14 @@
-"""Run the whole pipeline once on a sample video: broker, every node, live events, a verified LogLine.
-
-Builds a short clip from sample photos that a dependency ships (ultralytics' bus.jpg and zidane.jpg)
-or, on a lean install, draws one with OpenCV (or takes --video FILE), drops it into input/, prints
-the bus traffic as it happens, verifies the LogLine that comes out, says which detector ran (and
-how to get a YOLO model when it was the fallback), then stops everything. It needs no network and
-no shared assets. Exit codes: 0 done and verified, 1 failed, 2 usage.
-"""
+"""The pieces of `vv demo` (nodes/cli/demo.py): a sample clip (photos a dependency ships, or drawn with
+OpenCV), the model to run, a live view of the bus until a LogLine comes out, and what to say about the
+detector that ran."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib.util
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,13 +21,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bus.argtypes import positive_float
 from bus.client import MqttError, stream
-from bus.config import Settings, load_settings
+from bus.config import Settings
 from bus.topics import is_catchup_reply, parse_topic
-from nodes.cli.tail import format_line
-from nodes.sign.keys import KeyStore
-from nodes.sign.verify import verify_paths
+from nodes.ops.tail import format_line
 
 NODES = ("journal", "ingest", "scan", "summarize", "sign", "reconciler")
 SHARED_MODEL = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"
@@ -44,16 +34,6 @@ YOLO_HINT = (
     "with the [yolo] extra) or Darknet .weights (+ .cfg) to the box and set VV_SCAN_MODEL (scan.model) "
     "to its path"
 )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--home", type=Path, default=Path("var/demo"), help="VV_HOME for the demo (default: var/demo)"
-    )
-    parser.add_argument("--video", type=Path, help="use this video instead of building the sample clip")
-    parser.add_argument(
-        "--timeout", type=positive_float, default=180.0, help="give up after this many seconds"
-    )
 
 
 def sample_photos() -> list[Path]:
@@ -179,7 +159,7 @@ def describe_detector(scan: dict[str, Any]) -> str:
     return f"{ran}, the fallback, because {scan['degraded']}\n{YOLO_HINT}"
 
 
-def _drive(
+def drive(
     args: argparse.Namespace,
     settings: Settings,
     port: int,
@@ -208,54 +188,3 @@ def _drive(
         asyncio.run(watch(settings, deadline, drop, seen))  # as the read-only device user
     except MqttError as exc:
         print(f"demo: broker: {exc}", file=sys.stderr)
-
-
-def run(args: argparse.Namespace) -> int:
-    home = args.home.resolve()
-    if args.video is not None and not args.video.is_file():
-        print(f"vv demo: {args.video}: no such file", file=sys.stderr)
-        return 2
-    shutil.rmtree(home, ignore_errors=True)
-    port = free_port()
-    env = {**os.environ, "VV_HOME": str(home), "VV_DEVICE": "demo", "VV_MQTT_PORT": str(port), **model_env()}
-    settings = load_settings(env)
-    key = KeyStore(settings.paths.keys).generate()
-    print(
-        f"demo: VV_HOME={home}, broker on 127.0.0.1:{port}, signing key {key.key_id}, model {env['VV_SCAN_MODEL']}"
-    )
-    settings.paths.logs.mkdir(parents=True, exist_ok=True)
-    log_path = settings.paths.logs / "demo-up.out"
-    command = [sys.executable, "-m", "nodes.cli", "up", "--broker", "--nodes", ",".join(NODES)]
-    deadline = time.monotonic() + args.timeout
-    with log_path.open("ab") as log:
-        up = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # the broker and nodes, supervised
-    seen = Seen()
-    try:
-        _drive(args, settings, port, deadline, up, seen)
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            stopped = up.wait(60) == 0
-        except subprocess.TimeoutExpired:
-            up.kill()
-            stopped = False
-    if seen.scan is not None:
-        print(describe_detector(seen.scan))
-    if not stopped:
-        print(f"demo: `vv up` did not stop cleanly; see {log_path}", file=sys.stderr)
-        return 1
-    logline = seen.logline
-    if logline is None:
-        print(f"demo: no LogLine within {args.timeout:.0f}s; see {settings.paths.logs}", file=sys.stderr)
-        return 1
-    print(f"\ndemo: the signed LogLine ({logline}):")
-    print(json.dumps(json.loads(Path(logline).read_text()), indent=2))
-    report = verify_paths([Path(logline)], KeyStore(settings.paths.keys).verifiers())
-    for result in report.results:
-        print(
-            ("VALID " if result.valid else "INVALID ")
-            + str(result.path)
-            + ("" if result.valid else ": " + "; ".join(result.reasons))
-        )
-    print("demo: everything stopped cleanly")
-    return 0 if report.valid else 1

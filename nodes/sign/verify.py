@@ -1,4 +1,5 @@
-"""`vv verify PATH...`: check LogLines offline (schema, signature, known key, chain and its head, artifacts).
+"""The verification behind `vv verify`: LogLines checked offline (schema, signature, known key, chain
+and its head, artifacts).
 
 `verify_paths` is the whole verification as a plain function shared by the CLI and bench/sign.py.
 Every problem becomes a reason on the LogLine where it is detected, never a traceback: a chain break
@@ -15,7 +16,6 @@ a VV_HOME/storage tree is used by default.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -23,24 +23,22 @@ import multiprocessing as mp
 import os
 import re
 import stat
-import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from bus.client import MqttError, retained_document
 from bus.codec import DecodeError
-from bus.config import ConfigError, Settings, load_settings
+from bus.config import Settings
 from bus.fsutil import sha256_bytes, sha256_file
-from bus.inputs import not_regular, shown
+from bus.inputs import not_regular
 from bus.node import Node
 from bus.topics import health_topic
 from nodes.sign.head import ChainHead, HeadError, check_head, head_path, parse_head, read_head
-from nodes.sign.keys import KeyStore, KeyStoreError, Verifier, load_public_keys
+from nodes.sign.keys import Verifier
 from nodes.sign.logline import (
     GENESIS_PREV,
     SIGNATURE_FIELD,
@@ -55,7 +53,6 @@ from nodes.sign.logline import (
     signed_bytes_in,
 )
 
-PROGRESS_THRESHOLD = 200  # files; below this verification is too quick to need progress output
 BATCH = 64  # files checked stage by stage together
 MAX_LOGLINE_BYTES = 1 << 20  # a LogLine is about 1 KiB; anything far larger is not one
 _VIDEO_ID_NAME = re.compile(r"^[0-9a-f]{32}$")
@@ -544,80 +541,7 @@ async def raise_invalid_alerts(settings: Settings, invalid: list[dict[str, Any]]
             )
 
 
-class _Progress:
-    """A bar on a terminal, else a line every 10%: long audits show they are alive."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last = 0.0
-        self.step = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if total <= PROGRESS_THRESHOLD:
-            return
-        if self.tty:
-            now = time.monotonic()
-            if now - self.last < 0.1 and done < total:
-                return
-            self.last = now
-            filled = 30 * done // total
-            end = "\n" if done == total else ""
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} LogLines{end}")
-        else:
-            step = 10 * done // total
-            if step == self.step:
-                return
-            self.step = step
-            self.stream.write(f"verified {done}/{total} LogLines ({10 * step}%)\n")
-        self.stream.flush()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="LogLine files or directories")
-    parser.add_argument(
-        "--keys",
-        type=Path,
-        help="public keys: the JSON of `vv keys export`, or a directory of such files / a key store "
-        "(default: the local key store, VV_HOME/keys)",
-    )
-    parser.add_argument(
-        "--head",
-        action="append",
-        default=[],
-        metavar="FILE|[DEVICE:]SEQ:HASH",
-        help="a chain head the LogLines must reach: the sign node's signed head file (its signature "
-        "checked with the keys) or seq and hash given by an auditor; repeatable. Default: the head "
-        f"file of a VV_HOME or VV_HOME/storage tree given as PATH (state/{head_path(Path())})",
-    )
-    parser.add_argument(
-        "--head-from-broker",
-        action="store_true",
-        help="also check the chain head the sign node keeps in its retained health (signed, so "
-        "checked with the keys like a head file)",
-    )
-    parser.add_argument("--json", action="store_true", help="print a machine-readable report")
-    parser.add_argument(
-        "--alert", action="store_true", help="raise alert.critical on the bus for each INVALID"
-    )
-    parser.add_argument(
-        "--no-artifacts",
-        action="store_true",
-        help="do not check video/analytic/summary files against their sha256",
-    )
-
-
-def _load_keys(path: Path | None) -> Mapping[str, Verifier]:
-    if path is not None:
-        return load_public_keys(path)
-    store = KeyStore(load_settings().paths.keys)
-    keys = store.verifiers()
-    if not keys:
-        raise VerifyUsageError(f"no keys in {store.directory}: pass --keys FILE (from `vv keys export`)")
-    return keys
-
-
-def _default_head_file(paths: Iterable[Path]) -> Path | None:
+def default_head_file(paths: Iterable[Path]) -> Path | None:
     """The head file of the device whose VV_HOME (or VV_HOME/storage) is among `paths`."""
     for path in paths:
         homes = (path, path.parent) if path.name == "storage" else (path,)
@@ -628,7 +552,7 @@ def _default_head_file(paths: Iterable[Path]) -> Path | None:
     return None
 
 
-def _head_check(given: str, keys: Mapping[str, Verifier], default: bool = False) -> HeadCheck:
+def head_check(given: str, keys: Mapping[str, Verifier], default: bool = False) -> HeadCheck:
     """`--head` as a check: an auditor's SEQ:HASH, else a head file (refused if it does not verify)."""
     try:
         return HeadCheck("--head", parse_head(given))
@@ -642,7 +566,7 @@ def _head_check(given: str, keys: Mapping[str, Verifier], default: bool = False)
         return HeadCheck(str(path), None, f"head file refused: {exc}", default=default)
 
 
-def _broker_head_check(settings: Settings, keys: Mapping[str, Verifier]) -> HeadCheck:
+def broker_head_check(settings: Settings, keys: Mapping[str, Verifier]) -> HeadCheck:
     """The head document in the sign node's retained health, its signature checked like a file's."""
     topic = health_topic(settings.device, "sign")
     source = f"retained health {topic}"
@@ -658,74 +582,3 @@ def _broker_head_check(settings: Settings, keys: Mapping[str, Verifier]) -> Head
         return HeadCheck(source, check_head(document, keys, settings.device))
     except HeadError as exc:
         return HeadCheck(source, None, f"head refused: {exc}")
-
-
-def _head_checks(args: argparse.Namespace, keys: Mapping[str, Verifier]) -> list[HeadCheck]:
-    broker = [_broker_head_check(load_settings(), keys)] if args.head_from_broker else []
-    if args.head or broker:
-        return [_head_check(given, keys) for given in args.head] + broker
-    found = _default_head_file(args.paths)
-    return [] if found is None else [_head_check(str(found), keys, default=True)]
-
-
-def _head_notes(heads: list[HeadCheck]) -> list[str]:
-    """What the text output says about the heads used, before their verdicts."""
-    if not heads:
-        return ["note: no chain head given or found: removed newest LogLines cannot be detected (--head)"]
-    return [
-        f"chain head: {check.source}, the head file beside the storage tree (default; --head for another)"
-        for check in heads
-        if check.default
-    ]
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        keys = _load_keys(args.keys)
-        settings = load_settings() if args.alert else None
-        heads = _head_checks(args, keys)
-        invalid: list[dict[str, Any]] = []
-        report = verify_paths(
-            args.paths,
-            keys,
-            check_artifacts=not args.no_artifacts,
-            on_invalid=invalid.append,
-            progress=_Progress(sys.stderr),
-            heads=heads,
-        )
-    except (VerifyUsageError, KeyStoreError, ConfigError) as exc:
-        print(f"vv verify: {shown(exc)}", file=sys.stderr)
-        return 2
-    if settings is not None and invalid:
-        try:
-            asyncio.run(raise_invalid_alerts(settings, invalid))
-        except MqttError as exc:
-            print(f"vv verify: could not raise alerts: {exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        for result in report.results:
-            print(
-                shown(
-                    f"VALID {result.path}"
-                    if result.valid
-                    else f"INVALID {result.path}: {'; '.join(result.reasons)}"
-                )
-            )
-        for line in _head_notes(heads) + [check.line() for check in report.heads]:
-            print(shown(line))
-        print(report.summary_line() if report.results else "no LogLines found: nothing verified")
-    return 0 if report.valid else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="vv verify", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,11 +8,8 @@ fp32: one uint8 scale over both would round every class score away.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,29 +29,6 @@ _MODULE = re.compile(r"^/model\.(\d+)/")
 
 class QuantizeError(Exception):
     """A usage problem (exit 2): the message names the argument to fix."""
-
-
-def add_arguments(actions: Any) -> None:
-    """Register `quantize` beside `export` under `vv model` (`actions` is argparse's subparsers)."""
-    quantize = actions.add_parser(
-        "quantize", help="a static int8 (QDQ) copy of an ONNX export", description=(__doc__ or "").strip()
-    )
-    quantize.add_argument("model", type=Path, metavar="MODEL.onnx", help="an ONNX export (vv model export)")
-    source = quantize.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--calibration",
-        type=Path,
-        metavar="DIR",
-        help="photos and videos to calibrate on (e.g. VV_HOME/storage)",
-    )
-    source.add_argument(
-        "--sample-media", action="store_true", help="the shared sample photos ($VV_SHARED/media)"
-    )
-    quantize.add_argument("--frames", type=int, default=64, help="most calibration frames (default 64)")
-    quantize.add_argument(
-        "--output", type=Path, help="where to write it (default: MODEL-int8.onnx beside it)"
-    )
-    quantize.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def sample_media() -> Path:
@@ -163,37 +137,3 @@ def quantize(source: Path, output: Path, frames: list[Frame]) -> dict[str, Any]:
         "calibration_frames": len(frames),
         "fp32_nodes": len(excluded),
     }
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        if not args.model.is_file():
-            raise QuantizeError(f"MODEL {shown(str(args.model))} is not a file")
-        if args.frames <= 0:
-            raise QuantizeError(f"--frames {args.frames} must be positive")
-        directory = sample_media() if args.sample_media else args.calibration
-        if not directory.is_dir():
-            option = "--sample-media (set VV_SHARED)" if args.sample_media else "--calibration"
-            raise QuantizeError(f"{option}: {shown(str(directory))} is not a directory")
-        frames = calibration_frames(directory, args.frames)
-        if not frames:
-            raise QuantizeError(f"no photos or videos to calibrate on under {shown(str(directory))}")
-        output = args.output or args.model.with_name(f"{args.model.stem}-int8.onnx")
-        result = quantize(args.model, output, frames)
-    except QuantizeError as exc:
-        print(f"vv model quantize: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # onnxruntime's quantizer fails in many untyped ways on graphs it cannot take
-        print(
-            f"vv model quantize: cannot quantize {shown(str(args.model))}: {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        size = Path(result["int8"]).stat().st_size / 1e6
-        print(
-            f"quantized {result['model']} -> {result['int8']} (int8 QDQ, {len(frames)} calibration frames, {size:.1f} MB)"
-        )
-    return 0
