@@ -26,9 +26,9 @@ from test_signed_pipeline import loglines, verify
 
 from bus.config import ScanSettings, VVPaths
 from bus.inputs import shown
+from nodes.common.quarantine import UnreadableVideo
 from nodes.common.video import Decoded
-from nodes.ingest.node import (
-    UnreadableVideo,
+from nodes.ingest.files import (
     ingest_file,
     is_candidate,
     is_video_name,

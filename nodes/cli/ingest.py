@@ -21,7 +21,8 @@ from bus.client import MqttError
 from bus.config import Settings, load_settings
 from bus.inputs import not_regular, shown
 from bus.logs import setup_logging
-from nodes.ingest.node import IngestCounts, Outcome, announce, ingest_file, ledger_for
+from nodes.ingest.files import Outcome, ingest_file, ledger_for
+from nodes.ingest.node import IngestCounts, announce
 from nodes.ingest.once import IngestCliNode
 
 

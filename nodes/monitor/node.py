@@ -36,11 +36,12 @@ from typing import Any
 import psutil
 
 from bus.config import MonitorSettings, Settings
+from bus.envelope import parse_time
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on_health
 from nodes.journal.fold import format_duration, stuck
 from nodes.journal.index import open_videos
-from nodes.journal.store import JournalError, parse_rfc3339
+from nodes.journal.store import JournalError
 from nodes.ops.supervisor import RestartPolicy, RestartTracker, load_history
 
 log = logging.getLogger("vv.monitor")
@@ -76,7 +77,7 @@ def job_overdue(details: Mapping[str, Any], waited_s: float, now: datetime, grac
     last = details.get("last_success")
     if isinstance(last, str):
         try:
-            waited_s = (now - parse_rfc3339(last)).total_seconds()
+            waited_s = (now - parse_time(last)).total_seconds()
         except ValueError:
             return f"last_success {last!r} is not an RFC 3339 time"
         if waited_s > period * grace:

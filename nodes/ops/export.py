@@ -41,7 +41,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from bus.envelope import parse_time
 from bus.fsutil import CHUNK, atomic_write_json, canonical_json, fsync_dir, sha256_file
+from bus.version import package_version
 from nodes.journal.store import JournalCorrupt, build_index, list_segments, read_index
 
 MANIFEST_VERSION = 1
@@ -88,21 +90,12 @@ class ExportResult:
     removed: list[Path] = field(default_factory=list)  # old exports deleted by retention
 
 
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vv-edge")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def export_stem(device: str, first: date, last: date) -> str:
     days = f"{first:%Y%m%d}" if first == last else f"{first:%Y%m%d}-{last:%Y%m%d}"
     return f"vv_logs_{device}_{days}"
 
 
-def _parse_time(value: Any) -> float | None:
+def _log_time(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value) / (1000.0 if value > 1e11 else 1.0)  # epoch seconds or milliseconds
     if isinstance(value, str):
@@ -111,7 +104,7 @@ def _parse_time(value: Any) -> float | None:
             day, clock, zone = match.groups()
             text = f"{day}T{clock.replace(',', '.')}{zone or '+00:00'}"
             try:
-                return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+                return parse_time(text).timestamp()
             except ValueError:
                 return None
     return None
@@ -131,9 +124,9 @@ def first_line_time(path: Path) -> float | None:
             record = None
         if isinstance(record, dict):
             for key in _TIME_KEYS:
-                if key in record and (stamp := _parse_time(record[key])) is not None:
+                if key in record and (stamp := _log_time(record[key])) is not None:
                     return stamp
-    return _parse_time(line)
+    return _log_time(line)
 
 
 def day_start(day: date) -> float:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from bus.inputs import shown
-from nodes.ingest.node import is_video_name
+from nodes.ingest.files import is_video_name
 from nodes.scan.detectors.base import FloatArray, Frame
 from nodes.scan.detectors.onnx import letterbox, to_blob
 

@@ -19,8 +19,9 @@ from bus.broker import Grant, mosquitto_binary
 from bus.client import MqttError
 from bus.config import Settings
 from bus.envelope import JSON, Event, utc_now
-from bus.node import Node, RejectedMessage, __version__, on, on_health
+from bus.node import Node, RejectedMessage, on, on_health
 from bus.topics import health_topic
+from bus.version import VERSION
 from nodes.ops.supervisor import Child, ChildSpec, EventKind, RestartPolicy, Supervisor
 from nodes.registry import NODES, load_node_class
 
@@ -182,7 +183,7 @@ class SupervisorNode(Node):
             "device": self.device,
             "status": "offline",
             "time": utc_now(),
-            "version": __version__,
+            "version": VERSION,
             "reason": reason,
             "details": {"reported_by": "supervisor", "restarts": child.tracker.total},
         }

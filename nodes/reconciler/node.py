@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bus.envelope import Event
+from bus.envelope import Event, parse_time
 from bus.node import Node, RefusedClaim
 from nodes.common.claims import StoredVideo, check_video
-from nodes.ingest.node import UnreadableVideo, quarantine
+from nodes.common.quarantine import (
+    QuarantineAlert,
+    UnreadableVideo,
+    announce_quarantine,
+    quarantine_and_announce,
+)
 from nodes.journal.fold import STAGE_OF_TYPE, VideoState, format_time, stuck
 from nodes.journal.index import last_events, open_videos
-from nodes.journal.store import JournalError, parse_rfc3339
+from nodes.journal.store import JournalError
 
 log = logging.getLogger("vv.reconciler")
 TYPE_OF_STAGE = {stage: event_type for event_type, stage in STAGE_OF_TYPE.items()}
@@ -56,7 +62,7 @@ class ReconcilerNode(Node):
         latest = {
             key: event
             for key, event in last_events(self.paths, stuck_ids).items()
-            if parse_rfc3339(str(event.get("time"))) >= since
+            if parse_time(str(event.get("time"))) >= since
         }
         return states, latest
 
@@ -93,51 +99,49 @@ class ReconcilerNode(Node):
     ) -> None:
         """Move a stuck video to corrupted/; a video whose claims do not hold is only recorded."""
         assert state.stage is not None
-        claimed = last["data"]["video"]
         times = [format_time(entry["time"]) for entry in state.timeline if entry["type"] == last["type"]]
         reason = f"stuck in stage {state.stage} after {len(times)} announcements"
         attempts = [
             {"time": t, "reason": f"{last['type']} announced, no next stage within the limit"} for t in times
         ]
+        cause = Event.from_dict(last)
+
+        def alert(data: Mapping[str, Any]) -> QuarantineAlert:
+            return QuarantineAlert(
+                "Forged or corrupt event in the journal"
+                if video is None
+                else "Video stuck in the pipeline quarantined",
+                f"video {state.video_id}: {data['error_message']}: " + ", ".join(times),
+                {"video": state.video_id, "stage": state.stage},
+                [
+                    "Find who published it: a stolen node credential or a broken producer"
+                    if video is None
+                    else f"Check the health and logs of the node after stage {state.stage}",
+                    "Re-ingest the file from corrupted/ once fixed",
+                ],
+                "CRITICAL" if video is None else "ERROR",
+            )
+
+        if video is not None:
+            await quarantine_and_announce(
+                self,
+                video.path,
+                UnreadableVideo("StuckInStage", reason),
+                video.sha256,
+                alert,
+                subject=state.video_id,
+                cause=cause,
+                attempts=attempts,
+            )
+            return
         not_moved = {
-            "original_path": str(claimed.get("path", "")),
+            "original_path": str(last["data"]["video"].get("path", "")),
             "quarantine_path": "",
             "meta_path": "",
-            "error_type": "StuckInStage",
-            "sha256": video.sha256 if video else None,  # a refused claim's hash means nothing
+            "error_type": "RefusedClaim",
+            "error_message": f"{reason}; not moved: {refused}",
+            "sha256": None,  # a refused claim's hash means nothing
             "stage": self.name,
             "attempts": attempts,
         }
-        if video is None:
-            data = {
-                **not_moved,
-                "error_type": "RefusedClaim",
-                "error_message": f"{reason}; not moved: {refused}",
-            }
-        else:
-            try:
-                data = quarantine(
-                    video.path,
-                    self.paths,
-                    UnreadableVideo("StuckInStage", reason),
-                    video.sha256,
-                    component=self.name,
-                    attempts=attempts,
-                ).data
-            except OSError as exc:
-                data = {**not_moved, "error_message": f"{reason}; the file could not be moved: {exc}"}
-        await self.raise_alert(
-            "CRITICAL" if video is None else "ERROR",
-            "Forged or corrupt event in the journal"
-            if video is None
-            else "Video stuck in the pipeline quarantined",
-            f"video {state.video_id}: {data['error_message']}: " + ", ".join(times),
-            context={"video": state.video_id, "stage": state.stage},
-            actions=[
-                "Find who published it: a stolen node credential or a broken producer"
-                if video is None
-                else f"Check the health and logs of the node after stage {state.stage}",
-                "Re-ingest the file from corrupted/ once fixed",
-            ],
-        )
-        await self.emit("video.quarantined", data, subject=state.video_id, cause=Event.from_dict(last))
+        await announce_quarantine(self, not_moved, alert(not_moved), subject=state.video_id, cause=cause)

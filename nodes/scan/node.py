@@ -21,7 +21,7 @@ from bus.envelope import Event, utc_now
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on
 from nodes.common.claims import ANALYTIC_NAME, StoredVideo, check_video, video_inputs
-from nodes.ingest.node import UnreadableVideo, quarantine
+from nodes.common.quarantine import QuarantineAlert, UnreadableVideo, quarantine_and_announce
 from nodes.scan.analyze import DamagedVideo, ScanTimeout, VideoError, scan_video
 from nodes.scan.detectors import make_detector
 from nodes.scan.detectors.base import Detector
@@ -162,20 +162,19 @@ class ScanNode(Node):
     async def _quarantine(
         self, event: Event, stored: StoredVideo, attempts: list[dict[str, str]], reason: str
     ) -> None:
-        video = event.data["video"]
-        outcome = quarantine(
+        video_id = event.data["video"]["id"]
+        await quarantine_and_announce(
+            self,
             stored.path,
-            self.paths,
             UnreadableVideo("ScanFailed", reason),
             stored.sha256,
-            component=self.name,
+            lambda data: QuarantineAlert(
+                "Video quarantined after repeated scan failures",
+                f"video {video_id} failed {len(attempts)} scan attempts; last: {reason}",
+                {"video": video_id, "path": data["quarantine_path"]},
+                [f"Inspect {data['meta_path']}", "Re-ingest the file once the cause is fixed"],
+            ),
+            subject=video_id,
+            cause=event,
             attempts=attempts,
         )
-        await self.raise_alert(
-            "ERROR",
-            "Video quarantined after repeated scan failures",
-            f"video {video['id']} failed {len(attempts)} scan attempts; last: {reason}",
-            context={"video": video["id"], "path": outcome.data["quarantine_path"]},
-            actions=[f"Inspect {outcome.data['meta_path']}", "Re-ingest the file once the cause is fixed"],
-        )
-        await self.emit("video.quarantined", outcome.data, subject=video["id"], cause=event)
