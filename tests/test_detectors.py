@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from clips import photo, require_shared
 
-from bus.config import ScanSettings
 from nodes.cli import model as model_verb
 from nodes.scan.detectors import Detection, Detector, make_detector, resolve_backend
 from nodes.scan.detectors.onnx import Engine, OnnxDetector, onnx_metadata
+from nodes.scan.settings import ScanSettings
 
 MODEL_DIR = "models/yolo-fastest-1.1-coco"
 WEIGHTS = f"{MODEL_DIR}/yolo-fastest-1.1.weights"

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from clips import photo, require_shared
 
-from bus.config import ScanSettings
 from nodes.cli import main as vv
 from nodes.cli import model as model_verb
 from nodes.scan.detectors import make_detector
 from nodes.scan.detectors.base import Frame, agreement
 from nodes.scan.detectors.onnx import OnnxDetector, YoloOnnx
 from nodes.scan.detectors.openvino import OpenVinoDetector
+from nodes.scan.settings import ScanSettings
 
 PHOTOS = ("person", "dog", "horses", "giraffe")
 CONFIDENCE = 0.5

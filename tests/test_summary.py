@@ -10,9 +10,9 @@ import pytest
 from clips import Scene, require_shared, write_clip
 from jsonschema import Draft202012Validator
 
-from bus.config import ScanSettings
 from nodes.scan.analyze import scan_video
 from nodes.scan.detectors import make_detector
+from nodes.scan.settings import ScanSettings
 from nodes.summarize.summary import build_summary, describe, plural
 
 REPO = Path(__file__).resolve().parents[1]

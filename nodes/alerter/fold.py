@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bus.alerts import SEVERITIES, Severity
-from bus.config import AlerterSettings
 from bus.envelope import rfc3339 as envelope_rfc3339
 from bus.fsutil import atomic_write_bytes
+from nodes.alerter.settings import AlerterSettings
 
 Clock = Callable[[], float]
 Outcome = Literal["new", "folded", "escalated", "reopened", "resolved", "ignored"]

@@ -15,6 +15,7 @@ from bus.argtypes import non_negative_int, output_dir
 from bus.inputs import regular_file, shown
 from bus.jobs import add_job_argument, report_if_job
 from nodes.ops.export import ExportError, Signer, apply_retention, export_logs, export_paths, verify_export
+from nodes.sign.settings import SignSettings
 
 
 def _day(text: str) -> date:
@@ -97,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir: Path = args.out or settings.paths.exports
     try:
-        signer: Signer = KeyStore(settings.paths.keys).signer(key_id=settings.sign.key_id or None)
+        signer: Signer = KeyStore(settings.paths.keys).signer(
+            key_id=settings.section(SignSettings).key_id or None
+        )
         result = export_logs(
             settings.paths.logs,
             out_dir,

@@ -12,6 +12,7 @@ import sys
 
 from bus.config import ConfigError, load_settings
 from nodes.sign.keys import ALGS, Alg, KeyStore, KeyStoreError
+from nodes.sign.settings import SignSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings()
         store = KeyStore(settings.paths.keys)
         if args.verb == "generate":
-            return _generate(store, args.alg or settings.sign.alg, not args.no_activate)
+            return _generate(store, args.alg or settings.section(SignSettings).alg, not args.no_activate)
         if args.verb == "list":
             return _list(store, args.json)
         return _export(store)

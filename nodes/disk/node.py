@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bus.alerts import Severity
-from bus.config import DiskSettings, Settings
+from bus.config import Settings
 from bus.fsutil import atomic_write_json
 from bus.node import Node
+from nodes.disk.settings import DiskSettings
 
 log = logging.getLogger("vv.disk")
 
@@ -111,7 +112,7 @@ class DiskNode(Node):
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
-        self.config = settings.disk
+        self.config = settings.section(DiskSettings)
         self.watched = {"storage": self.paths.storage, "root": Path("/")}
         self.levels: dict[str, Level] = {}  # by mount point
         self.paused = False

@@ -26,10 +26,11 @@ from cv2.typing import MatLike
 
 from bus.alerts import Severity
 from bus.backoff import Backoff
-from bus.config import ConfigError, DvrSettings, Settings
+from bus.config import ConfigError, Settings
 from bus.envelope import utc_now
 from bus.fsutil import fsync_dir
 from bus.node import Node
+from nodes.dvr.settings import DvrSettings
 
 log = logging.getLogger("vv.dvr")
 
@@ -152,7 +153,7 @@ class DvrNode(Node):
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
-        cfg = settings.dvr
+        cfg = settings.section(DvrSettings)
         if not cfg.url:
             raise ConfigError("dvr.url: not set (an rtsp://, http:// URL, a device path or a camera index)")
         if len(cfg.codec) != 4:

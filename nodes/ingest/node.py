@@ -37,6 +37,7 @@ from nodes.ingest.files import (
     is_video_name,
     ledger_for,
 )
+from nodes.ingest.settings import IngestSettings
 from nodes.ingest.watch import DirWatch
 
 log = logging.getLogger("vv.ingest")
@@ -171,7 +172,9 @@ class IngestNode(Node):
             while not self.stopping:
                 await self._look()
                 timeout = (
-                    self.settings.ingest.settle_s if self._looks else self.settings.ingest.poll_interval_s
+                    self.settings.section(IngestSettings).settle_s
+                    if self._looks
+                    else self.settings.section(IngestSettings).poll_interval_s
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
@@ -182,7 +185,7 @@ class IngestNode(Node):
                 watch.close()
 
     def _start_watch(self) -> DirWatch | None:
-        if not self.settings.ingest.inotify:
+        if not self.settings.section(IngestSettings).inotify:
             return None
         try:
             watch = DirWatch(self.paths.input)
@@ -190,7 +193,7 @@ class IngestNode(Node):
             log.info(
                 "inotify unavailable (%s): polling input/ every %.1fs",
                 exc,
-                self.settings.ingest.poll_interval_s,
+                self.settings.section(IngestSettings).poll_interval_s,
             )
             return None
 
@@ -257,7 +260,10 @@ class IngestNode(Node):
     def _complete(self, path: Path, signature: tuple[int, int], wall: float) -> bool:
         """Renamed in (its writer's word that it is whole), or unmodified for `stable_s`: a writer
         that pauses (a slow network copy) has not finished just because two looks agree."""
-        return path.name in self._renamed_in or wall - signature[1] / 1e9 >= self.settings.ingest.stable_s
+        return (
+            path.name in self._renamed_in
+            or wall - signature[1] / 1e9 >= self.settings.section(IngestSettings).stable_s
+        )
 
     async def _look(self) -> None:
         """One look at input/: remember new signatures, take the files that are complete."""
@@ -269,7 +275,7 @@ class IngestNode(Node):
         if self.paused:
             return
         now, wall = time.monotonic(), time.time()
-        settle = self.settings.ingest.settle_s
+        settle = self.settings.section(IngestSettings).settle_s
         looks: dict[Path, _Look] = {}
         stable: list[Path] = []
         for path, signature in sorted(files.items(), key=lambda item: item[1][1]):  # oldest first
@@ -295,7 +301,7 @@ class IngestNode(Node):
             await self._take(path, files[path])
 
     async def _take(self, path: Path, signature: tuple[int, int]) -> None:
-        ingest = self.settings.ingest
+        ingest = self.settings.section(IngestSettings)
         grace = 0.0 if path.name in self._renamed_in else ingest.incomplete_grace_s
         alert = f"input:{shown(str(path))}"  # the file's "Cannot ingest file" alert
         try:

@@ -56,16 +56,16 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, NamedTuple, Self, get_args
+from typing import Any, BinaryIO, NamedTuple, Self, get_args
 
 import msgpack
 
 from bus.envelope import parse_time
 from bus.fsutil import fsync_dir
+from nodes.journal.settings import FsyncPolicy
 
 log = logging.getLogger("vv.journal")
 
-FsyncPolicy = Literal["always", "interval", "never"]
 
 MAGIC = b"VVJL"
 VERSION = 1

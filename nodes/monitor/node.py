@@ -35,13 +35,14 @@ from typing import Any
 
 import psutil
 
-from bus.config import MonitorSettings, Settings
+from bus.config import Settings
 from bus.envelope import parse_time
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on_health
 from nodes.journal.fold import format_duration, stuck
 from nodes.journal.index import open_videos
 from nodes.journal.store import JournalError
+from nodes.monitor.settings import MonitorSettings
 from nodes.ops.supervisor import RestartPolicy, RestartTracker, load_history
 
 log = logging.getLogger("vv.monitor")
@@ -174,7 +175,7 @@ class MonitorNode(Node):
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
-        self.cfg = settings.monitor
+        self.cfg = settings.section(MonitorSettings)
         self.policy = RestartPolicy.from_settings(self.cfg, self.cfg.max_restart_attempts)
         self.nodes: dict[str, Watched] = {}
         self.jobs: dict[str, Job] = {}

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bus.backoff import Backoff
-from bus.config import MonitorSettings, SupervisorSettings
 from bus.fsutil import atomic_write_json
+from nodes.monitor.settings import MonitorSettings
+from nodes.ops.settings import SupervisorSettings
 
 log = logging.getLogger("vv.supervisor")
 

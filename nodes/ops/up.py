@@ -22,6 +22,8 @@ from bus.envelope import JSON, Event, utc_now
 from bus.node import Node, RejectedMessage, on, on_health
 from bus.topics import health_topic
 from bus.version import VERSION
+from nodes.dvr.settings import DvrSettings
+from nodes.ops.settings import SupervisorSettings
 from nodes.ops.supervisor import Child, ChildSpec, EventKind, RestartPolicy, Supervisor
 from nodes.registry import NODES, load_node_class
 
@@ -37,7 +39,7 @@ def default_nodes(settings: Settings) -> list[str]:
     """Every registered node whose module is part of this build; dvr only when a stream is set."""
     names = []
     for name, target in NODES.items():
-        if name == "dvr" and not settings.dvr.url:
+        if name == "dvr" and not settings.section(DvrSettings).url:
             continue
         try:
             found = importlib.util.find_spec(target.partition(":")[0]) is not None
@@ -63,7 +65,7 @@ def broker_listening(host: str, port: int) -> bool:
 
 def child_specs(settings: Settings, nodes: str | None, broker: bool | None) -> list[ChildSpec]:
     """The children of `vv up`: the broker (when asked, or when nothing listens), then the nodes."""
-    text = settings.supervisor.nodes if nodes is None else nodes
+    text = settings.section(SupervisorSettings).nodes if nodes is None else nodes
     wanted = [s.strip() for s in text.split(",") if s.strip()] or default_nodes(settings)
     specs: list[ChildSpec] = []
     host, port = settings.mqtt.host, settings.mqtt.port
@@ -97,7 +99,7 @@ class SupervisorNode(Node):
         out: TextIO = sys.stdout,
     ) -> None:
         super().__init__(settings)
-        cfg = settings.supervisor
+        cfg = settings.section(SupervisorSettings)
         self.supervisor = Supervisor(
             specs,
             RestartPolicy.from_settings(cfg, cfg.max_restarts),

@@ -27,6 +27,7 @@ from nodes.common.quarantine import (
 from nodes.journal.fold import STAGE_OF_TYPE, VideoState, format_time, stuck
 from nodes.journal.index import last_events, open_videos
 from nodes.journal.store import JournalError
+from nodes.reconciler.settings import ReconcilerSettings
 
 log = logging.getLogger("vv.reconciler")
 TYPE_OF_STAGE = {stage: event_type for event_type, stage in STAGE_OF_TYPE.items()}
@@ -38,12 +39,12 @@ class ReconcilerNode(Node):
     produces = ("video.new", "scan.done", "summary.done", "video.quarantined")
 
     def limits(self) -> dict[str, float]:
-        s = self.settings.reconciler
+        s = self.settings.section(ReconcilerSettings)
         return {"ingested": s.ingested_s, "scanned": s.scanned_s, "summarized": s.summarized_s}
 
     async def background(self) -> None:
         await self.wait_connected()
-        while not await self.sleep(self.settings.reconciler.interval_s):
+        while not await self.sleep(self.settings.section(ReconcilerSettings).interval_s):
             try:
                 await self.reconcile()
             except (JournalError, OSError) as exc:
@@ -52,7 +53,7 @@ class ReconcilerNode(Node):
     def _fold(self, now: datetime) -> tuple[dict[str, VideoState], dict[tuple[str, str], dict[str, Any]]]:
         """The videos in the pipeline (the shared video index: the cost follows them, not the history),
         and the last event of each stuck video's stage types, when it lies within the fold horizon."""
-        s = self.settings.reconciler
+        s = self.settings.section(ReconcilerSettings)
         horizon = max(self.limits().values()) * (s.max_attempts + 2)
         since = now - timedelta(seconds=horizon)
         if not self.paths.journal.is_dir():
@@ -82,7 +83,7 @@ class ReconcilerNode(Node):
             except RefusedClaim as exc:  # a forged event made it into the journal: record, never touch
                 await self._quarantine(state, last, None, refused=str(exc))
             else:
-                if announced > self.settings.reconciler.max_attempts:
+                if announced > self.settings.section(ReconcilerSettings).max_attempts:
                     await self._quarantine(state, last, video)
                 else:
                     log.warning(

@@ -25,6 +25,7 @@ from nodes.common.quarantine import QuarantineAlert, UnreadableVideo, quarantine
 from nodes.scan.analyze import DamagedVideo, ScanTimeout, VideoError, scan_video
 from nodes.scan.detectors import make_detector
 from nodes.scan.detectors.base import Detector
+from nodes.scan.settings import FilterSettings, ScanSettings, TrackSettings
 
 log = logging.getLogger("vv.scan")
 
@@ -74,7 +75,7 @@ class ScanNode(Node):
         """Load the detector once subscribed: importing torch or fetching a model takes seconds."""
         self.detector: Detector
         self.detector, self.degraded = await asyncio.to_thread(
-            make_detector, self.settings.scan, self.paths.home
+            make_detector, self.settings.section(ScanSettings), self.paths.home
         )
         log.info("detector: %s %s (%s)", self.detector.name, self.detector.model, self.detector.runtime)
         if self.degraded:
@@ -94,7 +95,7 @@ class ScanNode(Node):
         return {"current": self.current, "backend": self.detector.name if loaded else "loading"}
 
     def _budget_s(self, duration_s: float) -> float:
-        configured = self.settings.scan.max_processing_s
+        configured = self.settings.section(ScanSettings).max_processing_s
         return configured if configured > 0 else max(MIN_PROCESSING_S, duration_s * PROCESSING_PER_VIDEO_S)
 
     @on("video.new")
@@ -114,9 +115,9 @@ class ScanNode(Node):
                     scan_video,
                     path,
                     self.detector,
-                    self.settings.scan,
-                    track=self.settings.track,
-                    filters=self.settings.filters,
+                    self.settings.section(ScanSettings),
+                    track=self.settings.section(TrackSettings),
+                    filters=self.settings.section(FilterSettings),
                     thumbnails=stored.directory / THUMBNAILS_DIR,
                     progress=lambda done: self.current.update(progress=round(done, 3)),
                     deadline=time.monotonic() + budget,
@@ -132,7 +133,9 @@ class ScanNode(Node):
                         context={"video": video_id},
                         actions=["Lower scan.detect_fps or scan.imgsz, or raise scan.max_processing_s"],
                     )
-                if len(attempts) >= self.settings.scan.max_attempts or isinstance(exc, DamagedVideo):
+                if len(attempts) >= self.settings.section(ScanSettings).max_attempts or isinstance(
+                    exc, DamagedVideo
+                ):
                     await self._quarantine(event, stored, attempts, reason)
                     return
                 continue
