@@ -1,16 +1,8 @@
 """`vv verify PATH...`: check LogLines offline (schema, signature, known key, chain and its head, artifacts).
 
-`verify_paths` is the whole verification as a plain function shared by the CLI and bench/sign.py.
-Every problem becomes a reason on the LogLine where it is detected, never a traceback: a chain break
-is reported on the LogLine whose link is broken ("seq 5 missing (gap after 4)"), not on its
-neighbours, and a LogLine whose predecessor is itself invalid is not blamed for that predecessor.
-Identical copies of one LogLine (the same bytes found twice, e.g. in storage and an export) are one
-link, not a duplicate.
-
-LogLines chain backwards only, so removing the newest leaves a valid-looking shorter chain. A chain
-head (the sign node's signed head file, or seq and hash given by an auditor) closes that: a chain
-that does not reach the head, or holds another LogLine at its seq, is INVALID. The head file beside
-a VV_HOME/storage tree is used by default.
+Each LogLine is VALID or INVALID with its reasons; a chain that does not reach its head (the sign
+node's signed head file, found beside a VV_HOME/storage tree by default, or `--head`) is INVALID.
+How each check works: nodes/sign/verify.py. Exit codes: 0 all valid, 1 any invalid, 2 usage.
 """
 
 from __future__ import annotations
