@@ -38,6 +38,9 @@ their sidecars), so segment numbers may have gaps anywhere below the last one.
 
 Only one writer at a time: it holds an exclusive `flock` on `LOCK` in the directory (which holds its
 pid). Readers take no lock and never write.
+
+One module, one concern: the on-disk format (records, segments, their time indexes, recovery) is
+written and read here only, so a change to the format is a change to this file.
 """
 
 from __future__ import annotations

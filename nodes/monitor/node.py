@@ -18,6 +18,8 @@ being writable (a probe file created, fsynced and removed each round), and ERROR
 (a health whose details carry `period_s` and `last_success`) has not succeeded within its period.
 Every alert is resolved when its condition clears. Restart history and firing alerts persist in
 the node's state directory, so a restarted monitor neither forgets a FATAL node nor pages again.
+
+The node applies the judgements of nodes/monitor/checks.py; each probe above is one method here.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Rules (why each exists):
 - Directories left empty (or already empty and old) are removed, deepest first, never the roots.
 - Dangerous roots (`/`, `$HOME`, system directories, VV_HOME and its keys/journal/state, and any
   ancestor of those) are refused.
+
+One concern, kept whole: the plan and the deletion share these rules, and each rule is checked in both.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ tarball; when the existing export is identical it is left in place (and so is it
 The manifest lists each file (path relative to VV_HOME, size, sha256), the tarball (name, size,
 sha256), export time, device, package version, a BagIt-style `payload_oxum` ("<bytes>.<count>") and
 a signature over the canonical JSON of the manifest without its `signature` field.
+
+One concern, kept whole: writing an export and verifying one read the same format.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ disk so that a crash loop is still caught when the supervisor itself is restarte
 `Supervisor` applies the policy to child processes: each runs in its own session (a Ctrl-C in the
 terminal reaches only `vv up`, which stops the children in order) and dies with its parent
 (PR_SET_PDEATHSIG), so a killed `vv up` never leaves orphans that fight a new one over client ids.
+
+One concern: the restart policy and the processes it governs (a node's status lives in nodes/ops/up.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ LogLines chain backwards only, so removing the newest leaves a valid-looking sho
 head (the sign node's signed head file, or seq and hash given by an auditor) closes that: a chain
 that does not reach the head, or holds another LogLine at its seq, is INVALID. The head file beside
 a VV_HOME/storage tree is used by default.
+
+One concern, kept whole: every check of a LogLine and of its chain, in the order they depend on.
 """
 
 from __future__ import annotations
