@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("VV_SHARED", str(REPO.parent / "shared"))
 
-from bus.config import FilterSettings, ScanSettings, TrackSettings  # noqa: E402
 from nodes.scan.analyze import scan_video  # noqa: E402
 from nodes.scan.detectors import make_detector  # noqa: E402
+from nodes.scan.settings import FilterSettings, ScanSettings, TrackSettings  # noqa: E402
 from nodes.scan.tracking import iou_matrix, track_frames  # noqa: E402
 from nodes.summarize.summary import peak_in_view  # noqa: E402
 

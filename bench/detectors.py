@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from bench.scan import decode_only, make_clip  # noqa: E402
-from bus.config import ScanSettings  # noqa: E402
 from nodes.scan.analyze import scan_video  # noqa: E402
 from nodes.scan.detectors import make_detector  # noqa: E402
 from nodes.scan.detectors.base import Detection, agreement, detect_frames  # noqa: E402
+from nodes.scan.settings import ScanSettings  # noqa: E402
 
 
 @dataclass(frozen=True)

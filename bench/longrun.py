@@ -11,9 +11,9 @@ real writer (`Journal.open`) checks and opens them like any journal.
 Then, in process and through the real code paths:
 - index build: the one-time catch-up of the video index over the whole history (`VideoIndex.refresh`);
 - per pass, after the real writer appended the next minute's video: `vv status VIDEO` of a video from
-  the first day (`nodes.status.run`, with a fresh index connection as a new CLI process has),
-  `vv status` (the bounded summary), one reconciler pass (`Reconciler.reconcile`) and one monitor
-  journal check (`Monitor._check_journal`), each with its own index instance as separate processes
+  the first day (`nodes.cli.status.run`, with a fresh index connection as a new CLI process has),
+  `vv status` (the bounded summary), one reconciler pass (`ReconcilerNode.reconcile`) and one monitor
+  journal check (`MonitorNode._check_journal`), each with its own index instance as separate processes
   have and on an event loop that lives on, as a node's does; rounds alternate between the month and
   the year device, so a busy machine weighs on both alike;
 - disk: the journal and the state the index keeps.
@@ -46,7 +46,7 @@ import msgpack
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bus.config import Settings, load_settings
-from nodes import status
+from nodes.cli import status
 from nodes.journal import index as video_index
 from nodes.journal.store import (
     DAY_S,
@@ -58,8 +58,8 @@ from nodes.journal.store import (
     segment_header,
     segment_name,
 )
-from nodes.monitor import Monitor
-from nodes.reconciler import Reconciler
+from nodes.monitor.node import MonitorNode
+from nodes.reconciler.node import ReconcilerNode
 
 DEVICE = "bench-edge"
 STUCK = 3  # videos left in `scanned` on the first day: the open set both journals share
@@ -306,7 +306,7 @@ def prepare(label: str, days: int, repeat: int, cache: Path) -> Device:
     with _process("catch-up", device.indexes, settings):
         video_index.open_index(settings.paths).refresh()
     figures.build_s = time.perf_counter() - began
-    reconciler, monitor = Reconciler(settings), Monitor(settings)
+    reconciler, monitor = ReconcilerNode(settings), MonitorNode(settings)
     for node in (reconciler, monitor):
         node.epoch = node.store.bump_epoch()  # what Node.main does before any emit
     device.ids.n = figures.events * 2  # ids of the live minutes never collide with the synthetic ones

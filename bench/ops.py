@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.cleanup import apply_plan, plan_cleanup
-from nodes.export import export_logs, verify_export
+from nodes.ops.cleanup import apply_plan, plan_cleanup
+from nodes.ops.export import export_logs, verify_export
 from nodes.sign.keys import KeyStore
 
 DAY = 86400.0

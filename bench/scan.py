@@ -27,10 +27,10 @@ import cv2
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from bus.config import ScanSettings  # noqa: E402
 from nodes.scan.analyze import scan_video  # noqa: E402
 from nodes.scan.detectors import Detector, make_detector  # noqa: E402
 from nodes.scan.detectors.onnx import Engine, OnnxDetector  # noqa: E402
+from nodes.scan.settings import ScanSettings  # noqa: E402
 
 BACKENDS = ("darknet", "onnx", "onnx-cv2", "ultralytics")
 SHARED = Path(os.environ.get("VV_SHARED", REPO.parent / "shared"))

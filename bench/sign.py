@@ -30,7 +30,7 @@ from nodes.sign.logline import (
     whole_canonical_bytes,
     write_logline,
 )
-from nodes.verify import verify_paths
+from nodes.sign.verify import verify_paths
 
 
 def rate(count: int, action: Callable[[], object]) -> float:

@@ -2,6 +2,11 @@
 
 A bad key or value raises `ConfigError` with one line naming the key, so a mistyped setting
 stops the process instead of being silently ignored.
+
+Here live the core (device, home, log_level, mqtt, bus, broker) and the loader. Each node declares
+its own section beside its code (`nodes/scan/settings.py`), a frozen dataclass registered with
+`@section("scan")`; `import nodes` registers them all before settings load (bus never imports
+nodes), and a node reads its section typed: `settings.section(ScanSettings)`.
 """
 
 from __future__ import annotations
@@ -14,19 +19,46 @@ import socket
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from bus.inputs import InputError, read_text_file, shown
 
 Codec = Literal["msgpack", "json"]
-FsyncPolicy = Literal["always", "interval", "never"]
 
 
 class ConfigError(ValueError):
     """A setting is unknown or has a bad value; the message names the key."""
+
+
+SectionT = TypeVar("SectionT")
+_SECTIONS: dict[str, type[Any]] = {}  # name -> the node's settings dataclass
+
+
+def section(name: str) -> Callable[[type[SectionT]], type[SectionT]]:
+    """Register a node's settings dataclass as the `[name]` section of the settings (and of the
+    `VV_<NAME>_<KEY>` variables): decorate the class with `@section("scan")`."""
+
+    def register(cls: type[SectionT]) -> type[SectionT]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"settings section {name!r}: {cls.__name__} is not a dataclass")
+        if name in _core_sections() or "_" in name or _SECTIONS.get(name, cls) is not cls:
+            raise ValueError(f"settings section {name!r} is taken (or holds '_')")
+        _SECTIONS[name] = cls
+        return cls
+
+    return register
+
+
+def section_name(cls: type[Any]) -> str:
+    """The section a settings class was registered as; LookupError when it never was."""
+    for name, registered in _SECTIONS.items():
+        if registered is cls:
+            return name
+    raise LookupError(f"{cls.__name__} is not a registered settings section (decorate it with @section)")
 
 
 @dataclass(frozen=True)
@@ -83,201 +115,6 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True)
-class JournalSettings:
-    fsync: FsyncPolicy = "interval"
-    fsync_interval_s: float = 0.2
-    segment_bytes: int = 64 * 1024 * 1024
-    # retention of sealed segments; a segment holding an event of a video still in the pipeline stays
-    retention_days: float = 90.0  # older segments may go (0: keep every segment)
-    max_bytes: int = 0  # cap on the journal's size, oldest removable segments first (0: no cap)
-    export_before_delete: bool = True  # only segments a `vv export` archive in exports/ holds, same sha256
-    retention_interval_s: float = 3600.0
-
-
-@dataclass(frozen=True)
-class ScanSettings:
-    backend: Literal["auto", "ultralytics", "onnx", "openvino", "darknet", "hog"] = "auto"
-    model: str = ""
-    model_config: str = ""
-    labels: str = ""
-    detect_fps: float = 5.0
-    imgsz: int = 320
-    confidence: float = 0.25
-    threads: int = 0  # 0: one per core
-    batch: int = 1  # sampled frames per detector call (onnx/openvino: pays off with a batched export)
-    motion_gating: bool = True
-    motion_threshold: float = 0.002  # fraction of changed pixels that counts as motion
-    motion_max_skip_s: float = 5.0  # run the detector at least this often, even on a static scene
-    max_processing_s: float = 0.0  # 0: derived from the video's duration
-    max_attempts: int = 3
-    download_timeout_s: float = 5.0  # wait this long for a named model's download, then fall back
-
-
-@dataclass(frozen=True)
-class TrackSettings:
-    """The tracker scan runs on every sampled frame (nodes/scan/tracking.py)."""
-
-    max_lost_s: float = 2.0  # a track missed (occluded, undetected) this long has ended
-    match_iou: float = 0.2  # least overlap of a detection with a track's predicted box to continue it
-    thumbnails: int = 12  # reported tracks per video that get a crop and a full-frame JPEG
-
-
-@dataclass(frozen=True)
-class ObjectFilter:
-    """Frigate's false-positive filters for one class; areas are fractions of the frame."""
-
-    min_score: float = 0.5  # a detection below this never starts a track (it may continue one)
-    threshold: float = (
-        0.6  # the median score of a track must reach this (Frigate: 0.7; see bench/accuracy.py)
-    )
-    min_area: float = 0.0  # detections smaller than this share of the frame are ignored
-    max_area: float = 1.0  # and larger ones
-    min_frames: int = 3  # a track must be in view this many sampled frames to be reported
-    min_s: float = 0.5  # and this many seconds
-
-
-@dataclass(frozen=True)
-class FilterSettings(ObjectFilter):
-    """`[filters]` holds the defaults for every class; `[filters.classes.<label>]` overrides some of them."""
-
-    classes: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(ObjectFilter)
-        for label, overrides in self.classes.items():
-            if not isinstance(overrides, dict):
-                raise ConfigError(f"filters.classes.{label}: expected a table of filter settings")
-            for key, value in overrides.items():
-                if key not in hints:
-                    raise ConfigError(f"filters.classes.{label}.{key}: unknown setting")
-                overrides[key] = _coerce(f"filters.classes.{label}.{key}", hints[key], value)
-
-    def for_label(self, label: str) -> ObjectFilter:
-        """The filters of one class: the defaults with its overrides."""
-        defaults = {f.name: getattr(self, f.name) for f in dataclasses.fields(ObjectFilter)}
-        return ObjectFilter(**{**defaults, **self.classes.get(label, {})})
-
-
-@dataclass(frozen=True)
-class SummarizeSettings:
-    describer: str = ""  # "module:function" turning a summary into text (e.g. an LLM); default: built-in
-    max_gap_s: float = 2.0  # tracks closer in time than this make one activity segment of the timeline
-
-
-@dataclass(frozen=True)
-class SignSettings:
-    alg: Literal["ed25519", "hmac-sha256"] = "ed25519"
-    key_id: str = ""
-    failpoint: Literal["", "after-write"] = ""  # testing only: exit right after writing a LogLine
-
-
-@dataclass(frozen=True)
-class ReconcilerSettings:
-    interval_s: float = 30.0
-    ingested_s: float = 900.0  # longest a video may wait for its scan before it is re-announced
-    scanned_s: float = 300.0
-    summarized_s: float = 120.0
-    max_attempts: int = 3  # re-announcements before the video is quarantined
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    poll_interval_s: float = 2.0  # rescan of input/ (the fallback without inotify, a safety net with it)
-    settle_s: float = 1.0  # a file renamed into input/ is complete when two looks this far apart agree
-    stable_s: float = 10.0  # a file written in place: size and mtime unchanged this long (slow copies pause)
-    incomplete_grace_s: float = 60.0  # written in place, unreadable, younger than this: wait, not quarantine
-    retry_min_s: float = 5.0  # a file whose ingest failed (storage fault) is retried with backoff
-    retry_max_s: float = 300.0
-    inotify: bool = True  # wake on directory events where the kernel offers them
-
-
-@dataclass(frozen=True)
-class DvrSettings:
-    url: str = ""  # RTSP/HTTP URL or a device path, read with OpenCV's FFmpeg backend
-    camera: str = "cam1"  # segment names: input/<camera>-<UTC stamp>.mp4
-    segment_s: float = 60.0
-    codec: str = "mp4v"  # fourcc of the written segments
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 10.0
-    retry_min_s: float = 1.0
-    retry_max_s: float = 60.0
-    error_after_attempts: int = 5  # alert.error after this many failed attempts in a row
-    critical_after_s: float = 900.0  # alert.critical when the stream is down this long
-
-
-@dataclass(frozen=True)
-class AlerterSettings:
-    channels: str = ""  # a JSON list of channel tables, or the path of a .toml/.json file of them
-    window_s: float = 300.0  # repeats closer than this fold into one episode (counted, not re-sent)
-    group_wait_s: float = 30.0  # a new group waits this long to collect a burst before its first notification
-    group_interval_s: float = 300.0  # then at most one notification per group this often
-    repeat_interval_s: float = 4 * 3600.0  # a still-firing alert is notified again after this long
-    expire_s: float = 7 * 86400.0  # an unresolved alert not seen for this long is forgotten
-    inhibit_offline: bool = True  # mute a node's own alerts while its health says offline
-    queue_max: int = 10_000  # notifications kept on disk per channel while it is down
-    max_alerts: int = 10_000  # alerts tracked at once; beyond it the least recently seen are forgotten
-    retry_min_s: float = 1.0
-    retry_max_s: float = 300.0
-    send_timeout_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class DiskSettings:
-    interval_s: float = 60.0
-    # a level is entered when EITHER the free percent or the free GB is below its threshold
-    warn_percent: float = 20.0
-    warn_free_gb: float = 50.0
-    critical_percent: float = 10.0
-    critical_free_gb: float = 10.0
-    # a level is left only once both figures are this far above its thresholds (no flapping)
-    hysteresis_percent: float = 2.0
-    hysteresis_gb: float = 2.0
-
-
-@dataclass(frozen=True)
-class SupervisorSettings:
-    """`vv up`: which nodes run as its children and how crashed ones are restarted."""
-
-    # comma-separated names or module:Class specs; "": every registered node (dvr only with dvr.url)
-    nodes: str = ""
-    max_restarts: int = 5  # restarts within restart_window_s before the child is FATAL (not restarted)
-    restart_window_s: float = 300.0
-    stability_s: float = 60.0  # a child up this long has its restart count reset
-    startup_grace_s: float = 5.0  # a child is "starting" this long, then "running"
-    backoff_min_s: float = 1.0
-    backoff_max_s: float = 60.0
-    stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
-    log_lines: int = 50  # last lines of each child's output kept for status and alerts
-    fatal_retry_s: float = 900.0  # a FATAL child is tried again after this (the disk was freed); 0: never
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    """The monitor node: liveness, self-healing restarts, resources, stuck videos, storage, jobs."""
-
-    # who restarts a node: vv (`cmd.supervisor.restart` to `vv up`) or systemd (`systemctl restart vv-<node>`)
-    supervisor: Literal["vv", "systemd"] = "vv"
-    check_interval_s: float = 5.0
-    failure_threshold: int = 3  # missed beats before a node is unhealthy (HEALTHCHECK_FAILURE_THRESHOLD)
-    startup_grace_s: float = 30.0  # after a restart (or the monitor's start) a node is not judged this long
-    max_restart_attempts: int = 5  # within restart_window_s, then FATAL (CONTAINER_MAX_RESTART_ATTEMPTS)
-    restart_window_s: float = 600.0
-    stability_s: float = 300.0  # a node up this long has its restart count reset
-    backoff_min_s: float = 5.0
-    backoff_max_s: float = 300.0
-    cpu_percent: float = 90.0  # of one core, per node process; 0 turns the check off
-    memory_percent: float = 50.0  # resident memory as a share of RAM; 0 turns the check off
-    resource_sustain_s: float = 120.0  # above a threshold this long before the WARNING
-    journal_check_s: float = 60.0  # how often the journal is folded for stuck videos
-    stuck_ingested_s: float = 1800.0  # per stage: longer than this without moving on is stuck; 0: no limit
-    stuck_scanned_s: float = 900.0
-    stuck_summarized_s: float = 600.0
-    storage_probe: str = ""  # directory the write probe goes to; "": VV_HOME/storage
-    job_grace: float = 1.5  # a job is overdue when its last success is older than period_s x this
-    log_lines: int = 20  # last app.log lines of a node put in its FATAL alert
-
-
-@dataclass(frozen=True)
 class Settings:
     device: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     home: Path = Path("./var")
@@ -285,19 +122,14 @@ class Settings:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     bus: BusSettings = field(default_factory=BusSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
-    journal: JournalSettings = field(default_factory=JournalSettings)
-    scan: ScanSettings = field(default_factory=ScanSettings)
-    track: TrackSettings = field(default_factory=TrackSettings)
-    filters: FilterSettings = field(default_factory=FilterSettings)
-    summarize: SummarizeSettings = field(default_factory=SummarizeSettings)
-    sign: SignSettings = field(default_factory=SignSettings)
-    reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
-    ingest: IngestSettings = field(default_factory=IngestSettings)
-    dvr: DvrSettings = field(default_factory=DvrSettings)
-    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
-    monitor: MonitorSettings = field(default_factory=MonitorSettings)
-    alerter: AlerterSettings = field(default_factory=AlerterSettings)
-    disk: DiskSettings = field(default_factory=DiskSettings)
+    # the nodes' own sections (`@section`), by name; a section not given takes its defaults
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    def section(self, cls: type[SectionT]) -> SectionT:
+        """A node's settings section, typed by its class: `settings.section(ScanSettings)`."""
+        name = section_name(cls)
+        value = self.sections.get(name)
+        return value if isinstance(value, cls) else cls()
 
     @property
     def paths(self) -> VVPaths:
@@ -381,7 +213,7 @@ def _brief(value: Any) -> str:
 _LIMITS: dict[str, tuple[float, float]] = {"mqtt.port": (1, 65535)}
 
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
+def coerce(key: str, hint: Any, value: Any) -> Any:
     """Turn a TOML or environment value into the declared type, or raise naming the key."""
     origin = get_origin(hint)
     if origin is Literal:
@@ -458,15 +290,19 @@ def _build(cls: type[Any], values: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"{name}: expected a [{name}] table")
             kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
         else:
-            kwargs[key] = _coerce(name, hint, value)
+            kwargs[key] = coerce(name, hint, value)
     return cls(**kwargs)
+
+
+def _core_sections() -> set[str]:
+    """The tables of the core settings (mqtt, bus, broker)."""
+    return {f.name for f in dataclasses.fields(Settings) if dataclasses.is_dataclass(f.default_factory)}
 
 
 def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
     """Map `VV_<SECTION>_<KEY>` and `VV_<KEY>` onto the settings tree."""
-    hints = typing.get_type_hints(Settings)
-    sections = {name for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
-    top = set(hints) - sections
+    sections = _core_sections() | set(_SECTIONS)
+    top = {f.name for f in dataclasses.fields(Settings)} - sections - {"sections"}
     tree: dict[str, Any] = {}
     for var, value in environ.items():
         if not var.startswith("VV_") or var == "VV_CONFIG":
@@ -503,7 +339,18 @@ def load_settings(environ: typing.Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"VV_CONFIG: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"VV_CONFIG: {shown(config_path)} is not valid TOML: {shown(exc)}") from None
-    settings: Settings = _build(Settings, _merge(values, _env_overrides(environ)), "")
+    values = _merge(values, _env_overrides(environ))
+    if "sections" in values:  # the field holding the nodes' sections is no setting
+        raise ConfigError("sections: unknown setting")
+    nodes = {name: values.pop(name) for name in list(values) if name in _SECTIONS}
+    settings: Settings = _build(Settings, values, "")
+    built: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        given = nodes.get(name, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{name}: expected a [{name}] table")
+        built[name] = _build(cls, given, f"{name}.")
+    settings = dataclasses.replace(settings, sections=built)
     device = settings.device
     if not device or not device.isprintable() or any(c in device for c in " /+#"):
         raise ConfigError(

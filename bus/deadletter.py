@@ -12,11 +12,10 @@ import hashlib
 import json
 import os
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bus.envelope import utc_now
+from bus.envelope import parse_time, utc_now
 from bus.fsutil import atomic_write_bytes
 
 
@@ -86,6 +85,6 @@ class DeadLetters:
 def _record_time(line: bytes) -> float:
     """A record's time as a timestamp; a line that cannot be read counts as new (kept, not guessed)."""
     try:
-        return datetime.fromisoformat(json.loads(line)["time"].replace("Z", "+00:00")).timestamp()
+        return parse_time(json.loads(line)["time"]).timestamp()
     except (ValueError, KeyError, TypeError, AttributeError):
         return float("inf")

@@ -63,8 +63,7 @@ from bus.topics import (
     subscription,
     topic_for,
 )
-
-__version__ = "0.1.0"
+from bus.version import VERSION as __version__
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
 REFUSED = "the broker refused an event (not authorized?): restart `vv broker` to re-render its ACL"

@@ -12,22 +12,22 @@ from bus.node import Node
 
 NODES: dict[str, str] = {
     "journal": "nodes.journal.node:JournalNode",
-    "scan": "nodes.scan.node:Scan",
-    "summarize": "nodes.summarize.node:Summarize",
-    "sign": "nodes.sign.node:Sign",
-    "reconciler": "nodes.reconciler:Reconciler",
-    "ingest": "nodes.ingest:Ingest",
-    "dvr": "nodes.dvr:Dvr",
-    "alerter": "nodes.alerter:Alerter",
-    "disk": "nodes.disk:DiskWatch",
-    "monitor": "nodes.monitor:Monitor",
+    "scan": "nodes.scan.node:ScanNode",
+    "summarize": "nodes.summarize.node:SummarizeNode",
+    "sign": "nodes.sign.node:SignNode",
+    "reconciler": "nodes.reconciler.node:ReconcilerNode",
+    "ingest": "nodes.ingest.node:IngestNode",
+    "dvr": "nodes.dvr.node:DvrNode",
+    "alerter": "nodes.alerter.node:AlerterNode",
+    "disk": "nodes.disk.node:DiskNode",
+    "monitor": "nodes.monitor.node:MonitorNode",
 }
 
 # Nodes a `vv` verb runs in its own process rather than `vv run`, by the name they connect as.
 VERB_NODES: dict[str, str] = {
-    "supervisor": "nodes.up:SupervisorNode",  # vv up
-    "ingest-cli": "nodes.ingest_cli:IngestOnce",  # vv ingest
-    "verify-cli": "nodes.verify:Audit",  # vv verify --alert
+    "supervisor": "nodes.ops.up:SupervisorNode",  # vv up
+    "ingest-cli": "nodes.ingest.once:IngestCliNode",  # vv ingest
+    "verify-cli": "nodes.sign.verify:VerifyCliNode",  # vv verify --alert
     "cleanup": "bus.jobs:JobNode",  # vv cleanup --job-period
     "export": "bus.jobs:JobNode",  # vv export --job-period
 }

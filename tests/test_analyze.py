@@ -15,10 +15,10 @@ import pytest
 from clips import Scene, photo, require_shared, write_clip
 from jsonschema import Draft202012Validator
 
-from bus.config import ScanSettings
 from nodes.scan.analyze import ScanTimeout, VideoError, open_video, scan_video
 from nodes.scan.detectors import Detector, make_detector
 from nodes.scan.motion import MotionGate
+from nodes.scan.settings import ScanSettings
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"

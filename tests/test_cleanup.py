@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nodes.cleanup import (
+from nodes.cli import main
+from nodes.ops.cleanup import (
     CleanupError,
     MinFree,
     apply_plan,
@@ -18,7 +19,6 @@ from nodes.cleanup import (
     plan_cleanup,
     protected_paths,
 )
-from nodes.cli import main
 
 DAY = 86400.0
 NOW = time.time()

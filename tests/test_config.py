@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from bus.config import ConfigError, load_settings
+from bus.config import ConfigError, Settings, load_settings, section, section_name
+from nodes.scan.settings import ScanSettings
 
 
 def test_defaults_toml_and_env_overrides(tmp_path: Path) -> None:
@@ -20,7 +22,10 @@ def test_defaults_toml_and_env_overrides(tmp_path: Path) -> None:
     settings = load_settings({"VV_CONFIG": str(config), "VV_MQTT_PORT": "1999", "VV_BUS_CODEC": "json"})
     assert settings.device == "cam-01" and settings.home == Path("/srv/vv")
     assert settings.mqtt.port == 1999  # the environment wins over the file
-    assert settings.scan.detect_fps == 2.5 and settings.scan.motion_gating is False
+    assert (
+        settings.section(ScanSettings).detect_fps == 2.5
+        and settings.section(ScanSettings).motion_gating is False
+    )
     assert settings.bus.codec == "json"
     assert load_settings({}).mqtt.port == 1883
 
@@ -38,6 +43,9 @@ def test_defaults_toml_and_env_overrides(tmp_path: Path) -> None:
         ({}, "[scan]\nimgsz = -320\n", "scan.imgsz: -320 must not be negative"),
         ({"VV_DEVICE": "a/b"}, "", "device: 'a/b' must be non-empty"),
         ({}, "[broken\n", "is not valid TOML"),
+        ({}, "scan = 5\n", "scan: expected a [scan] table"),
+        ({}, "[sections]\nscan = 1\n", "sections: unknown setting"),
+        ({"VV_DISK_WARN_PERCENT": "-1"}, "", "disk.warn_percent: '-1' must not be negative"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, environ: dict[str, str], toml: str, message: str) -> None:
@@ -73,3 +81,19 @@ def test_every_verb_has_help() -> None:
         )
         assert result.returncode == 0, (verb, result.stderr)
         assert "usage: vv" in result.stdout
+
+
+def test_node_sections_are_registered_once_and_read_typed() -> None:
+    """Each node declares its section beside its code; bus reads it by class, never by import."""
+    assert Settings().section(ScanSettings) == ScanSettings()  # not loaded: the defaults
+    assert section_name(ScanSettings) == "scan"
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        x: int = 1
+
+    for taken in ("scan", "mqtt", "my_node"):
+        with pytest.raises(ValueError, match=f"settings section '{taken}' is taken"):
+            section(taken)(Other)
+    with pytest.raises(LookupError, match="Other is not a registered settings section"):
+        Settings().section(Other)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from clips import photo, require_shared
 
-from bus.config import ScanSettings
-from nodes import model_export
+from nodes.cli import model as model_verb
 from nodes.scan.detectors import Detection, Detector, make_detector, resolve_backend
 from nodes.scan.detectors.onnx import Engine, OnnxDetector, onnx_metadata
+from nodes.scan.settings import ScanSettings
 
 MODEL_DIR = "models/yolo-fastest-1.1-coco"
 WEIGHTS = f"{MODEL_DIR}/yolo-fastest-1.1.weights"
@@ -117,7 +117,7 @@ def test_darknet_rejects_an_imgsz_it_cannot_run(tmp_path: Path) -> None:
 
 def test_model_export_refuses_a_bad_imgsz() -> None:
     args = argparse.Namespace(model="yolo11n.yaml", imgsz=100, output=None, opset=None, json=False)
-    assert model_export.run(args) == 2
+    assert model_verb.run(args) == 2
 
 
 @pytest.mark.skipif(HAVE_ULTRALYTICS, reason="checks the message shown when ultralytics is absent")
@@ -125,7 +125,7 @@ def test_ultralytics_absent_gives_a_clear_reason_and_export_exit_2(tmp_path: Pat
     detector, reason = make_detector(ScanSettings(model="yolo11n.pt"), tmp_path)
     assert detector.name == "hog" and reason is not None and "ultralytics is not installed" in reason
     args = argparse.Namespace(model="yolo11n.pt", imgsz=320, output=None, opset=None, json=False)
-    assert model_export.run(args) == 2
+    assert model_verb.run(args) == 2
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def yolo11n_onnx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.chdir(work)  # ultralytics writes the export beside the yaml name, i.e. in the working directory
     try:
         args = argparse.Namespace(model="yolo11n.yaml", imgsz=320, output=output, opset=None, json=True)
-        assert model_export.run(args) == 0
+        assert model_verb.run(args) == 0
     finally:
         os.chdir(previous)
         del os.environ["VV_HOME"]

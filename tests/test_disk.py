@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import VV, Probe, read_lines, wait_until
 
-from bus.config import DiskSettings
-from nodes.disk import GB, Usage, level_for, mount_point, next_level
+from nodes.disk.settings import DiskSettings
+from nodes.disk.usage import GB, Usage, level_for, mount_point, next_level
 
 SETTINGS = DiskSettings(
     warn_percent=20,

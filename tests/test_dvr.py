@@ -18,7 +18,7 @@ import pytest
 from clips import Scene, write_clip
 from conftest import VV, Probe, free_port, wait_until
 
-from nodes.dvr import redact, segment_name
+from nodes.dvr.stream import redact, segment_name
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 

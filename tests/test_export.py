@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nodes.cli import main
-from nodes.export import LogFile, apply_retention, export_logs, select_logs, verify_export
+from nodes.ops.export import LogFile, apply_retention, export_logs, select_logs, verify_export
 from nodes.sign.keys import KeyStore
 
 D = date(2024, 3, 10)  # the "today" of the fixture logs

@@ -24,11 +24,11 @@ from conftest import VV, Probe, Publisher, store_video, wait_until
 from test_pipeline import FAST, drop
 from test_signed_pipeline import loglines, verify
 
-from bus.config import ScanSettings, VVPaths
+from bus.config import VVPaths
 from bus.inputs import shown
+from nodes.common.quarantine import UnreadableVideo
 from nodes.common.video import Decoded
-from nodes.ingest import (
-    UnreadableVideo,
+from nodes.ingest.files import (
     ingest_file,
     is_candidate,
     is_video_name,
@@ -38,6 +38,7 @@ from nodes.ingest import (
 from nodes.scan.analyze import DamagedVideo, scan_video
 from nodes.scan.detectors.base import Detection, Frame
 from nodes.scan.objects import CROP_MAX_SIDE
+from nodes.scan.settings import ScanSettings
 from nodes.summarize.summary import build_summary
 
 H264 = ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10")  # a DVR's GOP: a keyframe a second

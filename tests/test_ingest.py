@@ -15,14 +15,13 @@ from clips import Scene, write_clip
 from conftest import VV, Probe, Publisher, wait_until
 
 from bus.config import VVPaths
-from nodes.ingest import (
-    UnreadableVideo,
+from nodes.common.quarantine import UnreadableVideo, reserve_quarantine_name
+from nodes.ingest.files import (
     held_open,
     ingest_file,
     is_candidate,
     ledger_for,
     probe_video,
-    reserve_quarantine_name,
 )
 
 FAST = {"VV_INGEST_SETTLE_S": "0.2", "VV_INGEST_POLL_INTERVAL_S": "0.5", "VV_INGEST_STABLE_S": "1"}

@@ -27,7 +27,7 @@ from bus.logs import ConsoleFormatter, JsonFormatter
 from nodes.alerter.channels import load_channels
 from nodes.cli import main
 from nodes.journal.fold import VideoState, format_table, format_video
-from nodes.tail import format_line
+from nodes.ops.tail import format_line
 
 CONTROL = "a\x1b[2Jb\n"  # clears a terminal, then splits the line: must never reach stderr raw
 

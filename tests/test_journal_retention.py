@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from test_journal_fold import event, pipeline
 
-from bus.config import JournalSettings, VVPaths
-from nodes.export import export_logs
+from bus.config import VVPaths
 from nodes.journal.index import open_index
 from nodes.journal.retention import apply_retention
+from nodes.journal.settings import JournalSettings
 from nodes.journal.store import Journal, iter_records
+from nodes.ops.export import export_logs
 from nodes.sign.keys import KeyStore
 
 DAY = timedelta(days=1)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bus.envelope import parse_time
 from nodes.journal import store
 from nodes.journal.store import (
     RECORD_HEADER,
@@ -26,7 +27,6 @@ from nodes.journal.store import (
     _RecordScan,
     iter_records,
     journal_stats,
-    parse_rfc3339,
     read_from,
     read_index,
 )
@@ -426,8 +426,8 @@ def test_a_new_utc_day_starts_a_new_segment_with_a_sidecar_for_the_old_one(tmp_p
     assert sorted(p.name for p in tmp_path.glob("*.idx")) == ["00000001.idx", "00000002.idx"]  # sealed ones
     index = read_index(segment(tmp_path, 2))
     assert index is not None and (index.first_record, index.records, index.untimed) == (4, 4, 0)
-    assert index.received_min == parse_rfc3339(dated_record(0, 1)["received_at"]).timestamp()
-    assert index.received_max == parse_rfc3339(dated_record(3, 1)["received_at"]).timestamp()
+    assert index.received_min == parse_time(dated_record(0, 1)["received_at"]).timestamp()
+    assert index.received_max == parse_time(dated_record(3, 1)["received_at"]).timestamp()
 
 
 def test_since_never_opens_a_segment_that_is_wholly_older(

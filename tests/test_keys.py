@@ -11,7 +11,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from nodes import keys_cli
+from nodes.cli import keys as keys_cli
 from nodes.sign.keys import (
     Ed25519Signer,
     Ed25519Verifier,

@@ -16,7 +16,14 @@ from conftest import DEVICE, VV, Probe, Publisher, wait_until
 from bus.client import publish_properties
 from bus.envelope import JSON, Event, utc_now
 from nodes.journal.store import Journal
-from nodes.monitor import graceful_offline, is_job, job_overdue, last_log_lines, liveness, probe_storage
+from nodes.monitor.checks import (
+    graceful_offline,
+    is_job,
+    job_overdue,
+    last_log_lines,
+    liveness,
+    probe_storage,
+)
 
 MONITOR_ENV = {
     "VV_BUS_HEALTH_INTERVAL_S": "0.3",

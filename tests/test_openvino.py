@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from clips import photo, require_shared
 
-from bus.config import ScanSettings
-from nodes import model_export
 from nodes.cli import main as vv
+from nodes.cli import model as model_verb
 from nodes.scan.detectors import make_detector
 from nodes.scan.detectors.base import Frame, agreement
 from nodes.scan.detectors.onnx import OnnxDetector, YoloOnnx
 from nodes.scan.detectors.openvino import OpenVinoDetector
+from nodes.scan.settings import ScanSettings
 
 PHOTOS = ("person", "dog", "horses", "giraffe")
 CONFIDENCE = 0.5
@@ -154,7 +154,7 @@ def test_model_export_refuses_a_negative_batch() -> None:
     args = argparse.Namespace(
         action="export", model="yolo11n.yaml", imgsz=320, output=None, opset=None, batch=-1, json=False
     )
-    assert model_export.run(args) == 2
+    assert model_verb.run(args) == 2
 
 
 @needs_engines
@@ -180,7 +180,7 @@ def test_scan_batch_gives_the_frames_one_at_a_time_would(models: Models, tmp_pat
 def test_calibration_takes_photos_and_frames_spread_over_videos(tmp_path: Path) -> None:
     from clips import Scene, write_clip
 
-    from nodes.model_quantize import FRAMES_PER_VIDEO, calibration_frames
+    from nodes.ops.model_quantize import FRAMES_PER_VIDEO, calibration_frames
 
     (tmp_path / "a").mkdir()
     write_clip(tmp_path / "a" / "clip.MP4", [Scene("person", 3)])  # 30 frames: 8 of them, every 4th

@@ -12,7 +12,7 @@ import pytest
 from clips import Scene, require_shared, write_clip
 from conftest import VV, Probe, Publisher, store_video, wait_until
 
-from nodes.demo import synthetic_clip
+from nodes.ops.demo import synthetic_clip
 
 FAST = {"VV_INGEST_SETTLE_S": "0.2", "VV_INGEST_POLL_INTERVAL_S": "0.3"}
 

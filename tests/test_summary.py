@@ -10,10 +10,10 @@ import pytest
 from clips import Scene, require_shared, write_clip
 from jsonschema import Draft202012Validator
 
-from bus.config import ScanSettings
 from nodes.scan.analyze import scan_video
 from nodes.scan.detectors import make_detector
-from nodes.summarize import build_summary, describe, plural
+from nodes.scan.settings import ScanSettings
+from nodes.summarize.summary import build_summary, describe, plural
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"

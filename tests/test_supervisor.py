@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 from conftest import VV, Probe, Publisher, wait_until
 
-from nodes.supervisor import Child, ChildSpec, RestartPolicy, RestartTracker, Supervisor, describe_exit
+from nodes.ops.supervisor import Child, ChildSpec, RestartPolicy, RestartTracker, Supervisor, describe_exit
 
 POLICY = RestartPolicy(max_restarts=3, window_s=100.0, stability_s=50.0, backoff_min_s=1.0, backoff_max_s=8.0)
 

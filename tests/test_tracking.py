@@ -16,13 +16,14 @@ import pytest
 from clips import CROSSING, require_shared, street_truth, write_street
 
 from bus.artifacts import write_artifact
-from bus.config import ConfigError, FilterSettings, ScanSettings, Settings, TrackSettings, load_settings
+from bus.config import ConfigError, Settings, load_settings
 from bus.fsutil import sha256_file
 from nodes.common.claims import ANALYTIC_NAME, StoredVideo, video_inputs
 from nodes.scan.analyze import scan_video
 from nodes.scan.detectors import make_detector
+from nodes.scan.settings import FilterSettings, ScanSettings, TrackSettings
 from nodes.scan.tracking import track_frames
-from nodes.summarize.node import Summarize
+from nodes.summarize.node import SummarizeNode
 from nodes.summarize.summary import build_summary, describe, peak_in_view
 
 WEIGHTS = "models/yolo-fastest-1.1-coco/yolo-fastest-1.1.weights"
@@ -142,12 +143,15 @@ def test_filter_settings_from_toml_and_environment(tmp_path: Path) -> None:
         "[filters]\nthreshold = 0.6\n[filters.classes.person]\nmin_score = 0.4\nmin_frames = 5\n"
     )
     settings = load_settings({"VV_CONFIG": str(config), "VV_TRACK_MAX_LOST_S": "3"})
-    person, car = settings.filters.for_label("person"), settings.filters.for_label("car")
+    person, car = (
+        settings.section(FilterSettings).for_label("person"),
+        settings.section(FilterSettings).for_label("car"),
+    )
     assert (person.min_score, person.min_frames, person.threshold) == (0.4, 5, 0.6)
     assert (car.min_score, car.min_frames, car.threshold) == (0.5, 3, 0.6)
-    assert settings.track.max_lost_s == 3.0
+    assert settings.section(TrackSettings).max_lost_s == 3.0
     env = load_settings({"VV_FILTERS_CLASSES": '{"dog": {"min_area": 0.01}}'})
-    assert env.filters.for_label("dog").min_area == 0.01
+    assert env.section(FilterSettings).for_label("dog").min_area == 0.01
     config.write_text("[filters.classes.person]\nmin_scor = 0.4\n")
     with pytest.raises(ConfigError, match=r"filters\.classes\.person\.min_scor: unknown setting"):
         load_settings({"VV_CONFIG": str(config)})
@@ -243,7 +247,7 @@ def test_summarize_never_decodes_the_video(
         "duration_s": 23.0,
     }
     event = types.SimpleNamespace(data={"video": stored, "analytic": ref}, subject=video.id)
-    asyncio.run(Summarize.summarize(node, event))  # type: ignore[arg-type]
+    asyncio.run(SummarizeNode.summarize(node, event))  # type: ignore[arg-type]
     assert not opened
     ((event_type, data),) = emitted
     assert event_type == "summary.done" and data["counts"]["person"] >= 3

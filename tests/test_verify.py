@@ -15,11 +15,12 @@ from conftest import VV, Probe, Publisher
 
 from bus.artifacts import write_artifact
 from bus.fsutil import sha256_bytes
-from nodes import verify
+from nodes.cli import verify as verify_verb
+from nodes.sign import verify
 from nodes.sign.head import ChainHead, head_path, signed_head, write_head
 from nodes.sign.keys import KeyStore, Verifier
 from nodes.sign.logline import GENESIS_PREV, build_logline, logline_hash, sign_logline, write_logline
-from nodes.verify import HeadCheck, verify_paths
+from nodes.sign.verify import HeadCheck, verify_paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -258,7 +259,7 @@ def test_hmac_chain_verifies_with_the_local_store_only(tmp_path: Path) -> None:
 def run_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "VV_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "nodes.verify", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "nodes.cli.verify", *args], cwd=REPO, env=env, capture_output=True, text=True
     )
 
 
@@ -281,26 +282,26 @@ def test_cli_usage_errors_and_json(
     chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("VV_HOME", str(tmp_path / "empty-home"))
-    assert verify.main([str(chain.storage)]) == 2
+    assert verify_verb.main([str(chain.storage)]) == 2
     assert "no keys in" in capsys.readouterr().err
     bad_keys = tmp_path / "bad.json"
     bad_keys.write_text("{")
-    assert verify.main([str(chain.storage), "--keys", str(bad_keys)]) == 2
+    assert verify_verb.main([str(chain.storage), "--keys", str(bad_keys)]) == 2
     assert "bad.json: not JSON" in capsys.readouterr().err
     exported = chain.export(tmp_path / "keys.json")
-    assert verify.main([str(chain.storage), "--keys", str(exported), "--json"]) == 0
+    assert verify_verb.main([str(chain.storage), "--keys", str(exported), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["valid"] and report["total"] == 5 and report["chains"]["edge-01"]["last_seq"] == 5
-    assert verify.main([str(tmp_path / "empty-home"), "--keys", str(exported)]) == 2
+    assert verify_verb.main([str(tmp_path / "empty-home"), "--keys", str(exported)]) == 2
     (tmp_path / "nothing").mkdir()
-    assert verify.main([str(tmp_path / "nothing"), "--keys", str(exported)]) == 1
+    assert verify_verb.main([str(tmp_path / "nothing"), "--keys", str(exported)]) == 1
     assert "no LogLines found" in capsys.readouterr().out
 
 
 def test_large_directories_report_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     chain = Chain(tmp_path)
     prev = GENESIS_PREV
-    for seq in range(1, verify.PROGRESS_THRESHOLD + 2):  # plain writes: no artifacts, no fsync
+    for seq in range(1, verify_verb.PROGRESS_THRESHOLD + 2):  # plain writes: no artifacts, no fsync
         logline = build_logline(
             device="edge-01",
             seq=seq,
@@ -314,7 +315,7 @@ def test_large_directories_report_progress(tmp_path: Path, capsys: pytest.Captur
         (chain.storage / f"{seq:032x}.logline.json").write_text(json.dumps(signed))
         prev = logline_hash(signed)
     exported = chain.export(tmp_path / "keys.json")
-    assert verify.main([str(chain.storage), "--keys", str(exported), "--no-artifacts"]) == 0
+    assert verify_verb.main([str(chain.storage), "--keys", str(exported), "--no-artifacts"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"verified {verify.BATCH}/201 LogLines (30%)"
     assert err[-1] == "verified 201/201 LogLines (100%)"

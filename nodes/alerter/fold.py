@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bus.alerts import SEVERITIES, Severity
-from bus.config import AlerterSettings
+from bus.envelope import rfc3339 as envelope_rfc3339
 from bus.fsutil import atomic_write_bytes
+from nodes.alerter.settings import AlerterSettings
 
 Clock = Callable[[], float]
 Outcome = Literal["new", "folded", "escalated", "reopened", "resolved", "ignored"]
@@ -52,7 +53,8 @@ def severity_rank(severity: str) -> int:
 
 
 def rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A time in seconds in the bus's one timestamp format."""
+    return envelope_rfc3339(datetime.fromtimestamp(seconds, UTC))
 
 
 @dataclass(frozen=True)

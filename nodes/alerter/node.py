@@ -34,6 +34,7 @@ from bus.node import Node, RejectedMessage, on, on_health
 from nodes.alerter.channels import Channel, ChannelError, load_channels
 from nodes.alerter.fold import Fold, FoldSettings, Route, SilenceError
 from nodes.alerter.queue import DiskQueue
+from nodes.alerter.settings import AlerterSettings
 
 log = logging.getLogger("vv.alerter")
 SAVE_DELAY_S = 1.0  # a mere count change is saved within this long (a crash loses at most these counts)
@@ -78,14 +79,14 @@ class ChannelState:
         }
 
 
-class Alerter(Node):
+class AlerterNode(Node):
     """Alerts in, notifications out: folded, grouped, silenced, queued, retried."""
 
     name = "alerter"
 
     def __init__(self, settings: Settings, instance: str = "") -> None:
         super().__init__(settings, instance)
-        config = settings.alerter
+        config = settings.section(AlerterSettings)
         channels = load_channels(config.channels)
         self.send_timeout_s = config.send_timeout_s
         self.fold = Fold(

@@ -1,0 +1,1 @@
+"""Helpers every node shares: stored-video claims, video decoding, file placement, quarantine."""

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bus import codec, schemas
-from bus.envelope import MSGPACK, Event
+from bus.envelope import MSGPACK, Event, parse_time
 from bus.topics import is_command, parse_topic, type_matches
-from nodes.journal.store import iter_numbered, parse_rfc3339
+from nodes.journal.store import iter_numbered
 
 PAGE_EVENTS = 64  # a page is handled in one transaction by the asker, like a batch of live messages
 
@@ -52,8 +52,8 @@ class ReplayRequest:
             patterns=tuple(args["types"]),
             start=after if after <= end else 0,
             end=end,
-            since=parse_rfc3339(args["since"]),
-            until=parse_rfc3339(until) if isinstance(until, str) else None,
+            since=parse_time(args["since"]),
+            until=parse_time(until) if isinstance(until, str) else None,
         )
 
     def wants(self, record: dict[str, Any], device: str) -> dict[str, Any] | None:
@@ -68,7 +68,7 @@ class ReplayRequest:
             return None
         received = record.get("received_at")
         try:
-            if isinstance(received, str) and parse_rfc3339(received) < self.since:
+            if isinstance(received, str) and parse_time(received) < self.since:
                 return None
         except ValueError:
             pass  # a record without a readable time cannot be shown to be too old

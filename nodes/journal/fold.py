@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
+from bus.envelope import parse_time
 from bus.inputs import shown
-from nodes.journal.store import iter_records, parse_rfc3339
+from nodes.journal.store import iter_records
 
 STAGES = ("ingested", "scanned", "summarized", "signed", "quarantined")
 TERMINAL = frozenset({"signed", "quarantined"})
@@ -149,7 +150,7 @@ class Fold:
         if state is not None and event_id in state._seen:
             return None
         try:
-            when = parse_rfc3339(_text(event.get("time")))
+            when = parse_time(_text(event.get("time")))
         except ValueError as exc:
             self.rejected.append(f"event {event_id}: {exc}")
             return None

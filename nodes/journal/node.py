@@ -23,6 +23,7 @@ from bus.schemas import SchemaError
 from bus.topics import CATCHUP_REQUEST, catchup_topic, topic_for
 from nodes.journal.catchup import ReplayRequest, read_page
 from nodes.journal.retention import apply_retention
+from nodes.journal.settings import JournalSettings
 from nodes.journal.store import Journal, JournalError
 
 log = logging.getLogger("vv.journal")
@@ -40,7 +41,7 @@ class JournalNode(Node):
         return dataclasses.replace(base, write=(*base.write, catchup_topic(settings.device, "+")))
 
     async def setup(self) -> None:
-        settings = self.settings.journal
+        settings = self.settings.section(JournalSettings)
         self.retention: dict[str, int] = {}  # the last retention pass, for health
         self.journal = Journal.open(
             self.paths.journal,
@@ -135,9 +136,9 @@ class JournalNode(Node):
 
     async def _sync_quiet_tail(self) -> None:
         """The interval policy syncs on append; this syncs a quiet tail too, within the interval."""
-        if self.settings.journal.fsync != "interval":
+        if self.settings.section(JournalSettings).fsync != "interval":
             return
-        interval = max(self.settings.journal.fsync_interval_s, 0.05)
+        interval = max(self.settings.section(JournalSettings).fsync_interval_s, 0.05)
         while not await self.sleep(interval):
             if self.journal.unsynced:
                 self.journal.flush()
@@ -147,13 +148,13 @@ class JournalNode(Node):
         while True:
             try:
                 report = await asyncio.to_thread(
-                    apply_retention, self.journal, self.paths, self.settings.journal
+                    apply_retention, self.journal, self.paths, self.settings.section(JournalSettings)
                 )
             except (JournalError, OSError) as exc:
                 log.warning("journal retention skipped: %s", exc)
             else:
                 self.retention = report.summary()
-            if await self.sleep(self.settings.journal.retention_interval_s):
+            if await self.sleep(self.settings.section(JournalSettings).retention_interval_s):
                 return
 
     async def teardown(self) -> None:

@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus.config import JournalSettings, VVPaths
+from bus.config import VVPaths
 from bus.fsutil import sha256_file
 from nodes.journal.index import BATCH, index_errors, open_index
+from nodes.journal.settings import JournalSettings
 from nodes.journal.store import DAY_S, Journal, list_segments, read_index, segment_name
 
 log = logging.getLogger("vv.journal.retention")

@@ -38,6 +38,9 @@ their sidecars), so segment numbers may have gaps anywhere below the last one.
 
 Only one writer at a time: it holds an exclusive `flock` on `LOCK` in the directory (which holds its
 pid). Readers take no lock and never write.
+
+One module, one concern: the on-disk format (records, segments, their time indexes, recovery) is
+written and read here only, so a change to the format is a change to this file.
 """
 
 from __future__ import annotations
@@ -54,18 +57,18 @@ import time
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, NamedTuple, Self, get_args
+from typing import Any, BinaryIO, NamedTuple, Self, get_args
 
 import msgpack
 
+from bus.envelope import parse_time
 from bus.fsutil import fsync_dir
+from nodes.journal.settings import FsyncPolicy
 
 log = logging.getLogger("vv.journal")
 
-FsyncPolicy = Literal["always", "interval", "never"]
 
 MAGIC = b"VVJL"
 VERSION = 1
@@ -131,15 +134,6 @@ class Entry(NamedTuple):
     record: dict[str, Any]
 
 
-def parse_rfc3339(value: str) -> datetime:
-    """An RFC 3339 time as an aware datetime (a time without offset is taken as UTC)."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"not an RFC 3339 time: {value!r}") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
 def segment_name(index: int) -> str:
     return f"{index:08d}.seg"
 
@@ -155,7 +149,7 @@ def received_time(record: dict[str, Any]) -> float | None:
     if not isinstance(received, str):
         return None
     try:
-        return parse_rfc3339(received).timestamp()
+        return parse_time(received).timestamp()
     except ValueError:
         return None
 
@@ -761,7 +755,7 @@ def iter_records(
     they cannot be shown to be older). Damage elsewhere raises `JournalCorrupt` unless `skip_corrupt`,
     which logs it and goes on with the next intact record.
     """
-    threshold = parse_rfc3339(since).timestamp() if since is not None else None
+    threshold = parse_time(since).timestamp() if since is not None else None
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no journal at {directory}")

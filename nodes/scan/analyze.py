@@ -18,11 +18,11 @@ from typing import Any
 
 import cv2
 
-from bus.config import FilterSettings, ScanSettings, TrackSettings
 from nodes.common.video import FrameReader, capture_of
 from nodes.scan.detectors.base import Detector, Frame, detect_frames
 from nodes.scan.motion import MotionGate
 from nodes.scan.objects import ObjectTracker
+from nodes.scan.settings import FilterSettings, ScanSettings, TrackSettings
 
 ANALYTIC_VERSION = 2
 

@@ -21,10 +21,11 @@ from bus.envelope import Event, utc_now
 from bus.fsutil import atomic_write_json
 from bus.node import Node, on
 from nodes.common.claims import ANALYTIC_NAME, StoredVideo, check_video, video_inputs
-from nodes.ingest import UnreadableVideo, quarantine
+from nodes.common.quarantine import QuarantineAlert, UnreadableVideo, quarantine_and_announce
 from nodes.scan.analyze import DamagedVideo, ScanTimeout, VideoError, scan_video
 from nodes.scan.detectors import make_detector
 from nodes.scan.detectors.base import Detector
+from nodes.scan.settings import FilterSettings, ScanSettings, TrackSettings
 
 log = logging.getLogger("vv.scan")
 
@@ -61,7 +62,7 @@ class Attempts:
         atomic_write_json(self.path, self.history)
 
 
-class Scan(Node):
+class ScanNode(Node):
     name = "scan"
     produces = ("scan.done", "video.quarantined")
     shared_group = "scan"
@@ -74,7 +75,7 @@ class Scan(Node):
         """Load the detector once subscribed: importing torch or fetching a model takes seconds."""
         self.detector: Detector
         self.detector, self.degraded = await asyncio.to_thread(
-            make_detector, self.settings.scan, self.paths.home
+            make_detector, self.settings.section(ScanSettings), self.paths.home
         )
         log.info("detector: %s %s (%s)", self.detector.name, self.detector.model, self.detector.runtime)
         if self.degraded:
@@ -94,7 +95,7 @@ class Scan(Node):
         return {"current": self.current, "backend": self.detector.name if loaded else "loading"}
 
     def _budget_s(self, duration_s: float) -> float:
-        configured = self.settings.scan.max_processing_s
+        configured = self.settings.section(ScanSettings).max_processing_s
         return configured if configured > 0 else max(MIN_PROCESSING_S, duration_s * PROCESSING_PER_VIDEO_S)
 
     @on("video.new")
@@ -114,9 +115,9 @@ class Scan(Node):
                     scan_video,
                     path,
                     self.detector,
-                    self.settings.scan,
-                    track=self.settings.track,
-                    filters=self.settings.filters,
+                    self.settings.section(ScanSettings),
+                    track=self.settings.section(TrackSettings),
+                    filters=self.settings.section(FilterSettings),
                     thumbnails=stored.directory / THUMBNAILS_DIR,
                     progress=lambda done: self.current.update(progress=round(done, 3)),
                     deadline=time.monotonic() + budget,
@@ -132,7 +133,9 @@ class Scan(Node):
                         context={"video": video_id},
                         actions=["Lower scan.detect_fps or scan.imgsz, or raise scan.max_processing_s"],
                     )
-                if len(attempts) >= self.settings.scan.max_attempts or isinstance(exc, DamagedVideo):
+                if len(attempts) >= self.settings.section(ScanSettings).max_attempts or isinstance(
+                    exc, DamagedVideo
+                ):
                     await self._quarantine(event, stored, attempts, reason)
                     return
                 continue
@@ -162,20 +165,19 @@ class Scan(Node):
     async def _quarantine(
         self, event: Event, stored: StoredVideo, attempts: list[dict[str, str]], reason: str
     ) -> None:
-        video = event.data["video"]
-        outcome = quarantine(
+        video_id = event.data["video"]["id"]
+        await quarantine_and_announce(
+            self,
             stored.path,
-            self.paths,
             UnreadableVideo("ScanFailed", reason),
             stored.sha256,
-            component=self.name,
+            lambda data: QuarantineAlert(
+                "Video quarantined after repeated scan failures",
+                f"video {video_id} failed {len(attempts)} scan attempts; last: {reason}",
+                {"video": video_id, "path": data["quarantine_path"]},
+                [f"Inspect {data['meta_path']}", "Re-ingest the file once the cause is fixed"],
+            ),
+            subject=video_id,
+            cause=event,
             attempts=attempts,
         )
-        await self.raise_alert(
-            "ERROR",
-            "Video quarantined after repeated scan failures",
-            f"video {video['id']} failed {len(attempts)} scan attempts; last: {reason}",
-            context={"video": video["id"], "path": outcome.data["quarantine_path"]},
-            actions=[f"Inspect {outcome.data['meta_path']}", "Re-ingest the file once the cause is fixed"],
-        )
-        await self.emit("video.quarantined", outcome.data, subject=video["id"], cause=event)

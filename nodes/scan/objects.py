@@ -17,8 +17,8 @@ from typing import Any
 import cv2
 
 from bus.artifacts import ArtifactRef, write_artifact
-from bus.config import FilterSettings, TrackSettings
 from nodes.scan.detectors.base import Frame
+from nodes.scan.settings import FilterSettings, TrackSettings
 from nodes.scan.tracking import Track, Tracker
 
 THUMBNAIL_MARGIN = 0.1  # context around the box, as a fraction of its size

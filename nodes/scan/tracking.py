@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
-from bus.config import FilterSettings, ObjectFilter, TrackSettings
+from nodes.scan.settings import FilterSettings, ObjectFilter, TrackSettings
 
 Box = tuple[float, float, float, float]
 Vector = npt.NDArray[np.float64]

@@ -41,11 +41,12 @@ from nodes.sign.logline import (
     sign_logline,
     write_logline,
 )
+from nodes.sign.settings import SignSettings
 
 log = logging.getLogger("vv.sign")
 
 
-class Sign(Node):
+class SignNode(Node):
     name = "sign"
     produces = ("logline.signed",)
 
@@ -94,7 +95,9 @@ class Sign(Node):
         return self.head
 
     def _signer(self) -> Ed25519Signer | HmacSigner:
-        return self.keys.signer(self.settings.sign.key_id or None, alg=self.settings.sign.alg)
+        return self.keys.signer(
+            self.settings.section(SignSettings).key_id or None, alg=self.settings.section(SignSettings).alg
+        )
 
     def _record(self, document: Mapping[str, Any]) -> None:
         """The signed head document: in the state file, then in the health."""
@@ -163,7 +166,9 @@ class Sign(Node):
             self._record(genesis_head(self.device, signer))
         path = write_logline(directory, signed)
         self.head = (seq, logline_hash(signed))
-        if self.settings.sign.failpoint == "after-write":  # tests: a crash before the head and publish
+        if (
+            self.settings.section(SignSettings).failpoint == "after-write"
+        ):  # tests: a crash before the head and publish
             os._exit(137)
         self._record(signed_head(signed, signer))
         if self._status == "degraded":

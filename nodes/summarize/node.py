@@ -13,6 +13,7 @@ from bus.config import ConfigError
 from bus.envelope import Event
 from bus.node import Node, on
 from nodes.common.claims import SUMMARY_NAME, check_analytic, check_video, video_inputs
+from nodes.summarize.settings import SummarizeSettings
 from nodes.summarize.summary import Describer, build_summary, describe, thumbnails
 
 log = logging.getLogger("vv.summarize")
@@ -32,12 +33,12 @@ def load_describer(spec: str) -> Describer:
     return cast(Describer, describer)
 
 
-class Summarize(Node):
+class SummarizeNode(Node):
     name = "summarize"
     produces = ("summary.done",)
 
     async def setup(self) -> None:
-        self.describer = load_describer(self.settings.summarize.describer)
+        self.describer = load_describer(self.settings.section(SummarizeSettings).describer)
 
     @on("scan.done")
     async def summarize(self, event: Event) -> None:
@@ -46,7 +47,7 @@ class Summarize(Node):
         analytic = check_analytic(storage, video, analytic_ref)
         schemas.validate("analytic", analytic)
         summary = build_summary(
-            analytic, describer=self.describer, max_gap_s=self.settings.summarize.max_gap_s
+            analytic, describer=self.describer, max_gap_s=self.settings.section(SummarizeSettings).max_gap_s
         )
         summary["inputs"] = {**video_inputs(video), "analytic_sha256": analytic_ref["sha256"]}
         schemas.validate("summary", summary)

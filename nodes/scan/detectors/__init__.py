@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bus.config import ScanSettings
 from nodes.scan.detectors.base import Detection, Detector, DetectorUnavailable, read_labels
 from nodes.scan.detectors.hog import HogDetector
+from nodes.scan.settings import ScanSettings
 
 __all__ = ["Detection", "Detector", "DetectorUnavailable", "make_detector", "resolve_backend"]
 

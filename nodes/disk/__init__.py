@@ -1,0 +1,1 @@
+"""The disk node (`node.py`): free space watched, alerts raised, ingest paused before the disk is full."""

@@ -1,0 +1,1 @@
+"""The monitor node (`node.py`): liveness, self-healing restarts, resources, stuck videos, storage, jobs."""

@@ -1,0 +1,1 @@
+"""The reconciler node (`node.py`): a video stuck in a stage is re-announced, then quarantined."""
