@@ -6,6 +6,7 @@ import getpass
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from string import Template
 
 from bus.config import Settings
+from bus.inputs import not_regular, shown
 from bus.resources import data_dir
 
 ADMIN_USER = "vv-admin"
@@ -92,7 +94,8 @@ def render_broker(
     directory: Path | None = None,
     grants: Sequence[Grant] = (),
 ) -> BrokerFiles:
-    """Write mosquitto.conf (+ passwd and acl unless `dev`) for this device; idempotent.
+    """Write mosquitto.conf (+ passwd and acl unless `dev`) for this device, with the bridge to the
+    central broker when `[bridge]` has an address; idempotent.
 
     `grants` are the nodes' own credentials (the caller builds them from the node classes, which
     bus/ does not import); the device credential only reads, the admin one reads and writes `vv/#`.
@@ -130,10 +133,59 @@ def render_broker(
         max_packet_bytes=broker.max_packet_bytes,
         max_queued_messages=broker.max_queued_messages,
         max_queued_bytes=broker.max_queued_bytes,
+        bridge=bridge_block(settings),
     )
     conf = directory / "mosquitto.conf"
     conf.write_text(conf_text)
     return BrokerFiles(directory=directory, conf=conf, data_dir=data, passwd=passwd, acl=acl)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A PEM CA certificate, certificate and private key (the key readable by its owner only)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def check(self, what: str) -> None:
+        """Refuse to render a config mosquitto would fail on, or a key others can read."""
+        for path in (self.ca, self.cert, self.key):
+            reason = not_regular(path)
+            if reason:
+                raise BrokerError(f"{what}: {reason}")
+        if stat.S_IMODE(self.key.stat().st_mode) & 0o077:
+            raise BrokerError(f"{what}: {shown(self.key)} is readable by others: chmod 600 it")
+
+
+def fleet_files(settings: Settings) -> TlsFiles:
+    """The device's bridge credential: `[bridge]` ca/cert/key, by default `keys/fleet/`."""
+    bridge, default = settings.bridge, settings.paths.keys / "fleet"
+    return TlsFiles(
+        ca=Path(bridge.ca or default / "ca.crt").absolute(),
+        cert=Path(bridge.cert or default / "device.crt").absolute(),
+        key=Path(bridge.key or default / "device.key").absolute(),
+    )
+
+
+def bridge_block(settings: Settings) -> str:
+    """The `connection` section for the edge mosquitto.conf, or "" when `[bridge]` has no address."""
+    bridge = settings.bridge
+    if not bridge.address:
+        return ""
+    files = fleet_files(settings)
+    files.check("[bridge]")
+    return Template((data_dir("mosquitto") / "bridge.conf").read_text()).substitute(
+        device=settings.device,
+        address=bridge.address,
+        port=bridge.port,
+        ca=files.ca,
+        cert=files.cert,
+        key=files.key,
+        keepalive_s=bridge.keepalive_s,
+        restart_min_s=bridge.restart_min_s,
+        restart_max_s=bridge.restart_max_s,
+    )
 
 
 def broker_command(files: BrokerFiles) -> list[str]:

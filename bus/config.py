@@ -115,6 +115,34 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True)
+class BridgeSettings:
+    """`[bridge]`: the edge broker's link to the central one (a non-empty `address` turns it on).
+
+    The certificate files come from `vv fleet enroll` (or `vv fleet csr` on the box); by default
+    they are read from `VV_HOME/keys/fleet/` (ca.crt, device.crt, device.key).
+    """
+
+    address: str = ""  # host name or IP address of the central broker, as in its certificate
+    port: int = 8883
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    keepalive_s: int = 30  # the central broker marks the link down after 1.5 x this without traffic
+    restart_min_s: int = 5  # reconnect backoff (mosquitto's decorrelated jitter between these)
+    restart_max_s: int = 30
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"bridge.port: {self.port} is not a port number (1-65535)")
+        if self.keepalive_s < 5:
+            raise ConfigError(f"bridge.keepalive_s: {self.keepalive_s} is below mosquitto's minimum of 5")
+        if not 1 <= self.restart_min_s <= self.restart_max_s:
+            raise ConfigError("bridge.restart_min_s: must be at least 1 and not above bridge.restart_max_s")
+        if any(c.isspace() or not c.isprintable() for c in self.address):
+            raise ConfigError(f"bridge.address: {_brief(self.address)} is not a host name or address")
+
+
+@dataclass(frozen=True)
 class Settings:
     device: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     home: Path = Path("./var")
@@ -122,6 +150,7 @@ class Settings:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     bus: BusSettings = field(default_factory=BusSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    bridge: BridgeSettings = field(default_factory=BridgeSettings)
     # the nodes' own sections (`@section`), by name; a section not given takes its defaults
     sections: Mapping[str, Any] = field(default_factory=dict)
 

@@ -21,7 +21,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from bus import codec
-from bus.broker import ADMIN_USER, BrokerFiles, broker_command, render_broker, secret_for
+from bus.broker import ADMIN_USER, BrokerFiles, TlsFiles, broker_command, render_broker, secret_for
 from bus.client import content_type_of, mqtt_properties
 from bus.config import Settings, load_settings
 from bus.envelope import JSON, MSGPACK, Event
@@ -140,14 +140,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.fixture
-def vv(tmp_path: Path) -> Iterator[VV]:
-    home = tmp_path / "home"
-    port = free_port()
-    env = {
+def device_env(home: Path, device: str, port: int) -> dict[str, str]:
+    """The environment of a device under test: its VV_HOME and broker port, quick health and reconnects."""
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("VV_")},
         "VV_HOME": str(home),
-        "VV_DEVICE": DEVICE,
+        "VV_DEVICE": device,
         "VV_MQTT_PORT": str(port),
         "VV_BUS_HEALTH_INTERVAL_S": "0.5",
         "VV_MQTT_RECONNECT_MAX_S": "1",
@@ -159,6 +157,13 @@ def vv(tmp_path: Path) -> Iterator[VV]:
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture
+def vv(tmp_path: Path) -> Iterator[VV]:
+    home = tmp_path / "home"
+    port = free_port()
+    env = device_env(home, DEVICE, port)
     settings = load_settings(env)
     files = render_broker(settings, grants=broker_grants(settings))
     broker = Broker(files, port, tmp_path / "mosquitto.log")
@@ -170,19 +175,46 @@ def vv(tmp_path: Path) -> Iterator[VV]:
     broker.stop()
 
 
+def mqtt_client(
+    port: int, username: str = "", password: str = "", *, tls: TlsFiles | None = None, session: str = ""
+) -> paho.Client:
+    """A paho MQTT 5 client connected (its loop not started): a password login, or a fleet certificate (`tls`);
+    `session` names a persistent session (kept an hour) instead of a clean one."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=session, protocol=paho.MQTTv5)
+    if tls:
+        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
+    else:
+        client.username_pw_set(username, password)
+    properties = None
+    if session:
+        properties = mqtt_properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", port, clean_start=not session, properties=properties)
+    return client
+
+
 class Probe:
     """A real paho client in a thread that records every message it sees, decoded."""
 
-    def __init__(self, port: int, username: str, password: str, topic: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        username: str,
+        password: str,
+        topic: str,
+        *,
+        tls: TlsFiles | None = None,
+        session: str = "",
+    ) -> None:
         self.messages: list[tuple[str, Any]] = []
+        # every message undecoded: (monotonic arrival time, topic, payload, retain flag)
+        self.received: list[tuple[float, str, bytes, bool]] = []
         self._lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.username_pw_set(username, password)
+        self.client = mqtt_client(port, username, password, tls=tls, session=session)
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
-        self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not subscribed.wait(10):
             raise AssertionError("probe could not subscribe")
@@ -194,6 +226,12 @@ class Probe:
             doc = message.payload
         with self._lock:
             self.messages.append((message.topic, doc))
+            self.received.append((time.monotonic(), message.topic, message.payload, message.retain))
+
+    def payloads(self, topic: str) -> list[tuple[float, bytes, bool]]:
+        """(arrival time, raw payload, retain flag) of every message on `topic`, in order."""
+        with self._lock:
+            return [(at, payload, retain) for at, t, payload, retain in self.received if t == topic]
 
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -233,12 +271,17 @@ class Publisher:
     """Publishes valid envelopes as a producer would (own epoch and seq), QoS 1, waiting for PUBACK."""
 
     def __init__(
-        self, port: int, username: str, password: str, device: str = DEVICE, node: str = "tester"
+        self,
+        port: int,
+        username: str = "",
+        password: str = "",
+        device: str = DEVICE,
+        node: str = "tester",
+        *,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.device, self.node, self.seq = device, node, 0
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.username_pw_set(username, password)
-        self.client.connect("127.0.0.1", port)
+        self.client = mqtt_client(port, username, password, tls=tls)
         self.client.loop_start()
 
     def event(self, event_type: str, data: dict[str, Any], subject: str | None = None) -> Event:

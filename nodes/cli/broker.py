@@ -3,6 +3,8 @@
 Without --dev: persistence on, no anonymous access, a password file (secrets in VV_HOME/keys) and
 an ACL: each node its own user, publishing only the event types its class declares, its health and
 alerts, and reading only what it consumes; the device user reads only; `vv-admin` reads and writes.
+With `[bridge]` settings, a bridge to the central broker. `--central` runs the fleet's central
+broker instead (nodes/fleet/central.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 from bus.broker import BrokerError, broker_command, render_broker
 from bus.config import load_settings
+from nodes.fleet import central
 from nodes.registry import broker_grants
 
 
@@ -21,9 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dev", action="store_true", help="anonymous, loopback-only broker for development (NOT for devices)"
     )
     parser.add_argument("--print-config", action="store_true", help="render the config, print its path, exit")
+    central.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.central:
+        return central.run(args)
     settings = load_settings()
     try:
         files = render_broker(settings, dev=args.dev, grants=() if args.dev else broker_grants(settings))
@@ -38,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"vv broker: config {files.conf}, data {files.data_dir}", file=sys.stderr)
+    if settings.bridge.address:
+        link = f"{settings.bridge.address}:{settings.bridge.port}"
+        print(
+            f"vv broker: bridge to the central broker {link} as vv-{settings.device}-bridge", file=sys.stderr
+        )
     if args.print_config:
         print(files.conf)
         return 0

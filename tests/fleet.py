@@ -1,0 +1,141 @@
+"""A fleet under test: a central broker rendered by `vv broker --central` with certificates from
+`vv fleet`, and edge devices whose brokers `vv broker` renders with the `[bridge]` of their bundle.
+Built from conftest's pieces (free ports, Broker, VV, Probe, Publisher)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, VV, Broker, Probe, Publisher, device_env, free_port
+
+from bus.broker import BrokerFiles, TlsFiles
+from bus.config import load_settings
+
+CONSOLE = "main"
+
+
+def run_vv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nodes.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def checked(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def bundle_tls(directory: Path) -> TlsFiles:
+    return TlsFiles(directory / "ca.crt", directory / "device.crt", directory / "device.key")
+
+
+class FleetRig:
+    """The central side in `root/central` (its VV_HOME holds the CA) and any number of edges."""
+
+    def __init__(self, root: Path, extra_edge_env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.port = free_port()
+        self.env = device_env(root / "central", "central", free_port())
+        self.home = root / "central"
+        checked(run_vv(self.env, "fleet", "ca", "init", "--server-name", "127.0.0.1"))
+        self.console_tls = bundle_tls(
+            Path(checked(run_vv(self.env, "fleet", "enroll", "--console", CONSOLE)))
+        )
+        self.central: Broker | None = None
+        self.edges: dict[str, VV] = {}
+        self.extra_edge_env = extra_edge_env or {}
+        self.clients: list[Probe | Publisher] = []
+
+    def start_central(self, *extra: str) -> Broker:
+        conf = Path(
+            checked(
+                run_vv(
+                    self.env,
+                    "broker",
+                    "--central",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--print-config",
+                    *extra,
+                )
+            )
+        )
+        files = BrokerFiles(conf.parent, conf, conf.parent / "data", None, conf.parent / "acl.conf")
+        self.central = Broker(files, self.port, self.root / "central-mosquitto.log")
+        self.central.start()
+        return self.central
+
+    def enroll(self, device: str, *args: str) -> Path:
+        return Path(checked(run_vv(self.env, "fleet", "enroll", device, "--port", str(self.port), *args)))
+
+    def add_edge(self, device: str, env: dict[str, str] | None = None) -> VV:
+        """Enrol `device`, install its bundle as the box would (keys/fleet/, bridge.toml as its
+        config) and start its broker rendered by `vv broker`."""
+        bundle = self.enroll(device)
+        home = self.root / device
+        shutil.copytree(bundle, home / "keys" / "fleet")
+        port = free_port()
+        edge_env = {
+            **device_env(home, device, port),
+            "VV_CONFIG": str(home / "keys" / "fleet" / "bridge.toml"),
+            **self.extra_edge_env,
+            **(env or {}),
+        }
+        conf = Path(checked(run_vv(edge_env, "broker", "--print-config")))
+        files = BrokerFiles(
+            conf.parent, conf, conf.parent / "data", conf.parent / "passwd", conf.parent / "acl.conf"
+        )
+        broker = Broker(files, port, self.root / f"{device}-mosquitto.log")
+        broker.start()
+        edge = VV(home=home, env=edge_env, settings=load_settings(edge_env), broker=broker)
+        self.edges[device] = edge
+        return edge
+
+    def console_probe(self, topic: str = "vv/#", session: str = "") -> Probe:
+        assert self.central is not None
+        probe = Probe(self.port, "", "", topic, tls=self.console_tls, session=session)
+        self.clients.append(probe)
+        return probe
+
+    def console_publisher(self, device: str) -> Publisher:
+        publisher = Publisher(self.port, device=device, node="console", tls=self.console_tls)
+        self.clients.append(publisher)
+        return publisher
+
+    def device_publisher(self, device: str, target: str | None = None) -> Publisher:
+        """A client of the central broker holding `device`'s certificate (as a stolen one would)."""
+        publisher = Publisher(
+            self.port, device=target or device, tls=bundle_tls(self.root / device / "keys" / "fleet")
+        )
+        self.clients.append(publisher)
+        return publisher
+
+    def edge_probe(self, device: str, topic: str, node: str = "", session: str = "") -> Probe:
+        """A client of `device`'s edge broker: the admin login, or a node's own (`node`)."""
+        edge = self.edges[device]
+        username, password = edge.login(node) if node else edge.admin()
+        probe = Probe(edge.broker.port, username, password, topic, session=session)
+        self.clients.append(probe)
+        return probe
+
+    def edge_publisher(self, device: str, node: str) -> Publisher:
+        edge = self.edges[device]
+        publisher = Publisher(edge.broker.port, *edge.login(node), device=device, node=node)
+        self.clients.append(publisher)
+        return publisher
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for edge in self.edges.values():
+            edge.broker.stop()
+        if self.central:
+            self.central.stop()
