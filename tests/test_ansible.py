@@ -278,6 +278,7 @@ def test_edge_host_has_its_config_keys_and_units(fleet: Fleet) -> None:
         assert "OnCalendar=*-*-* 00:20:00" in (units / "vv-export.timer").read_text()
         installed = subprocess.run(
             [str(prefix / "opt/vv/bin/python"), "-c", "import importlib.metadata as m, nodes; print(m.version('vv-edge'), nodes.__file__)"],
+            cwd=prefix,
             capture_output=True,
             text=True,
             check=True,
@@ -356,12 +357,12 @@ def test_upgrade_health_gate_passes_a_healthy_device_and_stops_at_an_offline_nod
         publisher.close()
     gate = {
         "vv_install_version": VERSION,
-        "vv_edge_gate_host": "127.0.0.1",
-        "vv_edge_gate_port": vv.broker.port,
-        "vv_edge_gate_auth": ["-u", ADMIN_USER, "-P", secret_for(vv.settings, ADMIN_USER)],
-        "vv_edge_gate_timeout_s": 4,
-        "vv_edge_gate_delay_s": 1,
-        "vv_edge_gate_read_s": 1,
+        "vv_health_gate_host": "127.0.0.1",
+        "vv_health_gate_port": vv.broker.port,
+        "vv_health_gate_auth": ["-u", ADMIN_USER, "-P", secret_for(vv.settings, ADMIN_USER)],
+        "vv_health_gate_timeout_s": 4,
+        "vv_health_gate_delay_s": 1,
+        "vv_health_gate_read_s": 1,
     }
     run = fleet.playbook("upgrade.yml", "-e", json.dumps(gate))
     print(f"\nupgrade.yml (2 waves, gate fails on the second): {run.seconds:.1f} s")
