@@ -5,15 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench system-deps install clean
+.PHONY: test demo lint bench wheel system-deps install clean
 
 system-deps:
 	@bash scripts/system-deps.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml ansible/requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[yolo,onnx,openvino,dev]'
+	$(BIN)/python -m pip install -q -r ansible/requirements-dev.txt
 	@touch $(STAMP)
 
 install: system-deps $(STAMP)
@@ -32,5 +33,9 @@ demo: install
 bench: install
 	$(BIN)/python bench/bus.py
 
+# the wheel ansible/ installs on the devices (vv_install_wheel=$PWD/dist/vv_edge-<version>-py3-none-any.whl)
+wheel: install
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var dist .pytest_cache .mypy_cache .ruff_cache
