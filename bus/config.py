@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from bus.inputs import InputError, read_text_file, shown
+from nodes.console.settings import ConsoleSettings
 
 Codec = Literal["msgpack", "json"]
 FsyncPolicy = Literal["always", "interval", "never"]
@@ -298,6 +299,7 @@ class Settings:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     alerter: AlerterSettings = field(default_factory=AlerterSettings)
     disk: DiskSettings = field(default_factory=DiskSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def paths(self) -> VVPaths:

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("nodes.keys_cli", "generate, list and export signing keys"),
     "cleanup": ("nodes.cleanup", "remove old files under given roots, safely"),
     "export": ("nodes.export", "export logs as a signed tarball, or verify one"),
+    "console": ("nodes.console.cli", "run the central console service: fleet state, alerts, chain witness"),
+    "fleet": ("nodes.fleet.cli", "enrol devices, and see and act on the fleet from the console's store"),
     "demo": ("nodes.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
     "model": (
         "nodes.model_export",

@@ -1,0 +1,1 @@
+"""The fleet: enrolment, and the console's view of every device."""
