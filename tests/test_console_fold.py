@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_sim import SimDevice, wire
 
 from bus.envelope import Event, parse_time, utc_now
 from bus.fleet import FleetRejected, decode_fleet
 from bus.schemas import SchemaError, validate
-from fleet_sim import SimDevice, wire
 from nodes.console.actions import (
     ActionError,
     command_event,
@@ -204,6 +204,7 @@ def test_a_silent_device_goes_stale_and_comes_back(console: Console, dev: SimDev
     assert console.console_alerts("Device stopped reporting") == []
     console.fleet.tick(T0 + 6.1)  # 3 x 2 s without a beat
     [stale] = console.console_alerts("Device stopped reporting")
+    assert stale.severity == "ERROR" and "3 x its 2s interval" in stale.details
     state = console.store.device("edge-a")
     assert state is not None and state.stale
     console.health("edge-a", dev.health("monitor", interval_s=2.0), T0 + 7)
