@@ -175,6 +175,19 @@ def test_a_rewind_raises_critical(console: Console, dev: SimDevice) -> None:
     assert rewind.severity == "CRITICAL" and "seq 2" in rewind.details
 
 
+def test_a_will_with_an_old_head_is_no_rewind(console: Console, dev: SimDevice) -> None:
+    """The sign node's will was built when it connected: its head is older than what it signed since."""
+    for _ in range(3):
+        console.send(dev.logline_event(dev.logline()))
+    will = {**dev.sign_health(upto=1), "status": "offline"}
+    console.health("edge-a", will, T0)
+    assert console.console_alerts("LogLine chain rewound") == []
+    for beat in range(3):  # the rewound head seen at every health beat is still one alert
+        console.health("edge-a", dev.sign_health(upto=2), T0 + beat)
+    [rewind] = console.console_alerts("LogLine chain rewound")
+    assert rewind.count == 1
+
+
 def test_a_wiped_device_cannot_rewrite_its_history(console: Console, dev: SimDevice) -> None:
     for _ in range(3):
         console.send(dev.logline_event(dev.logline()))

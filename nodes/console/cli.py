@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 
 import aiomqtt
 
 from bus.config import load_settings
 from bus.logs import setup_logging
-from nodes.console.service import serve
+from nodes.console.service import connection, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
     console = settings.console
     if bool(console.cert) != bool(console.key):
         print("vv console: console.cert and console.key go together", file=sys.stderr)
+        return 2
+    try:
+        connection(settings).tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        print(f"vv console: console.ca, console.cert or console.key unusable: {exc}", file=sys.stderr)
         return 2
     setup_logging("console", settings.device, settings.paths.logs, settings.log_level)
     try:

@@ -189,11 +189,11 @@ class Fleet:
             state.version = str(doc["version"])
         if doc["node"] == "disk":
             state.disk = details
+        if doc["status"] == "offline":
+            return  # a will or a goodbye: its chain head is the one it had when it connected
         head = details.get("chain_head")
         if doc["node"] == "sign" and isinstance(head, dict):
             self._anchored_head(state, head, now)
-        if doc["status"] == "offline":
-            return
         state.health_at = max(state.health_at or 0.0, beat)
         intervals = [h.interval_s for h in self.store.health(state.device) if h.status != "offline"]
         state.health_interval_s = max(
@@ -316,8 +316,8 @@ class Fleet:
         )
         doc["timestamp"] = rfc3339(datetime.fromtimestamp(now, UTC))
         existing = self.store.alert(device, doc["dedup_key"])
-        if not firing and (existing is None or existing.status == "resolved"):
-            return  # nothing to resolve
+        if (existing.status if existing is not None else "resolved") == doc["status"]:
+            return  # a condition, not an event: seen again (every health beat) it is still the one alert
         if firing:
             log.warning("console alert %s on %s: %s", severity, device, details)
         self._fold_alert(device, doc, now)
