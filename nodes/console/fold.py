@@ -22,6 +22,7 @@ pending actions: one path for the console's own commands and the operators'.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -99,9 +100,11 @@ class Fleet:
         self.registry.refresh()
         with self.store.transaction():
             for state in self.store.devices():
+                before = dataclasses.replace(state)
                 self._check_link(state, now)
                 self._check_stale(state, now)
-                self.store.put_device(state)
+                if state != before:  # most ticks change nothing: no write per device per tick
+                    self.store.put_device(state)
             for gap in self.store.gaps():
                 self._check_gap(gap, now)
         if now - self._pruned_at >= PRUNE_EVERY_S:
