@@ -215,8 +215,10 @@ def test_ack_and_silence_go_out_as_commands(central: Central, devices: tuple[Sim
     assert shown["muted"]["silenced_by"] == "bob"
 
 
-def test_bad_usage_exits_2(central: Central) -> None:
+def test_bad_usage_exits_2(central: Central, devices: tuple[SimDevice, SimDevice]) -> None:
+    central.connect(devices[0])
     for args in (
+        ("ack", "edge-a:0123456789ab"),  # names no alert
         ("ack", "nonsense"),
         ("silence", "severity=ERROR", "--for", "1h", "--comment", "x"),
         ("silence", "title=x", "--for", "soon", "--comment", "x"),

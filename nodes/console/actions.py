@@ -83,11 +83,17 @@ def alert_ref(alert: AlertState) -> str:
     return f"{alert.device}:{alert.dedup_key[:12]}"
 
 
-def find_alert(store: ConsoleStore, ref: str) -> AlertState:
-    """The one alert `ref` names (`device:key prefix`, 6 or more hex digits); ActionError otherwise."""
+def parse_ref(ref: str) -> tuple[str, str]:
+    """(device, dedup_key prefix) of `device:key prefix` (6 or more hex digits); ActionError otherwise."""
     device, _, prefix = ref.rpartition(":")
     if not device or not re.fullmatch(r"[0-9a-f]{6,64}", prefix):
         raise ActionError(f"{ref!r} is not DEVICE:KEY (the ALERT column of `vv fleet alerts`)")
+    return device, prefix
+
+
+def find_alert(store: ConsoleStore, ref: str) -> AlertState:
+    """The one alert `ref` names; ActionError otherwise."""
+    device, prefix = parse_ref(ref)
     matches = [a for a in store.alerts(device=device) if a.dedup_key.startswith(prefix)]
     if len(matches) != 1:
         raise ActionError(f"{ref!r} names {'no' if not matches else len(matches)} alerts")

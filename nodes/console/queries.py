@@ -28,6 +28,7 @@ from nodes.console.actions import (
     find_alert,
     parse_duration,
     parse_matchers,
+    parse_ref,
     record_ack,
     record_silence,
     silenced_by,
@@ -159,6 +160,11 @@ def _ack_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _ack(args: argparse.Namespace) -> int:
+    try:
+        parse_ref(args.alert)
+    except ActionError as exc:
+        print(f"vv fleet ack: {exc}", file=sys.stderr)
+        return 2
     store = _store()
     if store is None:
         return 1
