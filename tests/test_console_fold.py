@@ -20,6 +20,7 @@ from nodes.console.actions import (
     parse_duration,
     parse_matchers,
     record_ack,
+    record_command,
     record_silence,
 )
 from nodes.console.fold import Fleet
@@ -349,6 +350,26 @@ def test_ack_and_silence_become_commands_with_author_and_until(console: Console,
     console.send(dev.alert("Disk almost full", status="resolved"), T0 + 2)
     [resolved] = console.store.alerts()
     assert resolved.acked_by is None  # an ack lasts until the alert resolves
+
+
+def test_pause_and_resume_ingest_are_recorded_with_their_author(console: Console) -> None:
+    pause = record_command(console.store, "cmd.ingest.pause", "edge-a", {}, "carol", "disk swap", T0, 600)
+    resume = record_command(console.store, "cmd.ingest.resume", "edge-a", {}, "carol", "", T0 + 60, 600)
+    actions = {a.id: a for a in console.store.actions(pending=True)}
+    event = command_event(actions[pause], epoch=2, seq=7)
+    assert (event.type, event.data["author"], event.data["reason"]) == (
+        "cmd.ingest.pause",
+        "carol",
+        "disk swap",
+    )
+    assert parse_time(event.data["until"]).timestamp() == T0 + 600
+    assert command_event(actions[resume], epoch=2, seq=1).data == {
+        "args": {},
+        "until": actions[resume].until,
+        "author": "carol",
+    }
+    with pytest.raises(SchemaError):
+        record_command(console.store, "cmd.ingest.pause", "edge-a", {"now": True}, "carol", "", T0, 600)
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,22 @@ def find_alert(store: ConsoleStore, ref: str) -> AlertState:
     return matches[0]
 
 
+def record_command(
+    store: ConsoleStore,
+    kind: str,
+    device: str,
+    args: dict[str, Any],
+    author: str,
+    comment: str,
+    now: float,
+    ttl_s: float,
+) -> int:
+    """Record a command for one device (resync, pause/resume ingest, resend...), valid for `ttl_s`."""
+    check_args(kind, args)
+    until = rfc3339(datetime.fromtimestamp(now, UTC) + timedelta(seconds=ttl_s))
+    return store.add_action(now, author, kind, device, args, until, comment)
+
+
 def record_ack(
     store: ConsoleStore, alert: AlertState, author: str, comment: str, now: float, ttl_s: float
 ) -> int:
@@ -107,9 +123,7 @@ def record_ack(
     args: dict[str, Any] = {"dedup_key": alert.dedup_key}
     if comment:
         args["comment"] = comment
-    check_args("cmd.alerter.ack", args)
-    until = rfc3339(datetime.fromtimestamp(now, UTC) + timedelta(seconds=ttl_s))
-    return store.add_action(now, author, "cmd.alerter.ack", alert.device, args, until, comment)
+    return record_command(store, "cmd.alerter.ack", alert.device, args, author, comment, now, ttl_s)
 
 
 def parse_matchers(texts: Sequence[str]) -> tuple[dict[str, str], list[str]]:

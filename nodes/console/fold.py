@@ -25,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from bus.alerts import build_alert
 from bus.envelope import Event, parse_time, rfc3339
 from bus.fleet import FleetMessage
+from nodes.console.actions import record_command
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
 from nodes.console.store import (
@@ -58,10 +59,6 @@ PRUNE_EVERY_S = 3600.0
 
 def _when(value: str) -> float:
     return parse_time(value).timestamp()
-
-
-def until_after(now: float, seconds: float) -> str:
-    return rfc3339(datetime.fromtimestamp(now, UTC) + timedelta(seconds=seconds))
 
 
 class Fleet:
@@ -534,6 +531,4 @@ class Fleet:
 
     def _command(self, device: str, kind: str, args: dict[str, Any], reason: str, now: float) -> None:
         """A command of the console's own, recorded as an action; the service sends it."""
-        self.store.add_action(
-            now, CONSOLE, kind, device, args, until_after(now, self.settings.command_ttl_s), reason
-        )
+        record_command(self.store, kind, device, args, CONSOLE, reason, now, self.settings.command_ttl_s)
