@@ -69,6 +69,7 @@ class Fleet:
         self.duplicates = 0
         self.rejected = 0
         self._pruned_at = 0.0
+        registry.refresh()
 
     # ------------------------------------------------------------------ entry points
     def start(self, now: float) -> None:
