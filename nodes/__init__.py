@@ -4,6 +4,7 @@ Importing this package registers every node's settings section with bus.config, 
 with all of them known (and an unknown one is refused) whichever verb or node runs."""
 
 from nodes.alerter import settings as _alerter
+from nodes.console import settings as _console
 from nodes.disk import settings as _disk
 from nodes.dvr import settings as _dvr
 from nodes.ingest import settings as _ingest
@@ -17,6 +18,7 @@ from nodes.summarize import settings as _summarize
 
 SETTINGS_MODULES = (
     _alerter,
+    _console,
     _disk,
     _dvr,
     _ingest,

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("nodes.cli.keys", "generate, list and export signing keys"),
     "cleanup": ("nodes.cli.cleanup", "remove old files under given roots, safely"),
     "export": ("nodes.cli.export", "export logs as a signed tarball, or verify one"),
+    "console": ("nodes.cli.console", "run the central console service: fleet state, alerts, chain witness"),
     "fleet": ("nodes.cli.fleet", "enrol devices, and see and act on the fleet from the console's store"),
     "demo": ("nodes.cli.demo", "run the whole pipeline once on a sample video and verify its LogLine"),
     "model": (

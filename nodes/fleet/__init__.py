@@ -1,1 +1,1 @@
-"""The fleet: enrolment (X.509 PKI), the central broker, and the `vv fleet` verb."""
+"""The fleet: enrolment (X.509 PKI) and the central broker; the console lives in nodes/console/."""

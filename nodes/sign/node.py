@@ -186,6 +186,7 @@ class SignNode(Node):
                 "hash": logline_hash(logline),
                 "key_id": logline["signature_details"]["key_id"],
                 "video_id": logline["video"]["id"],
+                "line": logline,  # for the fleet console's witness: it has no access to our files
             },
             subject=logline["video"]["id"],
             cause=cause,

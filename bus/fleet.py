@@ -1,0 +1,226 @@
+"""The central side of the fleet link: one MQTT connection to the central broker for the console.
+
+Devices bridge `health/#`, `alert/#`, `logline/signed` and the bridge's own `bridge/state` to the
+central broker; the console reads them for every device (`vv/+/...`) and writes only `cmd` events
+back (`vv/<device>/cmd/...`, QoS 1). A device's bridge speaks MQTT 3.1.1 (see ARCHITECTURE.md,
+Fleet), which strips the MQTT 5 content type: a message without one is decoded by the topic table
+(health, alerts and commands are JSON; pipeline events msgpack unless the payload is JSON).
+
+Everything arriving is a claim from a device: it is decoded, checked against schemas/ and against
+its topic (an event under `vv/A/...` must say device A), and anything that fails is handed to the
+`on_reject` callback (the console logs and counts it) instead of raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bus import codec, schemas
+from bus.backoff import Backoff
+from bus.envelope import JSON, Event
+from bus.topics import is_pipeline_event, parse_topic, topic_for
+
+BRIDGE_STATE = "bridge.state"  # mosquitto's bridge notification topic: vv/<device>/bridge/state, "1"/"0"
+FLEET_FILTERS = ("vv/+/health/+", "vv/+/alert/+", "vv/+/logline/signed", "vv/+/bridge/state")
+MAX_MESSAGE_BYTES = 256 * 1024  # events are small by contract (ARCHITECTURE.md); a bigger one is refused
+
+
+class FleetRejected(ValueError):
+    """A message from the fleet is not what its topic promises; the message says why."""
+
+
+@dataclass(frozen=True)
+class FleetConnection:
+    """How the console reaches the central broker: TLS with a client certificate, or plain (tests)."""
+
+    host: str
+    port: int
+    client_id: str
+    username: str = ""
+    password: str = ""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    check_hostname: bool = True
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600  # alerts queue at the central broker while the console is down
+    reconnect_min_s: float = 0.2
+    reconnect_max_s: float = 30.0
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """TLS when a CA is named; the client certificate (CN = the console's name) when given."""
+        if not self.ca:
+            return None
+        context = ssl.create_default_context(cafile=self.ca)
+        context.check_hostname = self.check_hostname
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key or None)
+        return context
+
+
+@dataclass(frozen=True)
+class FleetMessage:
+    """One decoded message of one device: an event (alerts, LogLines), a health document, or the
+    bridge's link state. `retained` marks the broker's stored copy (old news, not a live beat)."""
+
+    device: str
+    event_type: str
+    retained: bool
+    event: Event | None = None
+    health: dict[str, Any] | None = None
+    link_up: bool | None = None
+
+
+def content_type_for(event_type: str, payload: bytes, content_type: str | None) -> str | None:
+    """The codec of a message: its content type, else the topic table's (a 3.1.1 bridge strips it)."""
+    if content_type is not None:
+        return content_type
+    if not is_pipeline_event(event_type):
+        return JSON
+    return None  # a pipeline event is msgpack, or JSON when the deployment says so: codec sniffs '{'
+
+
+def decode_fleet(topic: str, payload: bytes, content_type: str | None, retained: bool) -> FleetMessage:
+    """Decode and check one message from the central broker; raise FleetRejected naming the fault."""
+    try:
+        device, event_type = parse_topic(topic)
+    except ValueError as exc:
+        raise FleetRejected(str(exc)) from None
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise FleetRejected(f"oversized: {len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    if event_type == BRIDGE_STATE:
+        if payload not in (b"0", b"1"):
+            raise FleetRejected(f"bridge state is {payload[:16]!r}, not '0' or '1'")
+        return FleetMessage(device, event_type, retained, link_up=payload == b"1")
+    try:
+        document = codec.decode(payload, content_type_for(event_type, payload, content_type))
+    except codec.DecodeError as exc:
+        raise FleetRejected(str(exc)) from None
+    if not isinstance(document, dict):
+        raise FleetRejected(f"payload is a {type(document).__name__}, not an object")
+    try:
+        if event_type.startswith("health."):
+            schemas.validate("health", document)
+            if document["device"] != device or f"health.{document['node']}" != event_type:
+                raise FleetRejected(f"health of {document['node']}@{document['device']} on topic {topic}")
+            return FleetMessage(device, event_type, retained, health=document)
+        event = Event.from_dict(document)
+    except (schemas.SchemaError, KeyError) as exc:
+        raise FleetRejected(str(exc)) from None
+    if event.type != event_type or event.device != device:
+        raise FleetRejected(f"event {event.type}@{event.device} does not belong on topic {topic}")
+    if not event.source.startswith(f"vv://{device}/"):
+        raise FleetRejected(f"source {event.source} is not a node of {device}")
+    return FleetMessage(device, event_type, retained, event=event)
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+def _json_properties() -> Properties:
+    props = _properties(PacketTypes.PUBLISH)
+    props.ContentType = JSON
+    return props
+
+
+class FleetLink:
+    """The console's persistent MQTT 5 session with the central broker, reconnected with backoff.
+
+    A fixed client id and a session expiry let the broker queue the fleet's alerts and LogLines
+    while the console is down. Messages are acknowledged by aiomqtt on receipt (it has no public
+    manual ack): one lost by a console crash before its store commit is a gap in the producer's
+    `seq`, which the console asks the device's journal to re-send.
+    """
+
+    def __init__(
+        self,
+        connection: FleetConnection,
+        on_message: Callable[[FleetMessage], Awaitable[None]],
+        on_reject: Callable[[str, str], None],
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.connection = connection
+        self._on_message, self._on_reject, self._on_connected = on_message, on_reject, on_connected
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+
+    def _make_client(self) -> aiomqtt.Client:
+        conn = self.connection
+        connect_props = _properties(PacketTypes.CONNECT)
+        connect_props.SessionExpiryInterval = conn.session_expiry_s
+        return aiomqtt.Client(
+            conn.host,
+            conn.port,
+            username=conn.username or None,
+            password=conn.password or None,
+            identifier=conn.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            keepalive=conn.keepalive_s,
+            properties=connect_props,
+            tls_context=conn.tls_context(),
+            timeout=10,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+
+    async def run(self, once: bool = False) -> None:
+        """Stay connected and hand every message on; `once`: raise MqttError if the first connect fails."""
+        conn = self.connection
+        backoff = Backoff(conn.reconnect_min_s, conn.reconnect_max_s)
+        ever = False
+        while True:
+            try:
+                async with self._make_client() as client:
+                    for topic_filter in FLEET_FILTERS:
+                        await client.subscribe(topic_filter, qos=1)
+                    self._client, ever = client, True
+                    self.connected.set()
+                    backoff.reset()
+                    if self._on_connected is not None:
+                        await self._on_connected()
+                    async for message in client.messages:
+                        await self._handle(message)
+            except aiomqtt.MqttError:
+                if once and not ever:
+                    raise
+            finally:
+                self._client = None
+                self.connected.clear()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            self._on_reject(topic, f"unexpected payload type {type(payload).__name__}")
+            return
+        props = message.properties
+        ctype = getattr(props, "ContentType", None) if props is not None else None
+        try:
+            decoded = decode_fleet(topic, bytes(payload), ctype, bool(message.retain))
+        except FleetRejected as exc:
+            self._on_reject(topic, str(exc))
+            return
+        await self._on_message(decoded)
+
+    async def publish(self, event: Event) -> None:
+        """Send one command event, QoS 1, waiting for PUBACK; raises MqttError when not connected."""
+        if not event.type.startswith("cmd."):
+            raise ValueError(f"the console sends only commands, not {event.type}")
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError("not connected to the central broker")
+        payload = codec.encode(event.to_dict(), JSON)
+        await client.publish(
+            topic_for(event.device, event.type), payload, qos=1, properties=_json_properties(), timeout=10
+        )

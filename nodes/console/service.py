@@ -1,0 +1,168 @@
+"""The `vv console` service: the fleet link in, the fold into the store, pending actions out as cmds.
+
+One process, one asyncio loop: the fleet link hands each message to the fold (one store
+transaction each); a ticker runs the fold's time-driven checks and sends pending actions whenever
+the central broker is reachable. It publishes nothing but commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+import aiomqtt
+
+from bus.config import Settings
+from bus.envelope import parse_time
+from bus.fleet import FleetConnection, FleetLink, FleetMessage
+from nodes.console.actions import command_event
+from nodes.console.fold import ACK, Fleet
+from nodes.console.registry import Registry
+from nodes.console.settings import ConsoleSettings
+from nodes.console.store import Action, ConsoleStore, SqliteStore
+
+log = logging.getLogger("vv.console")
+
+STORE_FILE = "console.sqlite"
+
+
+def store_path(settings: Settings) -> Path:
+    return settings.section(ConsoleSettings).home_path(settings.paths.home) / STORE_FILE
+
+
+def open_store(settings: Settings) -> ConsoleStore:
+    """The store the settings name (SQLite under the console's home; PostgreSQL by DSN next issue)."""
+    return SqliteStore(store_path(settings))
+
+
+def connection(settings: Settings) -> FleetConnection:
+    console = settings.section(ConsoleSettings)
+    return FleetConnection(
+        host=console.host,
+        port=console.port,
+        client_id=f"vv-console-{console.name}",
+        username=console.username,
+        password=console.password,
+        ca=console.ca,
+        cert=console.cert,
+        key=console.key,
+        check_hostname=console.check_hostname,
+        keepalive_s=console.keepalive_s,
+        session_expiry_s=console.session_expiry_s,
+        reconnect_min_s=settings.mqtt.reconnect_min_s,
+        reconnect_max_s=settings.mqtt.reconnect_max_s,
+    )
+
+
+class ConsoleService:
+    def __init__(self, settings: Settings, store: ConsoleStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = Registry(settings.section(ConsoleSettings).registry_path(settings.paths.home))
+        self.fleet = Fleet(store, settings.section(ConsoleSettings), self.registry)
+        self.link = FleetLink(connection(settings), self._on_message, self._on_reject, self._send_pending)
+        self.rejected = 0
+        self._sending = asyncio.Lock()
+        self.epoch = 0
+
+    async def _on_message(self, message: FleetMessage) -> None:
+        self.fleet.receive(message, time.time())
+
+    def _on_reject(self, topic: str, reason: str) -> None:
+        self.rejected += 1
+        log.warning("dropped a message on %s: %s (%d dropped so far)", topic, reason, self.rejected)
+
+    async def _send_pending(self) -> None:
+        """Send every pending action while connected; an expired one is marked, never sent late."""
+        async with self._sending:
+            for action in self.store.actions(pending=True):
+                now = time.time()
+                if _expired(action, now):
+                    self.store.mark_sent(action.id, now, "")
+                    log.warning(
+                        "action %d (%s to %s) expired before it could be sent",
+                        action.id,
+                        action.kind,
+                        action.device,
+                    )
+                    continue
+                with self.store.transaction():
+                    seq = (self.store.meta(f"seq:{action.device}:{action.kind}") or 0) + 1
+                    self.store.set_meta(f"seq:{action.device}:{action.kind}", seq)
+                event = command_event(action, self.epoch, seq)
+                try:
+                    await self.link.publish(event)
+                except aiomqtt.MqttError as exc:
+                    log.info(
+                        "central broker unreachable (%s): %d action(s) wait",
+                        exc,
+                        len(self.store.actions(pending=True)),
+                    )
+                    return
+                with self.store.transaction():
+                    self.store.mark_sent(action.id, time.time(), event.id)
+                    if action.kind == ACK:
+                        self.fleet.acked(action.device, action.args["dedup_key"], action.author, now)
+                log.info(
+                    "sent %s to %s for %s",
+                    action.kind,
+                    action.device,
+                    action.author,
+                    extra={"event_id": event.id, "action": action.id},
+                )
+
+    async def _ticker(self) -> None:
+        while True:
+            self.fleet.tick(time.time())
+            if self.link.connected.is_set():
+                await self._send_pending()
+            await asyncio.sleep(self.settings.section(ConsoleSettings).tick_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        with self.store.transaction():
+            self.epoch = (self.store.meta("epoch") or 0) + 1
+            self.store.set_meta("epoch", self.epoch)
+        self.fleet.start(time.time())
+        console = self.settings.section(ConsoleSettings)
+        log.info(
+            "console %s (epoch %d) on %s:%d, store %s",
+            console.name,
+            self.epoch,
+            console.host,
+            console.port,
+            store_path(self.settings),
+        )
+        tasks = [asyncio.create_task(self.link.run(once=True)), asyncio.create_task(self._ticker())]
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopping:
+                    task.result()  # the first connection failed: raise it
+        finally:
+            for task in [*tasks, stopping]:
+                task.cancel()
+            for task in [*tasks, stopping]:
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await task
+
+
+def _expired(action: Action, now: float) -> bool:
+    return parse_time(action.until).timestamp() <= now
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    store = open_store(settings)
+    try:
+        await ConsoleService(settings, store).run(stop)
+    finally:
+        store.close()
