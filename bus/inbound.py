@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bus import codec, schemas
-from bus.alerts import Severity
 from bus.backoff import Backoff
 from bus.catchup import Catchup, GroupClaims
+from bus.config import ConfigError
 from bus.contract import Handler, HealthHandler
 from bus.deadletter import DeadLetters
 from bus.envelope import Event, utc_now
@@ -63,6 +63,14 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, RejectedMessage)
 
 
+def _context(node: str, topic: str, event: Event | None) -> dict[str, Any]:
+    """An alert's context for a message: where it came, which node, and its video when it has one."""
+    context: dict[str, Any] = {"topic": topic, "node": node}
+    if event is not None and event.subject:
+        context["video"] = event.subject
+    return context
+
+
 class _Transient(Exception):
     """A handler failed transiently; its message is kept unacknowledged for a retry."""
 
@@ -89,11 +97,21 @@ class Inbound:
         self,
         node: Node,
         outbox: Outbox,
-        dead: DeadLetters,
         handlers: Mapping[str, Handler],
         health_handlers: Sequence[HealthHandler],
     ) -> None:
-        self.node, self.outbox, self.dead = node, outbox, dead
+        bus = node.settings.bus
+        if not 0 < bus.retry_min_s <= bus.retry_max_s or bus.retry_alert_after < 1:
+            raise ConfigError(
+                "bus.retry_min_s must be > 0 and <= bus.retry_max_s, bus.retry_alert_after at least 1"
+            )
+        self.node, self.outbox = node, outbox
+        self.dead = DeadLetters(
+            node.paths.state / "deadletter" / f"{node.node_name}.jsonl",
+            max_bytes=bus.deadletter_max_bytes,
+            max_age_s=bus.deadletter_max_age_days * 86400,
+            payload_bytes=bus.deadletter_payload_bytes,
+        )
         self.handlers, self.health_handlers = handlers, health_handlers
         self.catchup: Catchup | None = None
         self.busy = False  # handling a batch: a stop lets it finish
@@ -344,11 +362,8 @@ class Inbound:
             await node.alerts.resolve(key, f"{node.name} handled {label}: it works again")
             return
         node.stats.failures += 1
-        context: dict[str, Any] = {"topic": topic, "node": node.name}
-        if event is not None and event.subject:
-            context["video"] = event.subject
         if is_transient(failure):
-            raise _Transient(key, label, context, failure) from failure
+            raise _Transient(key, label, _context(node.name, topic, event), failure) from failure
         payload, ctype = message.payload, message.content_type
         if isinstance(failure, RefusedClaim):  # a refusal is the check working, not a crash
             await self._dead_letter(topic, payload, ctype, f"refused claim: {failure}", event, forged=True)
@@ -374,25 +389,10 @@ class Inbound:
         log.error("dead-lettered message on %s: %s", topic, reason, extra={"topic": topic})
         if event is not None and event.source == node.source and event.type.startswith("alert."):
             return  # our own alert came back and failed: alerting again would loop forever
-        context: dict[str, Any] = {"topic": topic, "node": node.name}
-        if event is not None and event.subject:
-            context["video"] = event.subject
-        if forged:
-            severity: Severity = "CRITICAL"
-            title, details = (
-                "Forged or corrupt event refused",
-                f"{node.name} refused an event on {topic} and touched nothing: {reason}",
-            )
-            actions = [
-                f"Inspect {self.dead.path} and the event's source ({event.source if event else 'unknown'})",
-                "Events naming files outside storage or with wrong hashes mean a stolen credential or a "
-                "broken producer: rotate that node's MQTT secret and check the box",
-            ]
-        else:
-            severity, title = "ERROR", "Message refused and dead-lettered"
-            details = f"{node.name} could not accept a message on {topic}: {reason}"
-            actions = [
-                f"Inspect {self.dead.path} (payload kept base64-encoded with the reason)",
-                "Fix the producer, then re-publish the message if it is still needed",
-            ]
-        await node.raise_alert(severity, title, details, context=context, actions=actions)
+        source = event.source if event is not None else None
+        severity, title, details, actions = self.dead.notice(
+            node.name, topic, reason, forged=forged, source=source
+        )
+        await node.raise_alert(
+            severity, title, details, context=_context(node.name, topic, event), actions=actions
+        )
