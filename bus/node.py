@@ -265,7 +265,7 @@ class Node(Contract):
             asyncio.get_running_loop().create_task(health.publish(transport))
 
     def _on_refusal(self, refused: bool) -> None:
-        """The broker refused an event (its ACL predates our `produces`), or takes them again."""
+        """After each PUBACK: the broker refused an event (its ACL predates our `produces`), or took one."""
         if refused:
             self.set_status("degraded", REFUSED)
         elif self._health.reason == REFUSED:  # re-rendered and restarted

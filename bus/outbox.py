@@ -72,7 +72,6 @@ class Outbox:
         self._queue: asyncio.Queue[OutboxRow] = asyncio.Queue()
         self._inflight: set[int] = set()  # rows published in this session, awaiting their PUBACK
         self._acked: list[int] = []
-        self._refused = False
         self._uncommitted: list[OutboxRow] | None = None
         self._spool: collections.deque[tuple[str, bytes, str]] = collections.deque(maxlen=1000)
 
@@ -188,11 +187,10 @@ class Outbox:
         def acked(rowid: int, refusal: str | None) -> None:
             inflight.discard(rowid)
             room.set()
+            self._on_refusal(refusal is not None)
             if refusal is not None:  # e.g. 135: a broker whose ACL predates this node's `produces`
                 log.error("the broker refused an event (%s); it stays in the outbox", refusal)
-                self._set_refused(True)
                 return
-            self._set_refused(False)
             self._acked.append(rowid)
             if len(self._acked) >= ACKED_FLUSH:
                 self.flush_acked()
@@ -216,11 +214,6 @@ class Outbox:
                 inflight.add(row.rowid)
         finally:
             self._inflight = set()
-
-    def _set_refused(self, refused: bool) -> None:
-        if refused != self._refused:
-            self._refused = refused
-            self._on_refusal(refused)
 
     def flush_acked(self) -> None:
         """Mark acknowledged rows sent; a store that cannot take it now keeps them for the next flush."""

@@ -206,7 +206,7 @@ class MqttTransport(Transport):
         super().__init__()
         self._settings = settings
         mqtt = settings.mqtt
-        self._client = client = paho.Client(
+        self._paho = client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=session.client_id,
             protocol=paho.MQTTv5,
@@ -249,33 +249,33 @@ class MqttTransport(Transport):
         try:
             await self._until(self._connack, TIMEOUT_S)
         except MqttError:
-            self._client.disconnect()
+            self._paho.disconnect()
             raise
 
     def _connect(self) -> None:
         mqtt = self._settings.mqtt
-        self._client.connect(
+        self._paho.connect(
             mqtt.host,
             mqtt.port,
             mqtt.keepalive_s,
             clean_start=self._clean_start,
             properties=self._connect_props,
         )
-        sock = self._client.socket()
+        sock = self._paho.socket()
         if isinstance(sock, socket.socket):
             # paho leaves Nagle on: an ack followed at once by the next publish then waits for the
             # peer's delayed ACK, milliseconds per event on loopback.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def _close(self) -> None:
-        if self._client.disconnect() == paho.MQTT_ERR_SUCCESS:
+        if self._paho.disconnect() == paho.MQTT_ERR_SUCCESS:
             assert self._lost is not None
             await asyncio.wait({self._lost}, timeout=TIMEOUT_S)
 
     async def subscribe(self, filters: Sequence[str]) -> None:
         if not filters:
             return
-        result, mid = self._client.subscribe([(topic_filter, 1) for topic_filter in filters])
+        result, mid = self._paho.subscribe([(topic_filter, 1) for topic_filter in filters])
         if result != paho.MQTT_ERR_SUCCESS or mid is None:
             raise MqttCodeError(result, "could not subscribe")
         self._suback[mid] = self._loop.create_future()
@@ -285,14 +285,14 @@ class MqttTransport(Transport):
             del self._suback[mid]
 
     def _send(self, topic: str, payload: bytes, content_type: str, retain: bool) -> int | None:
-        info = self._client.publish(
+        info = self._paho.publish(
             topic, payload, qos=1, retain=retain, properties=publish_properties(content_type)
         )
         return info.mid if info.rc == paho.MQTT_ERR_SUCCESS else None
 
     def ack(self, message: Message) -> None:
         if message.qos > 0:
-            self._client.ack(message.mid, message.qos)
+            self._paho.ack(message.mid, message.qos)
 
     # ------------------------------------------------------------- paho's callbacks (on the loop's thread)
     def _on_connect(
@@ -351,8 +351,8 @@ class MqttTransport(Transport):
         self._soon(start)
 
     def _read(self) -> None:
-        sock = self._client.socket()
-        while self._client.loop_read() == paho.MQTT_ERR_SUCCESS:
+        sock = self._paho.socket()
+        while self._paho.loop_read() == paho.MQTT_ERR_SUCCESS:
             # TLS may hold decrypted bytes the selector never announces: read them too
             if not (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0):
                 break
@@ -366,12 +366,12 @@ class MqttTransport(Transport):
         self._soon(stop)
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._soon(lambda: self._loop.add_writer(sock, self._client.loop_write))
+        self._soon(lambda: self._loop.add_writer(sock, self._paho.loop_write))
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._soon(lambda: self._loop.remove_writer(sock))
 
     async def _housekeeping(self) -> None:
         """Keepalive pings, and noticing a broker that stopped answering them."""
-        while self._client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+        while self._paho.loop_misc() == paho.MQTT_ERR_SUCCESS:
             await asyncio.sleep(1)
