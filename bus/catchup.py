@@ -24,15 +24,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
 from bus import codec, schemas
 from bus.backoff import Backoff
-from bus.client import publish_properties
 from bus.config import Settings
 from bus.envelope import Event, rfc3339, utc_now
 from bus.store import SEEN_RETENTION_S, NodeStore
 from bus.topics import is_command, topic_for
+from bus.transport import Message
 
 log = logging.getLogger("vv.catchup")
 
@@ -76,7 +74,7 @@ def replayable(patterns: Sequence[str]) -> list[str]:
     return [p for p in patterns if not is_command(p)]
 
 
-def replayed_message(device: str, envelope: dict[str, Any]) -> aiomqtt.Message:
+def replayed_message(device: str, envelope: dict[str, Any]) -> Message:
     """A recorded envelope as the message it arrived in, for the node's ordinary receive path.
 
     QoS 0: there is nothing to acknowledge to the broker (the page it came in is acknowledged).
@@ -84,9 +82,7 @@ def replayed_message(device: str, envelope: dict[str, Any]) -> aiomqtt.Message:
     content_type = str(envelope.get("datacontenttype", ""))
     topic = topic_for(str(envelope.get("device", device)), str(envelope.get("type", "")))
     payload = codec.encode(envelope, content_type)
-    return aiomqtt.Message(
-        topic, payload, qos=0, retain=False, mid=0, properties=publish_properties(content_type)
-    )
+    return Message(topic, payload, content_type, qos=0)
 
 
 class Catchup:
@@ -101,7 +97,7 @@ class Catchup:
         group: str,
         store: Callable[[], NodeStore],
         request: Callable[[dict[str, Any]], Awaitable[Event]],
-        replay: Callable[[aiomqtt.Message], Awaitable[None]],
+        replay: Callable[[Message], Awaitable[None]],
         busy: Callable[[], bool],
     ) -> None:
         self.settings = settings

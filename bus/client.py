@@ -1,4 +1,6 @@
-"""The MQTT connection: aiomqtt configured for MQTT 5 persistent sessions, with content types."""
+"""MQTT for tools (`vv tail`, `vv verify`, `vv replay`): aiomqtt configured for MQTT 5, with content
+types; and the MQTT 5 properties every publisher shares. Nodes connect through bus/transport.py,
+which needs manual acks and PUBACK reason codes that aiomqtt does not expose."""
 
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from bus.backoff import Backoff
 from bus.config import Settings
 
 MqttError = aiomqtt.MqttError
-Message = aiomqtt.Message
 
 
 def mqtt_properties(packet_type: int) -> Properties:
@@ -34,22 +35,14 @@ def publish_properties(content_type: str) -> Properties:
     return props
 
 
-def make_client(
-    settings: Settings,
-    client_id: str,
-    *,
-    username: str = "",
-    will: aiomqtt.Will | None = None,
-    persistent: bool = True,
-    manual_ack: bool = False,
-) -> aiomqtt.Client:
-    """A client that resumes its session (queued QoS 1 events survive our restarts) when persistent.
+def make_client(settings: Settings, client_id: str, *, username: str = "") -> aiomqtt.Client:
+    """A tool's client: a clean session that ends with it (a tool reads live or publishes and goes).
 
-    It logs in as `username` (a node's own user, `vv-admin`; default: the read-only device user)
-    unless the settings name a user explicitly."""
+    It logs in as `username` (e.g. `vv-admin`; default: the read-only device user) unless the
+    settings name a user explicitly."""
     username, password = settings.mqtt_credentials(username)
     connect_props = mqtt_properties(PacketTypes.CONNECT)
-    connect_props.SessionExpiryInterval = settings.mqtt.session_expiry_s if persistent else 0
+    connect_props.SessionExpiryInterval = 0
     tls_context = ssl.create_default_context(cafile=settings.mqtt.tls_ca) if settings.mqtt.tls_ca else None
     client = aiomqtt.Client(
         settings.mqtt.host,
@@ -58,9 +51,8 @@ def make_client(
         password=password or None,
         identifier=client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=not persistent,
+        clean_start=True,
         keepalive=settings.mqtt.keepalive_s,
-        will=will,
         properties=connect_props,
         tls_context=tls_context,
         timeout=10,
@@ -68,17 +60,7 @@ def make_client(
         # peer's delayed ACK, milliseconds per event on loopback.
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
-    client.pending_calls_threshold = 1000  # we pipeline publishes on purpose; aiomqtt warns above this
-    if manual_ack:
-        # aiomqtt has no manual-ack API; the paho client it wraps does. Acking after the handler has
-        # committed means a crash mid-event gets the event redelivered instead of lost.
-        client._client.manual_ack_set(True)
     return client
-
-
-def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-    if message.qos > 0:
-        client._client.ack(message.mid, message.qos)
 
 
 def content_type_of(message: aiomqtt.Message) -> str | None:
@@ -111,7 +93,7 @@ async def stream(
     connected = False
     while True:
         try:
-            async with make_client(settings, client_id, persistent=False) as client:
+            async with make_client(settings, client_id) as client:
                 for topic_filter in filters:
                     await client.subscribe(topic_filter, qos=1)
                 if connected and on_outage is not None:
@@ -136,7 +118,7 @@ async def stream(
 async def retained_document(settings: Settings, topic: str, client_id: str, timeout: float = 5.0) -> Any:
     """The decoded retained message on `topic` (e.g. a node's health), or None if the broker holds
     none within `timeout`: for tools that read a node's last word."""
-    async with make_client(settings, client_id, persistent=False) as client:
+    async with make_client(settings, client_id) as client:
         await client.subscribe(topic, qos=1)
         try:
             async with asyncio.timeout(timeout):
@@ -159,7 +141,7 @@ async def publish_documents(
     """Publish (topic, document, content type) items with QoS 1 as `username`, each waiting for
     PUBACK; returns the count."""
     sent = 0
-    async with make_client(settings, client_id, username=username, persistent=False) as client:
+    async with make_client(settings, client_id, username=username) as client:
         for topic, document, content_type in items:
             await client.publish(
                 topic,

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bus.alerts import Severity
 from bus.envelope import parse_time, utc_now
 from bus.fsutil import atomic_write_bytes
 
@@ -31,6 +32,32 @@ class DeadLetters:
         self.path = path
         self.max_bytes, self.max_age_s, self.payload_bytes = max_bytes, max_age_s, payload_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
+
+    def notice(
+        self, node: str, topic: str, reason: str, *, forged: bool, source: str | None
+    ) -> tuple[Severity, str, str, list[str]]:
+        """What the operator is told of a dead letter (severity, title, details, actions): a forged or
+        corrupt event is CRITICAL, a stolen credential or a broken producer; the rest an ERROR."""
+        if forged:
+            return (
+                "CRITICAL",
+                "Forged or corrupt event refused",
+                f"{node} refused an event on {topic} and touched nothing: {reason}",
+                [
+                    f"Inspect {self.path} and the event's source ({source or 'unknown'})",
+                    "Events naming files outside storage or with wrong hashes mean a stolen credential or a "
+                    "broken producer: rotate that node's MQTT secret and check the box",
+                ],
+            )
+        return (
+            "ERROR",
+            "Message refused and dead-lettered",
+            f"{node} could not accept a message on {topic}: {reason}",
+            [
+                f"Inspect {self.path} (payload kept base64-encoded with the reason)",
+                "Fix the producer, then re-publish the message if it is still needed",
+            ],
+        )
 
     def put(
         self, *, node: str, topic: str, payload: bytes, content_type: str | None, reason: str

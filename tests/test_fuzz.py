@@ -1,7 +1,7 @@
 """Property tests: whatever arrives on the bus, a node either accepts a valid event or refuses it.
 
 Unit level: any payload in any content type decodes and validates into an `Event`, or raises one
-of the rejections `Node._receive` dead-letters; never a crash (RecursionError, TypeError,
+of the rejections `Inbound.receive` (bus/inbound.py) dead-letters; never a crash (RecursionError, TypeError,
 OverflowError...). Process level: real scan and sign processes take a few hundred generated
 payloads, hostile but close to real events, and stay up with nothing touched outside state/ and
 logs/.
@@ -29,7 +29,7 @@ from bus import codec, schemas
 from bus.envelope import JSON, MSGPACK, Event
 from bus.node import RejectedMessage
 
-REJECTIONS = (RejectedMessage, codec.DecodeError, schemas.SchemaError, ValueError)  # as Node._receive
+REJECTIONS = (RejectedMessage, codec.DecodeError, schemas.SchemaError, ValueError)  # as Inbound.receive
 CONTENT_TYPES = st.sampled_from([MSGPACK, JSON, None, "text/plain", "", "application/msgpack; v=2"])
 EVENT_TYPES = ["video.new", "scan.done", "summary.done", "logline.signed", "video.quarantined"]
 # Text aimed at files and terminals. The live-process test swaps "/etc/passwd" for a decoy of its own:
@@ -71,7 +71,7 @@ UNIT = settings(max_examples=600, deadline=None, database=None, suppress_health_
 
 
 def receive(payload: bytes, content_type: str | None) -> Event:
-    """What `Node._receive` does before a handler sees the message: decode, then build and validate."""
+    """What `Inbound.receive` does before a handler sees the message: decode, then build and validate."""
     document = codec.decode(payload, content_type)
     if not isinstance(document, dict):
         raise RejectedMessage(f"payload is a {type(document).__name__}, not an event envelope")

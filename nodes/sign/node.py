@@ -171,7 +171,7 @@ class SignNode(Node):
         ):  # tests: a crash before the head and publish
             os._exit(137)
         self._record(signed_head(signed, signer))
-        if self._status == "degraded":
+        if self.status == "degraded":
             self.set_status("online")
         await self._announce(signed, path, event)
 
