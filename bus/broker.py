@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from bus.config import Settings
+from bus.config import BrokerSettings, Settings
 from bus.inputs import not_regular, shown
 from bus.resources import data_dir
 
@@ -47,6 +47,17 @@ class Grant:
         lines += [f"topic write {topic}" for topic in self.write]
         lines += [f"topic read {topic}" for topic in self.read]
         return "\n".join(lines) + "\n"
+
+
+def persistence_and_limits(broker: BrokerSettings) -> dict[str, object]:
+    """The template values every broker config shares (edge and central): persistence and queue limits."""
+    return {
+        "autosave_interval": broker.autosave_interval,
+        "persistent_client_expiration": broker.persistent_client_expiration,
+        "max_packet_bytes": broker.max_packet_bytes,
+        "max_queued_messages": broker.max_queued_messages,
+        "max_queued_bytes": broker.max_queued_bytes,
+    }
 
 
 def mosquitto_binary(name: str = "mosquitto") -> str:
@@ -128,11 +139,7 @@ def render_broker(
         password_file_line=f"password_file {passwd}" if passwd else "# dev mode: no password file",
         acl_file_line=f"acl_file {acl}" if acl else "# dev mode: no ACL",
         data_dir=data,
-        autosave_interval=broker.autosave_interval,
-        persistent_client_expiration=broker.persistent_client_expiration,
-        max_packet_bytes=broker.max_packet_bytes,
-        max_queued_messages=broker.max_queued_messages,
-        max_queued_bytes=broker.max_queued_bytes,
+        **persistence_and_limits(broker),
         bridge=bridge_block(settings),
     )
     conf = directory / "mosquitto.conf"

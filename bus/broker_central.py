@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
-from bus.broker import BrokerFiles, TlsFiles, secret_for, write_password_file
+from bus.broker import BrokerFiles, TlsFiles, persistence_and_limits, secret_for, write_password_file
 from bus.config import Settings
 from bus.resources import data_dir
 
@@ -78,11 +78,7 @@ def render_central(
             password_file_line=f"password_file {passwd}" if passwd else "# no password logins",
             acl=acl,
             data_dir=data,
-            autosave_interval=broker.autosave_interval,
-            persistent_client_expiration=broker.persistent_client_expiration,
-            max_packet_bytes=broker.max_packet_bytes,
-            max_queued_messages=broker.max_queued_messages,
-            max_queued_bytes=broker.max_queued_bytes,
+            **persistence_and_limits(broker),
         )
     )
     return BrokerFiles(directory=directory, conf=conf, data_dir=data, passwd=passwd, acl=acl)
