@@ -272,9 +272,12 @@ class MonitorNode(Node):
     async def _restart(self, w: Watched, reason: str) -> None:
         log.warning("restarting %s: %s", w.name, reason, extra={"target": w.name})
         if self.cfg.supervisor == "vv":
-            args: dict[str, Any] = {"node": w.name, "reason": reason}
-            if w.pid is not None:
-                args["pid"] = w.pid
+            if w.pid is None:
+                # No process seen: nothing of ours to replace. `vv up` restarts what it started, and a
+                # restart without a pid is an operator's retry that would also lift a FATAL child.
+                log.info("not restarting %s: no pid seen in its health", w.name, extra={"target": w.name})
+                return
+            args = {"node": w.name, "reason": reason, "pid": w.pid}
             await self.emit("cmd.supervisor.restart", {"args": args})
             return
         unit = f"vv-{w.name}"
