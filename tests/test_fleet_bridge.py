@@ -69,9 +69,11 @@ def raise_distinct_alert(publisher: Publisher, title: str) -> Event:
 
 
 def silence(publisher: Publisher) -> Event:
+    """The console's shape: the silence's end in args, the command's expiry (the same) at the top."""
+    end = "2099-01-01T00:00:00Z"
     event = publisher.event(
         "cmd.alerter.silence",
-        {"args": {"matcher": {"title": "noisy"}}, "until": "2099-01-01T00:00:00Z", "reason": "test"},
+        {"args": {"matcher": {"title": "noisy"}, "until": end}, "until": end, "reason": "test"},
     )
     publisher.publish(event)
     return event
