@@ -39,6 +39,7 @@ class NodeStats:
     failures: int = 0
     emitted: int = 0
     gaps: int = 0
+    expired_commands: int = 0  # commands received after their `until`, not applied
     reconnects: int = 0
     last_event_at: str | None = None
     last_seq: dict[tuple[str, int, str], int] = field(default_factory=dict)
@@ -83,6 +84,7 @@ class Health:
                 "failures": stats.failures,
                 "emitted": stats.emitted,
                 "gaps": stats.gaps,
+                "expired_commands": stats.expired_commands,
                 "reconnects": stats.reconnects,
                 "last_event_at": stats.last_event_at,
                 **self._details(),

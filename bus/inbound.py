@@ -1,9 +1,11 @@
 """The inbound path: from a delivered message to a handled event, exactly once in effect.
 
-Each message is decoded by its content type, validated (health against its schema, events as
-envelopes on their own topic), deduplicated by event id (and claimed once across a shared group),
-then handed to its `@on` handler inside a savepoint: the handler's store writes, its events and the
-"seen" mark of its input commit together or not at all. A burst already delivered is handled in one
+Each message is decoded by its content type (sniffed when a 3.1.1 publisher or bridge sent none),
+validated (health against its schema, events as envelopes on their own topic), deduplicated by
+event id (and claimed once across a shared group); a command past its `until` is dropped there
+(logged, acknowledged), for every node at once. The rest go to their `@on` handler inside a
+savepoint: the handler's store writes, its events and the "seen" mark of its input commit together
+or not at all. A burst already delivered is handled in one
 transaction and acknowledged to the broker only after it committed, so a crash gets it redelivered.
 
 Failures have two shapes. A handler's OSError is transient (storage, a lock): the message stays
@@ -28,9 +30,9 @@ from bus.catchup import Catchup, GroupClaims
 from bus.config import ConfigError
 from bus.contract import Handler, HealthHandler
 from bus.deadletter import DeadLetters
-from bus.envelope import Event, utc_now
+from bus.envelope import Event, parse_time, utc_now
 from bus.outbox import Outbox
-from bus.topics import is_catchup_reply, parse_topic, subscription
+from bus.topics import is_catchup_reply, is_command, parse_topic, subscription, topic_for
 from bus.transport import Message, Transport, topic_matches
 
 if TYPE_CHECKING:
@@ -254,6 +256,8 @@ class Inbound:
             node.stats.duplicates += 1
             log.debug("duplicate %s %s ignored", event.type, event.id)
             return
+        if self._expired(event):
+            return  # acknowledged with the batch: an expired command is never retried
         self._track_seq(event)
         handler = self._handler_for(topic)
         if handler is None:
@@ -265,6 +269,29 @@ class Inbound:
         except _Transient:
             node.store.unclaim(event.id)  # not handled yet: its retry (or redelivery) is no duplicate
             raise
+
+    def _expired(self, event: Event) -> bool:
+        """A command past its `until` is not applied: checked here, once, for every node's handlers.
+
+        A 3.1.1 bridge strips MQTT 5 message expiry, so commands carry their expiry in their data
+        (schemas/cmd.schema.json); one that waited out a link outage longer than that is stale.
+        """
+        until = event.data.get("until") if is_command(event.type) else None
+        if not isinstance(until, str):
+            return False
+        late = time.time() - parse_time(until).timestamp()
+        if late <= 0:
+            return False
+        self.node.stats.expired_commands += 1
+        log.info(
+            "expired command %s %s not applied: %.1fs past its until %s",
+            event.type,
+            event.id,
+            late,
+            until,
+            extra={"event_id": event.id, "topic": topic_for(event.device, event.type)},
+        )
+        return True
 
     def _claim(self, event: Event) -> bool:
         """Dedupe by event id: for this node, and once across the workers of its shared group."""

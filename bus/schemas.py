@@ -75,5 +75,23 @@ def validate(name: str, document: Any) -> None:
     raise SchemaError(f"{name}: {where}: {error.message}")
 
 
+@functools.cache
+def _args_validator(event_type: str) -> Draft202012Validator:
+    definitions = load_schema("cmd")["$defs"]
+    name = event_type.removeprefix("cmd.")
+    if name not in definitions:
+        raise SchemaError(f"cmd: no args definition for {event_type}")
+    return Draft202012Validator({**definitions[name], "$defs": definitions})
+
+
+def validate_command_args(event_type: str, args: Any) -> None:
+    """Raise SchemaError unless `args` are what schemas/cmd.schema.json's `$defs` define for the
+    command `event_type`: the one shape the console sends and the device's node applies."""
+    error = best_match(_args_validator(event_type).iter_errors(args))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+        raise SchemaError(f"{event_type} args: {where}: {error.message}")
+
+
 def known_schemas() -> list[str]:
     return sorted(p.name.removesuffix(".schema.json") for p in data_dir("schemas").glob("*.schema.json"))

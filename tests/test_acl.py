@@ -132,6 +132,13 @@ def test_every_node_process_gets_a_credential_and_an_acl_from_its_class(tmp_path
     assert "vv/edge9/health/scan-2" in worker.write and "vv/edge9/health/scan" not in worker.write
     assert grants["journal@edge9"].read == ("vv/edge9/#",)
     assert grants["journal@edge9"].write[-1] == "vv/edge9/catchup/+"  # answers, and no event
+    # exactly what its gap re-sends need beside: the bridged types it re-publishes (alerts it has)
+    assert grants["journal@edge9"].write == (
+        "vv/edge9/health/journal",
+        "vv/edge9/alert/#",
+        "vv/edge9/logline/signed",
+        "vv/edge9/catchup/+",
+    )
     assert grants["ingest@edge9"].read == ("vv/edge9/cmd/ingest/pause", "vv/edge9/cmd/ingest/resume")
     assert "vv/edge9/health/+" in grants["monitor@edge9"].read  # @on_health
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, VV, Probe, Publisher, free_port, wait_until
+from conftest import REPO, VV, Probe, Publisher, free_port, read_lines, wait_until
 
+from bus import codec
 from bus.alerts import Severity, build_alert
 from bus.config import ConfigError
+from bus.envelope import JSON, MSGPACK, parse_time
 from nodes.alerter.channels import ChannelError, load_channels
 from nodes.alerter.queue import DiskQueue
 
@@ -495,3 +497,139 @@ def test_disk_queue_is_bounded_durable_and_sets_unreadable_items_aside(tmp_path:
     reopened.remove(second[0])
     reopened.put({"n": 5})
     assert [json.loads(p.read_text())["n"] for p in sorted((tmp_path / "q").glob("*.json"))] == [4, 5]
+
+
+# ----------------------------------------------------------------------------- the fleet console's commands
+def alerter_health(probe: Probe, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """The first health document of the alerter whose details satisfy `predicate`."""
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: next((h for h in probe.health("alerter") if predicate(h["details"])), None), 15, what
+    )
+
+
+def test_ack_stops_renotification_until_the_alert_resolves(
+    vv: VV, probe: Probe, publisher: Publisher, receiver: Receiver
+) -> None:
+    """Repeats every 0.5 s: the control alert repeats, the acked one does not; its resolve still goes
+    out, and firing again after the resolve is a new episode, notified again."""
+    start_alerter(vv, probe, [hook(receiver.port)], VV_ALERTER_REPEAT_INTERVAL_S="0.5")
+    acked, control = alert("Disk space low", mount="/"), alert("Stream down", source="dvr", stream="cam1")
+    publish_alert(publisher, acked)
+    publish_alert(publisher, control)
+    receiver.wait("/hook", lambda b: len(b) >= 2, "both alerts notified")
+    ack = {
+        "args": {"dedup_key": acked["dedup_key"], "comment": "on it"},
+        "author": "alice",
+        "reason": "on it",
+    }
+    publisher.publish(publisher.event("cmd.alerter.ack", ack))
+    health = alerter_health(probe, lambda d: d["alerts"]["acked"], "the ack in health")
+    [shown] = health["details"]["alerts"]["acked"]
+    assert (shown["dedup_key"], shown["by"], shown["comment"]) == (acked["dedup_key"], "alice", "on it")
+    before = received(receiver, "/hook").count(("Disk space low", "firing", 1))
+    receiver.wait(  # three repeats of the control alert after the ack: time enough for the acked one
+        "/hook",
+        lambda b: received(receiver, "/hook")[-3:] == [("Stream down", "firing", 1)] * 3,
+        "the control alert repeated",
+    )
+    assert received(receiver, "/hook").count(("Disk space low", "firing", 1)) == before
+    publish_alert(publisher, alert("Disk space low", resolved=True, mount="/"))
+    receiver.wait(
+        "/hook", lambda b: ("Disk space low", "resolved", 1) in received(receiver, "/hook"), "resolve"
+    )
+    alerter_health(probe, lambda d: not d["alerts"]["acked"], "the ack gone with the resolve")
+    told = len(received(receiver, "/hook"))
+    publish_alert(publisher, acked)  # a new episode after the resolve
+    receiver.wait(
+        "/hook",
+        lambda b: ("Disk space low", "firing", 1) in received(receiver, "/hook")[told:],
+        "the new episode notified",
+    )
+
+
+def test_silence_from_the_console_keeps_author_and_comment_and_expires_on_time(
+    vv: VV, probe: Probe, publisher: Publisher
+) -> None:
+    """Default alerter settings; the silence's short life is the command's own `duration_s`."""
+    seen = len(probe.health("alerter"))
+    vv.spawn("run", "alerter")
+    probe.wait_health("alerter", "online", after=seen)
+    args = {"matcher": {"title": "Noisy"}, "duration_s": 3}
+    until = "2099-01-01T00:00:00Z"  # the command's expiry, not the silence's end
+    publisher.publish(
+        publisher.event(
+            "cmd.alerter.silence", {"args": args, "until": until, "author": "bob", "reason": "swap"}
+        )
+    )
+    health = alerter_health(probe, lambda d: d["alerts"]["silences"], "the silence in health")
+    [silence] = health["details"]["alerts"]["silences"]
+    assert (silence["matcher"], silence["author"], silence["reason"]) == ({"title": "Noisy"}, "bob", "swap")
+    end = parse_time(silence["until"]).timestamp()
+    assert end - parse_time(health["time"]).timestamp() <= 3
+    shown_at = next(i for i, h in enumerate(probe.health("alerter")) if h["details"]["alerts"]["silences"])
+    gone = wait_until(
+        lambda: next(
+            (h for h in probe.health("alerter")[shown_at:] if not h["details"]["alerts"]["silences"]), None
+        ),
+        15,
+        "the silence to expire",
+    )
+    assert end <= parse_time(gone["time"]).timestamp() <= end + 2.0  # health every 0.5 s here
+
+
+def test_expired_command_is_logged_not_applied(vv: VV, probe: Probe, publisher: Publisher) -> None:
+    """A command older than its `until` (it waited out a link outage) is dropped by the bus before
+    any handler, logged with its id and how late, and acknowledged (never redelivered)."""
+    start_alerter(vv, probe, [])
+    stale = publisher.event(
+        "cmd.alerter.silence",
+        {"args": {"matcher": {"title": "Old"}, "duration_s": 600}, "until": "2020-01-01T00:00:00Z"},
+    )
+    publisher.publish(stale)
+    fresh = {"args": {"matcher": {"title": "New"}, "duration_s": 600}, "until": "2099-01-01T00:00:00Z"}
+    publisher.publish(publisher.event("cmd.alerter.silence", fresh))
+    health = alerter_health(probe, lambda d: d["alerts"]["silences"], "the fresh silence")
+    assert [s["matcher"] for s in health["details"]["alerts"]["silences"]] == [{"title": "New"}]
+    assert health["details"]["expired_commands"] == 1 and health["details"]["dead_letters"] == 0
+    logged = [
+        line
+        for line in read_lines(vv.home / "logs" / "app.log")
+        if line.get("event_id") == stale.id and "expired command" in line["message"]
+    ]
+    assert len(logged) == 1 and logged[0]["level"] == "INFO"
+    assert "cmd.alerter.silence" in logged[0]["message"] and "s past its until" in logged[0]["message"]
+
+
+@pytest.mark.parametrize("codec_name", [JSON, MSGPACK])
+def test_command_without_content_type_is_decoded(
+    vv: VV, probe: Probe, publisher: Publisher, codec_name: str
+) -> None:
+    """What a 3.1.1 bridge delivers: no MQTT 5 content type; JSON or msgpack, both are applied."""
+    start_alerter(vv, probe, [])
+    event = publisher.event("cmd.alerter.silence", {"args": {"matcher": {"title": "X"}, "duration_s": 60}})
+    publisher.raw("vv/edge1/cmd/alerter/silence", codec.encode(event.to_dict(), codec_name), None)
+    health = alerter_health(probe, lambda d: d["alerts"]["silences"], "the silence applied")
+    assert health["details"]["alerts"]["silences"][0]["matcher"] == {"title": "X"}
+    assert health["details"]["dead_letters"] == 0
+
+
+def test_resync_republishes_the_firing_alerts_with_their_original_ids(
+    vv: VV, probe: Probe, publisher: Publisher
+) -> None:
+    start_alerter(vv, probe, [])
+    firing = [publisher.event("alert.warning", alert(t, source="dvr")) for t in ("Stream down", "Lagging")]
+    gone = publisher.event("alert.warning", alert("Blip", source="dvr"))
+    over = publisher.event("alert.warning", alert("Blip", source="dvr", resolved=True))
+    for event in (*firing, gone, over):
+        publisher.publish(event)
+    alerter_health(probe, lambda d: d["alerts"]["firing"] == 2 and d["received"] >= 4, "two firing")
+    publisher.publish(publisher.event("cmd.alerter.resync", {"args": {}, "author": "console"}))
+
+    def copies() -> list[int]:
+        ids = [e["id"] for e in probe.events("alert.warning")]
+        return [ids.count(event.id) for event in (*firing, gone, over)]
+
+    wait_until(lambda: copies()[:2] == [2, 2], 15, "the firing alerts re-published")
+    assert copies() == [2, 2, 1, 1]
+    resent = [e for e in probe.events("alert.warning") if e["id"] == firing[0].id]
+    assert resent[0] == resent[1]  # the original envelope: same id, source, epoch, seq, data

@@ -207,6 +207,55 @@ def test_unsilence_and_bad_silences(fold: Fold, clock: Clock) -> None:
         fold.silence({"title": "x"}, clock.now - 1)
 
 
+def test_ack_mutes_until_resolved_and_a_new_episode_notifies_again(tmp_path: Path, clock: Clock) -> None:
+    fold = Fold(SETTINGS, ROUTES, tmp_path / "fold.json", clock)
+    fold.observe(alert(severity="CRITICAL"))
+    clock.advance(10)
+    assert sent(fold.due(), "all") == [("Disk space low", "firing", 1)]
+    key = alert()["dedup_key"]
+    assert fold.ack("0" * 64, "alice") is None  # nothing firing under that key
+    assert fold.ack(key, "alice", "on it") is not None
+    fold.save()
+    fold = Fold(SETTINGS, ROUTES, tmp_path / "fold.json", clock)  # the ack outlives a restart
+    [acked] = fold.summary()["acked"]
+    assert (acked["dedup_key"], acked["by"], acked["comment"]) == (key, "alice", "on it")
+    clock.advance(SETTINGS.repeat_interval_s * 3)  # no repeat while acked, though it keeps firing
+    assert fold.observe(alert(severity="CRITICAL")) == "new"  # after the window: a new episode...
+    fold.ack(key, "alice")
+    clock.advance(SETTINGS.repeat_interval_s * 3)
+    assert fold.due() == [] and fold.summary()["muted"] == 1
+    fold.observe(alert(resolved=True))
+    clock.advance(30)
+    assert sent(fold.due(), "crit") == [("Disk space low", "resolved", 1)]  # those told hear it
+    assert fold.summary()["acked"] == []
+    fold.observe(alert(severity="CRITICAL"))  # firing again after the resolve: notified again
+    clock.advance(10)
+    assert sent(fold.due(), "crit") == [("Disk space low", "firing", 1)]
+
+
+def test_a_new_episode_clears_the_ack(fold: Fold, clock: Clock) -> None:
+    fold.observe(alert())
+    clock.advance(10)
+    fold.due()
+    fold.ack(alert()["dedup_key"], "bob")
+    clock.advance(SETTINGS.window_s + 1)
+    assert fold.observe(alert()) == "new"  # the quiet gap ended the acked episode
+    clock.advance(SETTINGS.group_interval_s)
+    assert sent(fold.due(), "all") == [("Disk space low", "firing", 1)]
+
+
+def test_firing_events_are_the_original_envelopes(fold: Fold) -> None:
+    first = {"id": "e1", "type": "alert.warning", "seq": 1, "data": {"ignored": True}}
+    fold.observe(alert(title="A"), first)
+    fold.observe(alert(title="A"), {**first, "id": "e2", "seq": 2})  # the latest document's event
+    fold.observe(alert(title="B"), {**first, "id": "e3", "seq": 3})
+    fold.observe(alert(title="B", resolved=True), {**first, "id": "e4", "seq": 4})
+    fold.observe(alert(title="C"))  # folded without its envelope (a state from before)
+    events, unknown = fold.firing_events()
+    assert [(e["id"], e["seq"], e["data"]["title"]) for e in events] == [("e2", 2, "A")]
+    assert unknown == 1
+
+
 def test_offline_node_alerts_are_inhibited_until_it_returns(fold: Fold, clock: Clock) -> None:
     assert fold.set_node_status("dvr", "offline")
     fold.observe(alert(title="Stream down", source="dvr"))
@@ -224,7 +273,7 @@ def test_state_survives_a_restart_without_paging_again(tmp_path: Path, clock: Cl
     fold.observe(alert())
     clock.advance(10)
     assert len(fold.due()) == 1
-    fold.silence({"title": "Other"}, clock.now + 100)
+    fold.silence({"title": "Other"}, clock.now + 100, "planned work", "carol")
     fold.save()
     assert not fold.dirty
     again = Fold(SETTINGS, ROUTES, path, clock)
@@ -232,6 +281,8 @@ def test_state_survives_a_restart_without_paging_again(tmp_path: Path, clock: Cl
     clock.advance(30)
     assert again.due() == []
     assert again.summary()["silences"][0]["matcher"] == {"title": "Other"}
+    assert again.summary()["silences"][0]["author"] == "carol"
+    assert again.summary()["silences"][0]["reason"] == "planned work"
     again.observe(alert(resolved=True))
     clock.advance(30)
     assert sent(again.due(), "all") == [("Disk space low", "resolved", 2)]

@@ -15,6 +15,8 @@ import json
 import os
 import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,13 +25,14 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import FIXTURES_DIR, Probe, Publisher, free_port, wait_until
+from conftest import FIXTURES_DIR, REPO, Probe, Publisher, free_port, wait_until
 from fleet import FleetRig, bundle_tls, checked, run_vv
 
+from bus.alerts import build_alert
 from bus.broker import TlsFiles, secret_for
 from bus.broker_central import DEV_USER
 from bus.config import load_settings
-from bus.envelope import Event
+from bus.envelope import Event, parse_time
 
 pytestmark = pytest.mark.slow
 OUTAGE_S = 20.0
@@ -57,10 +60,20 @@ def raise_alert(publisher: Publisher, title: str) -> Event:
     return event
 
 
+def raise_distinct_alert(publisher: Publisher, title: str) -> Event:
+    """An alert of its own (its dedup_key from its title), as a node raises one per condition."""
+    data = build_alert(severity="WARNING", title=title, details=title, source="disk", device=publisher.device)
+    event = publisher.event("alert.warning", data)
+    publisher.publish(event)
+    return event
+
+
 def silence(publisher: Publisher) -> Event:
+    """The console's shape: the silence's end in args, the command's expiry (the same) at the top."""
+    end = "2099-01-01T00:00:00Z"
     event = publisher.event(
         "cmd.alerter.silence",
-        {"args": {"matcher": {"title": "noisy"}}, "until": "2099-01-01T00:00:00Z", "reason": "test"},
+        {"args": {"matcher": {"title": "noisy"}, "until": end}, "until": end, "reason": "test"},
     )
     publisher.publish(event)
     return event
@@ -303,3 +316,90 @@ def test_nothing_anonymous_on_the_central_broker(rig: FleetRig, tmp_path: Path) 
     assert attempt(dev_port, login=(DEV_USER, "wrong")) != "connected"
     password = secret_for(load_settings(rig.env), DEV_USER)
     assert attempt(dev_port, login=(DEV_USER, password)) == "connected"
+
+
+def test_outage_alert_once_and_the_consoles_silence_reaches_bs_alerter_and_expires(rig: FleetRig) -> None:
+    """The issue's end to end: `vv console` as a real process (TLS, its enrolled certificate), B's
+    alerter as a real node with default settings, the central broker down for 20 s while A raises an
+    alert and an operator silences B (`vv fleet silence`, recorded while the link is down). After
+    central returns the alert is in the console's store once, and the silence reaches B's alerter
+    with its author and comment and expires when it said (the bridge reconnects with its default
+    backoff, so the silence is long enough to arrive first)."""
+    rig.start_central()
+    console_env = {
+        **rig.env,
+        "VV_CONSOLE_PORT": str(rig.port),
+        "VV_CONSOLE_CA": str(rig.console_tls.ca),
+        "VV_CONSOLE_CERT": str(rig.console_tls.cert),
+        "VV_CONSOLE_KEY": str(rig.console_tls.key),
+    }
+    log = (rig.root / "console.out").open("ab")
+    console = subprocess.Popen(
+        [sys.executable, "-m", "nodes.cli", "console"], env=console_env, cwd=REPO, stdout=log, stderr=log
+    )
+    try:
+        probe = rig.console_probe("vv/+/alert/#", session="console-probe")
+        rig.add_edge("A")
+        b = rig.add_edge("B")
+        b_health = rig.edge_probe("B", "vv/B/health/alerter")
+        b.spawn("run", "alerter")
+        b_health.wait_health("alerter", "online")
+        b_link = rig.edge_probe("B", "vv/B/bridge/state")
+        wait_link(b_link, "B", b"1")
+        a_disk = rig.edge_publisher("A", "disk")
+        raise_distinct_alert(a_disk, "link check")
+
+        def fleet_alerts(device: str) -> list[dict[str, Any]]:
+            result = run_vv(rig.env, "fleet", "alerts", "--device", device, "--json")
+            return json.loads(result.stdout) if result.returncode == 0 else []  # type: ignore[no-any-return]
+
+        wait_until(lambda: fleet_alerts("A"), 30, "the console to fold A's first alert")
+
+        assert rig.central is not None
+        rig.central.stop()
+        down_at = time.monotonic()
+        queued = raise_distinct_alert(a_disk, "raised while central is down")
+        checked(
+            run_vv(
+                rig.env, "fleet", "silence", "title=Noisy", "device=B", "--for", "90s",
+                "--comment", "camera swap", "--author", "bob",
+            )
+        )  # fmt: skip
+        time.sleep(max(0.0, down_at + OUTAGE_S - time.monotonic()))  # the outage itself, not a wait for state
+        rig.central.start()
+
+        shown = wait_until(
+            lambda: next((h for h in b_health.health("alerter") if h["details"]["alerts"]["silences"]), None),
+            90,
+            "the silence in B's alerter",
+        )
+        [silence] = shown["details"]["alerts"]["silences"]
+        assert (silence["matcher"], silence["author"], silence["reason"]) == (
+            {"title": "Noisy"},
+            "bob",
+            "camera swap",
+        )
+        [arrived] = wait_until(
+            lambda: [a for a in fleet_alerts("A") if a["title"] == "raised while central is down"],
+            60,
+            "the alert raised during the outage in the console's store",
+        )
+        assert arrived["count"] == 1
+        assert ids(probe, "alert.warning").count(queued.id) == 1
+
+        end = parse_time(silence["until"]).timestamp()
+        index = b_health.health("alerter").index(shown)
+        gone = wait_until(
+            lambda: next(
+                (h for h in b_health.health("alerter")[index:] if not h["details"]["alerts"]["silences"]),
+                None,
+            ),
+            120,
+            "the silence to expire in B's alerter",
+        )
+        assert end <= parse_time(gone["time"]).timestamp() <= end + 2.0
+        assert gone["details"]["expired_commands"] == 0
+    finally:
+        console.terminate()
+        console.wait(15)
+        log.close()

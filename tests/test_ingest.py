@@ -238,6 +238,33 @@ def test_pause_and_resume(vv: VV, probe: Probe, publisher: Publisher, clip: Path
     assert probe.wait_health("ingest", "online", after=seen)["details"]["paused"] is False
 
 
+def test_pause_and_resume_from_the_console_show_who_and_why(
+    vv: VV, probe: Probe, publisher: Publisher
+) -> None:
+    """The console's commands carry `author` and `reason` (and `until`, their expiry): ingest's
+    health says who paused it and why, and the pause outlives a restart with them."""
+    start_ingest(vv, probe)
+    [proc] = vv.procs
+    pause = {"args": {}, "author": "carol", "reason": "disk swap", "until": "2099-01-01T00:00:00Z"}
+    publisher.publish(publisher.event("cmd.ingest.pause", pause))
+    paused = probe.wait_health("ingest", "degraded")
+    assert paused["details"]["paused_by"] == "carol" and paused["details"]["pause_reason"] == "disk swap"
+    assert "paused by carol (disk swap)" in paused["reason"] and paused["details"]["paused_since"]
+    proc.terminate()
+    assert proc.wait(15) == 0
+    seen = len(probe.health("ingest"))
+    vv.spawn("run", "ingest", log_name="ingest-2", extra_env=FAST)
+    again = probe.wait_health("ingest", "degraded", after=seen)
+    assert (again["details"]["paused_by"], again["details"]["paused_since"]) == (
+        "carol",
+        paused["details"]["paused_since"],
+    )
+    resume = {"args": {}, "author": "carol", "until": "2099-01-01T00:00:00Z"}
+    publisher.publish(publisher.event("cmd.ingest.resume", resume))
+    back = probe.wait_health("ingest", "online", after=seen)
+    assert back["details"]["paused"] is False and back["details"]["paused_by"] == ""
+
+
 def test_an_announcement_cut_by_a_crash_is_made_at_start(vv: VV, probe: Probe, clip: Path) -> None:
     """ingest_file stored the video, then the process died before announcing it: start repairs that."""
     paths = VVPaths(vv.home)

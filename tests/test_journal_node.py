@@ -8,6 +8,8 @@ import subprocess
 
 from conftest import FIXTURES_DIR, VV, Probe, Publisher, wait_until
 
+from bus.envelope import Event
+
 VIDEO = "0123456789abcdef0123456789abcdef"
 
 
@@ -129,3 +131,45 @@ def vv_cmd(vv: VV) -> list[str]:
 def probe_sees_client(vv: VV, probe: Probe) -> bool:
     log = (vv.broker.log_path).read_text()
     return "vv-tail-" in log and "as vv-tail-" in log
+
+
+def test_gap_resend_republishes_exactly_the_range_with_the_original_ids(
+    vv: VV, probe: Probe, publisher: Publisher
+) -> None:
+    """The console's `cmd.journal.resend`: by producer seq (alerts) and by chain seq (LogLines), the
+    recorded envelopes go out again unchanged on their own topics, under the journal's own credential
+    (its grant has logline/signed for this); a type the bridge does not carry is refused."""
+    vv.spawn("run", "journal")
+    probe.wait_health("journal", "online")
+    alerts = [publisher.event("alert.warning", fixture("alert")) for _ in range(6)]
+    for event in alerts:
+        publisher.publish(event)
+    lines = []
+    for chain_seq in (10, 11, 12):
+        line = publisher.event("logline.signed", {**fixture("logline.signed"), "seq": chain_seq})
+        publisher.publish(line)
+        lines.append(line)
+    resend = {"type": "alert.warning", "by": "seq", "source": "vv://edge1/tester", "epoch": 1}
+    publisher.publish(publisher.event("cmd.journal.resend", {"args": {**resend, "first": 3, "last": 5}}))
+    chain = {"type": "logline.signed", "by": "chain", "first": 11, "last": 12}
+    publisher.publish(publisher.event("cmd.journal.resend", {"args": chain}))
+    refused = {"type": "video.new", "by": "chain", "first": 1, "last": 1}
+    publisher.publish(publisher.event("cmd.journal.resend", {"args": refused}))
+
+    error = probe.wait_event("alert.error")[0]["data"]
+    assert "re-send refused: video.new is not re-sent" in error["message_details"]
+    wait_until(
+        lambda: any(h["details"].get("resends", {}).get("answered") == 2 for h in probe.health("journal")),
+        15,
+        "both re-sends answered",
+    )
+
+    def copies(events: list[Event], event_type: str) -> list[int]:
+        seen = [e["id"] for e in probe.events(event_type)]
+        return [seen.count(event.id) for event in events]
+
+    assert copies(alerts, "alert.warning") == [1, 1, 2, 2, 2, 1]  # exactly seq 3..5, once more each
+    assert copies(lines, "logline.signed") == [1, 2, 2]
+    again = [e for e in probe.events("alert.warning") if e["id"] == alerts[2].id]
+    assert again[0] == again[1]  # the same envelope: id, epoch, seq, time and data
+    assert again[1]["seq"] == 3 and again[1]["epoch"] == 1

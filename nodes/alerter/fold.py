@@ -16,8 +16,10 @@ The model, Alertmanager's applied to our alert documents (keyed by `dedup_key`):
   alert; an alert resolved before anyone was told is dropped quietly. A flap (resolved, then
   firing again before the resolve went out) is one continuing episode.
 - each channel gets the alerts at or above its `min_severity`.
-- a silence (matcher on dedup_key / source_component / title, until a time) mutes matching
-  alerts; inhibition mutes a node's own alerts (by `source_component`) while its health is
+- an ack (by its dedup_key, with author and comment) mutes one firing alert until it resolves or a
+  new episode of it starts; its resolve still goes out.
+- a silence (matcher on dedup_key / source_component / title, until a time, with its author and
+  comment) mutes matching alerts; inhibition mutes a node's own alerts (by `source_component`) while its health is
   offline. Muted alerts are still counted; they are notified once unmuted if still firing, and a
   resolve still reaches the channels that were told of the firing alert.
 - an unresolved alert not seen for `expire_s` is forgotten (sources of conditions resolve them), and
@@ -104,10 +106,23 @@ class Tracked:
     notified_at: float | None = None  # when it last went out as firing
     notified_severity: str | None = None
     sent_to: list[str] = field(default_factory=list)  # channels told of this firing alert
+    origin: dict[str, Any] | None = (
+        None  # the envelope (without data) that brought `alert`: a resync re-sends it
+    )
+    acked_by: str | None = None  # acknowledged (muted until it resolves): by whom, when, why
+    acked_at: float | None = None
+    ack_comment: str = ""
 
     @property
     def severity(self) -> str:
         return str(self.alert["severity"])
+
+    def clear_ack(self) -> None:
+        self.acked_by, self.acked_at, self.ack_comment = None, None, ""
+
+    def envelope(self) -> dict[str, Any] | None:
+        """The original event of the latest document, as it was published (same id), if known."""
+        return None if self.origin is None else {**self.origin, "data": self.alert}
 
 
 @dataclass
@@ -127,14 +142,21 @@ class Silence:
     id: str
     matcher: dict[str, str]
     until: float
-    reason: str
+    reason: str  # the comment given with it
     created: float
+    author: str = ""
 
     def matches(self, alert: Mapping[str, Any]) -> bool:
         return all(alert.get(key) == value for key, value in self.matcher.items())
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "matcher": self.matcher, "until": rfc3339(self.until), "reason": self.reason}
+        return {
+            "id": self.id,
+            "matcher": self.matcher,
+            "until": rfc3339(self.until),
+            "author": self.author,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,10 @@ class FoldStats:
 
 class SilenceError(ValueError):
     """A silence command that cannot be applied; the message says why."""
+
+
+def _origin(envelope: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if envelope is None else {k: v for k, v in envelope.items() if k != "data"}
 
 
 def group_key(alert: Mapping[str, Any]) -> str:
@@ -188,8 +214,9 @@ class Fold:
             self._load(path)
 
     # ----------------------------------------------------------------- input
-    def observe(self, alert: Mapping[str, Any]) -> Outcome:
-        """Fold one alert document (schema `alert`) into the state; says what it was."""
+    def observe(self, alert: Mapping[str, Any], origin: Mapping[str, Any] | None = None) -> Outcome:
+        """Fold one alert document (schema `alert`) into the state; says what it was. `origin` is the
+        envelope that carried it (without data), kept so a resync can re-send the same event."""
         now = self.clock()
         self.stats.received += 1
         key = str(alert["dedup_key"])
@@ -199,14 +226,17 @@ class Fold:
         self.dirty = True
         if alert["status"] == "resolved":
             assert tracked is not None
-            tracked.alert = dict(alert)
+            tracked.alert, tracked.origin = dict(alert), _origin(origin)
             tracked.status, tracked.ends_at, tracked.pending = "resolved", now, True
+            tracked.clear_ack()
             return "resolved"
         count = max(1, int(alert.get("count", 1)))  # a producer may have folded some itself
         if tracked is None:
             group = group_key(alert)
             self.groups.setdefault(group, Group(group, now))
-            self.alerts[key] = Tracked(key, group, dict(alert), "firing", count, now, now)
+            self.alerts[key] = Tracked(
+                key, group, dict(alert), "firing", count, now, now, origin=_origin(origin)
+            )
             return "new"
         if tracked.status == "resolved":  # firing again before its resolve went out: a flap
             tracked.status, tracked.ends_at = "firing", None
@@ -214,13 +244,14 @@ class Fold:
             outcome: Outcome = "reopened"
         elif now - tracked.last_seen > self.settings.window_s:
             tracked.count, tracked.starts_at, tracked.pending = 0, now, True
+            tracked.clear_ack()
             outcome = "new"
         else:
             self.stats.folded += 1
             outcome = "folded"
         tracked.count += count
         tracked.last_seen = now
-        tracked.alert = dict(alert)
+        tracked.alert, tracked.origin = dict(alert), _origin(origin)
         notified = tracked.notified_severity
         if notified is not None and severity_rank(tracked.severity) > severity_rank(notified):
             tracked.pending = True
@@ -236,8 +267,19 @@ class Fold:
             self.offline.discard(node)
         return before != (node in self.offline)
 
-    def silence(self, matcher: Mapping[str, Any], until: float, reason: str = "") -> Silence:
-        """Mute alerts matching every given field until `until`; the same matcher extends its silence."""
+    def ack(self, key: str, author: str, comment: str = "") -> Tracked | None:
+        """Mute the firing alert `key` until it resolves; None when no such alert is firing."""
+        tracked = self.alerts.get(key)
+        if tracked is None or tracked.status != "firing":
+            return None
+        tracked.acked_by, tracked.acked_at, tracked.ack_comment = author, self.clock(), comment
+        self.dirty = True
+        return tracked
+
+    def silence(
+        self, matcher: Mapping[str, Any], until: float, reason: str = "", author: str = ""
+    ) -> Silence:
+        """Mute alerts matching every given field until `until`; the same matcher replaces its silence."""
         if not matcher:
             raise SilenceError(f"a silence needs a matcher on one of {', '.join(MATCHER_KEYS)}")
         unknown = sorted(set(matcher) - set(MATCHER_KEYS))
@@ -252,7 +294,7 @@ class Fold:
             raise SilenceError(f"silence would end in the past ({rfc3339(until)})")
         clean = {key: str(matcher[key]) for key in sorted(matcher)}
         ident = hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()[:12]
-        silence = Silence(ident, clean, until, reason, now)
+        silence = Silence(ident, clean, until, reason, now, author)
         self.silences[ident] = silence
         self.dirty = True
         return silence
@@ -273,6 +315,8 @@ class Fold:
     def muted(self, tracked: Tracked, now: float | None = None) -> str | None:
         """Why a tracked alert is not notified now (a silence or an inhibition), or None."""
         now = self.clock() if now is None else now
+        if tracked.acked_by is not None:
+            return f"acknowledged by {tracked.acked_by}"
         for silence in self.silences.values():
             if silence.until > now and silence.matches(tracked.alert):
                 return f"silenced by {silence.id}"
@@ -381,6 +425,12 @@ class Fold:
             "ends_at": rfc3339(tracked.ends_at) if tracked.ends_at is not None else None,
         }
 
+    def firing_events(self) -> tuple[list[dict[str, Any]], int]:
+        """The original events of every firing alert (what a console asks for with a resync), and how
+        many firing alerts have none (folded from a state saved before envelopes were kept)."""
+        events = [t.envelope() for t in self.alerts.values() if t.status == "firing"]
+        return [e for e in events if e is not None], sum(1 for e in events if e is None)
+
     def active_for(self, channel: str) -> list[dict[str, Any]]:
         """Firing alerts this channel was told of (what a re-sending channel such as Alertmanager refreshes)."""
         return [self.view(t) for t in self.alerts.values() if t.status == "firing" and channel in t.sent_to]
@@ -395,6 +445,17 @@ class Fold:
             "pending": sum(1 for t in self.alerts.values() if t.pending),
             "groups": len(self.groups),
             "silences": [s.describe() for s in self.silences.values() if s.until > now],
+            "acked": [
+                {
+                    "dedup_key": t.key,
+                    "title": t.alert.get("title"),
+                    "by": t.acked_by,
+                    "at": rfc3339(t.acked_at or now),
+                    "comment": t.ack_comment,
+                }
+                for t in self.alerts.values()
+                if t.acked_by is not None
+            ],
             "offline_nodes": sorted(self.offline),
             **asdict(self.stats),
         }

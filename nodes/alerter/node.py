@@ -10,9 +10,15 @@ directory (at once for anything that changes what is sent, within a second for m
 a stop lets the notification on the wire finish and leave its queue, so a restart neither pages
 again nor forgets an open alert (only a crash mid-send can send one twice: at least once).
 
-Commands: `cmd.alerter.silence` with args `{"matcher": {dedup_key|source_component|title: ...},
-"until": RFC 3339}` or `{"matcher": ..., "duration_s": N}`; `cmd.alerter.unsilence` with args
-`{"id": ...}` or `{"matcher": ...}`. Active silences are listed in the health details.
+Commands (their args are schemas/cmd.schema.json's `$defs`, the shapes the fleet console sends; the
+command's `author` and `reason` are who and why, and its top-level `until` is only its expiry, which
+the bus checks before any handler runs):
+- `cmd.alerter.ack` {dedup_key}: that firing alert is not notified again until it resolves;
+- `cmd.alerter.silence` {matcher: {dedup_key|source_component|title: ...}, until | duration_s}:
+  matching alerts are muted until then; `cmd.alerter.unsilence` {matcher} or {id} lifts it;
+- `cmd.alerter.resync` {}: re-publish the original event (same id) of every firing alert, so a
+  console that starts or lost messages ends with this device's firing set (it dedupes by id).
+Acks and active silences are listed, with author and comment, in the health details.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from bus.backoff import Backoff
+from bus.client import MqttError
 from bus.config import Settings
 from bus.deadletter import DeadLetters
 from bus.envelope import JSON, Event, parse_time, utc_now
 from bus.node import Node, RejectedMessage, on, on_health
+from bus.schemas import SchemaError, validate_command_args
+from bus.topics import topic_for
 from nodes.alerter.channels import Channel, ChannelError, load_channels
 from nodes.alerter.fold import Fold, FoldSettings, Route, SilenceError
 from nodes.alerter.queue import DiskQueue
@@ -38,6 +47,22 @@ from nodes.alerter.settings import AlerterSettings
 
 log = logging.getLogger("vv.alerter")
 SAVE_DELAY_S = 1.0  # a mere count change is saved within this long (a crash loses at most these counts)
+
+
+def command_args(event: Event) -> dict[str, Any]:
+    """The command's args, checked against the one shape schemas/cmd.schema.json defines for it."""
+    args = event.data.get("args")
+    try:
+        validate_command_args(event.type, args)
+    except SchemaError as exc:
+        raise RejectedMessage(str(exc)) from None
+    assert isinstance(args, dict)
+    return args
+
+
+def command_author(event: Event) -> str:
+    """Who gave a command: its `author`, else the node that sent it."""
+    return str(event.data.get("author") or event.node)
 
 
 async def wait_for_event(event: asyncio.Event, timeout: float | None) -> None:
@@ -127,7 +152,7 @@ class AlerterNode(Node):
     @on("alert.*")
     async def on_alert(self, event: Event) -> None:
         try:
-            outcome = self.fold.observe(event.data)
+            outcome = self.fold.observe(event.data, event.to_dict())
         except Exception:
             if event.data["source_component"] != self.name:
                 raise  # the base dead-letters it and raises alert.error
@@ -152,39 +177,79 @@ class AlerterNode(Node):
             )
             self._wake.set()
 
+    @on("cmd.alerter.ack")
+    async def on_ack(self, event: Event) -> None:
+        args = command_args(event)
+        author, comment = command_author(event), str(args.get("comment") or event.data.get("reason", ""))
+        tracked = self.fold.ack(args["dedup_key"], author, comment)
+        if tracked is None:
+            log.info("ack by %s of %s ignored: no such alert is firing", author, args["dedup_key"])
+            return
+        log.info("alert %s (%s) acknowledged by %s: %s", tracked.key, tracked.alert["title"], author, comment)
+        self._save()
+        self._wake.set()
+
     @on("cmd.alerter.silence")
     async def on_silence(self, event: Event) -> None:
         args = event.data["args"]
-        until = args.get("until", event.data.get("until"))
-        duration = args.get("duration_s")
-        if (until is None) == (duration is None):
-            raise RejectedMessage("a silence needs exactly one of `until` (RFC 3339) or `duration_s`")
+        if ("until" in args) == ("duration_s" in args):
+            raise RejectedMessage(
+                "a silence needs exactly one of `until` (RFC 3339) or `duration_s` in its args"
+            )
+        args = command_args(event)
+        until = args.get("until")
+        end = parse_time(until).timestamp() if until is not None else time.time() + float(args["duration_s"])
+        author = command_author(event)
         try:
-            if until is not None:
-                end = parse_time(str(until)).timestamp()
-            elif isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
-                raise RejectedMessage(f"duration_s {duration!r} is not a positive number")
-            else:
-                end = time.time() + duration
-            matcher = args.get("matcher")
-            if not isinstance(matcher, dict):
-                raise RejectedMessage("a silence needs a `matcher` object")
-            silence = self.fold.silence(matcher, end, str(event.data.get("reason", "")))
+            silence = self.fold.silence(args["matcher"], end, str(event.data.get("reason", "")), author)
         except (SilenceError, ValueError) as exc:
             raise RejectedMessage(f"silence refused: {exc}") from None
-        log.info("silence %s on %s until %s", silence.id, silence.matcher, silence.describe()["until"])
+        log.info(
+            "silence %s on %s until %s by %s: %s",
+            silence.id,
+            silence.matcher,
+            silence.describe()["until"],
+            author,
+            silence.reason,
+        )
         self._save()
         self._wake.set()
 
     @on("cmd.alerter.unsilence")
     async def on_unsilence(self, event: Event) -> None:
-        args = event.data["args"]
-        if "id" not in args and not isinstance(args.get("matcher"), dict):
-            raise RejectedMessage("unsilence needs an `id` or a `matcher`")
+        args = command_args(event)
         lifted = self.fold.unsilence(args.get("id"), args.get("matcher"))
-        log.info("unsilence %s: %d silence(s) lifted", args, lifted)
+        log.info("unsilence %s by %s: %d silence(s) lifted", args, command_author(event), lifted)
         self._save()
         self._wake.set()
+
+    @on("cmd.alerter.resync")
+    async def on_resync(self, event: Event) -> None:
+        """Re-publish each firing alert's original event; a lost connection is only logged (the console
+        asks again when the link returns), so the handler never waits on a retry."""
+        command_args(event)
+        events, unknown = self.fold.firing_events()
+        sent = 0
+        try:
+            for envelope in events:
+                topic = topic_for(self.device, envelope["type"])
+                await self.publish_document(topic, envelope, envelope["datacontenttype"])
+                sent += 1
+        except MqttError as exc:
+            log.warning(
+                "resync for %s abandoned after %d of %d alert(s): %s",
+                command_author(event),
+                sent,
+                len(events),
+                exc,
+            )
+            return
+        log.info(
+            "resync for %s: re-sent %d firing alert(s)%s",
+            command_author(event),
+            sent,
+            f"; {unknown} folded before envelopes were kept cannot be re-sent" if unknown else "",
+        )
 
     # ----------------------------------------------------------------- the loop that decides
     def _save(self) -> None:

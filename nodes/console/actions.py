@@ -9,17 +9,13 @@ The args of each command are defined in schemas/cmd.schema.json's `$defs` and ch
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-
 from bus.envelope import JSON, Event, parse_time, rfc3339
-from bus.schemas import SchemaError, load_schema
+from bus.schemas import validate_command_args
 from nodes.console.store import Action, AlertState, ConsoleStore
 
 SILENCE_KEYS = ("dedup_key", "source_component", "title")  # what the device's alerter matches on
@@ -31,27 +27,9 @@ class ActionError(ValueError):
     """An action cannot be recorded as given; the message says why."""
 
 
-@functools.cache
-def _args_validator(kind: str) -> Draft202012Validator:
-    schema = load_schema("cmd")
-    definitions = schema["$defs"]
-    name = kind.removeprefix("cmd.")
-    if name not in definitions:
-        raise SchemaError(f"cmd: no args definition for {kind}")
-    return Draft202012Validator({**definitions[name], "$defs": definitions})
-
-
-def check_args(kind: str, args: Any) -> None:
-    """Raise SchemaError unless `args` are what schemas/cmd.schema.json defines for `kind`."""
-    error = best_match(_args_validator(kind).iter_errors(args))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-        raise SchemaError(f"{kind} args: {where}: {error.message}")
-
-
 def command_event(action: Action, epoch: int, seq: int) -> Event:
     """The cmd event of an action: for its device, from `vv://<device>/console`."""
-    check_args(action.kind, action.args)
+    validate_command_args(action.kind, action.args)
     data: dict[str, Any] = {"args": action.args, "until": action.until, "author": action.author}
     if action.comment:
         data["reason"] = action.comment
@@ -111,7 +89,7 @@ def record_command(
     ttl_s: float,
 ) -> int:
     """Record a command for one device (resync, pause/resume ingest, resend...), valid for `ttl_s`."""
-    check_args(kind, args)
+    validate_command_args(kind, args)
     until = rfc3339(datetime.fromtimestamp(now, UTC) + timedelta(seconds=ttl_s))
     return store.add_action(now, author, kind, device, args, until, comment)
 
@@ -164,7 +142,7 @@ def record_silence(
         raise ActionError("no device known to the console yet: name one with device=ID")
     until = rfc3339(datetime.fromtimestamp(now + duration_s, UTC))
     args = {"matcher": matcher, "until": until}
-    check_args("cmd.alerter.silence", args)
+    validate_command_args("cmd.alerter.silence", args)
     with store.transaction():
         return [
             store.add_action(now, author, "cmd.alerter.silence", device, args, until, comment)

@@ -117,6 +117,8 @@ class IngestNode(Node):
         self.counts = IngestCounts()
         self.paused = False
         self.pause_reason = ""
+        self.paused_by = ""  # the command's author (an operator through the console) or its node
+        self.paused_since: str | None = None
         self.queued = 0  # candidate files seen in input/ at the last look
         self.waiting_open = 0  # of those, complete-looking but still held open by some process
         self.watch_mode = "polling"
@@ -130,25 +132,35 @@ class IngestNode(Node):
     async def setup(self) -> None:
         self.paths.input.mkdir(parents=True, exist_ok=True)
         if self._pause_file.exists():  # a pause (disk full) outlives a restart
-            self._set_paused(True, json.loads(self._pause_file.read_text()).get("reason", ""))
+            saved = json.loads(self._pause_file.read_text())
+            self._set_paused(True, saved.get("reason", ""), saved.get("by", ""), saved.get("since"))
 
     @on("cmd.ingest.pause")
     async def pause(self, event: Event) -> None:
+        """Stop taking new files: from the disk node when critical, or an operator through the console
+        (its `author` and `reason` show in health)."""
         reason = str(event.data.get("reason") or "by command")
-        atomic_write_json(self._pause_file, {"reason": reason, "since": utc_now()})
-        self._set_paused(True, reason)
+        by, since = str(event.data.get("author") or event.node), utc_now()
+        atomic_write_json(self._pause_file, {"reason": reason, "by": by, "since": since})
+        self._set_paused(True, reason, by, since)
 
     @on("cmd.ingest.resume")
     async def resume(self, event: Event) -> None:
         self._pause_file.unlink(missing_ok=True)
-        self._set_paused(False, "")
+        self._set_paused(False, "", str(event.data.get("author") or event.node))
         self._wake.set()
 
-    def _set_paused(self, paused: bool, reason: str) -> None:
+    def _set_paused(self, paused: bool, reason: str, by: str = "", since: str | None = None) -> None:
         self.paused, self.pause_reason = paused, reason
-        log.info("ingest %s%s", "paused" if paused else "resumed", f": {reason}" if reason else "")
+        self.paused_by, self.paused_since = (by, since) if paused else ("", None)
+        log.info(
+            "ingest %s%s%s",
+            "paused" if paused else "resumed",
+            f" by {by}" if by else "",
+            f": {reason}" if reason else "",
+        )
         if paused:
-            self.set_status("degraded", f"paused ({reason}): new files wait in input/")
+            self.set_status("degraded", f"paused by {by or 'command'} ({reason}): new files wait in input/")
         else:
             self.set_status("online")
 
@@ -156,6 +168,8 @@ class IngestNode(Node):
         return {
             "paused": self.paused,
             "pause_reason": self.pause_reason,
+            "paused_by": self.paused_by,
+            "paused_since": self.paused_since,
             "watch": self.watch_mode,
             "queued": self.queued,
             "waiting_open": self.waiting_open,

@@ -28,7 +28,6 @@ class ReplayRequest:
     start: int  # first journal position to answer with
     end: int  # the journal's next position when the request was recorded: the answer stops there
     since: datetime
-    until: datetime | None
 
     @classmethod
     def from_event(cls, event: Event, device: str, end: int) -> ReplayRequest:
@@ -45,7 +44,6 @@ class ReplayRequest:
         if parse_topic(args["reply_to"])[0] != device:
             raise ValueError(f"reply_to {args['reply_to']!r} is not a topic of device {device}")
         after = int(args.get("after", 0))
-        until = event.data.get("until")
         return cls(
             id=event.id,
             reply_to=args["reply_to"],
@@ -53,7 +51,6 @@ class ReplayRequest:
             start=after if after <= end else 0,
             end=end,
             since=parse_time(args["since"]),
-            until=parse_time(until) if isinstance(until, str) else None,
         )
 
     def wants(self, record: dict[str, Any], device: str) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 
 It also answers catch-up requests (`cmd.journal.replay`, bus/catchup.py): a request is handled in
 the order it arrived, after every event queued before it was appended, so the answer covers all the
-journal had by then; the reading and sending run beside the recording.
+journal had by then; the reading and sending run beside the recording. And the fleet console's gap
+re-sends (`cmd.journal.resend`, resend.py): the original envelopes of a range of alerts or LogLines,
+re-published on their own topics so they cross the bridge again (consumers dedupe by id).
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from datetime import UTC, datetime
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bus.broker import Grant
 from bus.client import MqttError
 from bus.config import Settings
-from bus.envelope import MSGPACK, Event, utc_now
+from bus.envelope import MSGPACK, Event, rfc3339, utc_now
 from bus.node import Node, RejectedMessage, on
 from bus.schemas import SchemaError
-from bus.topics import CATCHUP_REQUEST, catchup_topic, topic_for
+from bus.topics import CATCHUP_REQUEST, catchup_topic, subscription, topic_for
+from bus.transport import topic_matches
 from nodes.journal.catchup import ReplayRequest, read_page
+from nodes.journal.resend import RESEND, RESENDABLE, ResendRequest, find_resend
 from nodes.journal.retention import apply_retention
 from nodes.journal.settings import JournalSettings
 from nodes.journal.store import Journal, JournalError
@@ -36,9 +41,12 @@ class JournalNode(Node):
 
     @classmethod
     def grant(cls, settings: Settings, node: str) -> Grant:
-        """Reads everything; writes no event, only catch-up answers to the node that asked."""
+        """Reads everything; writes no event of its own: catch-up answers to the node that asked, and
+        the recorded events a gap re-send re-publishes (those not already covered: alerts are)."""
         base = super().grant(settings, node)
-        return dataclasses.replace(base, write=(*base.write, catchup_topic(settings.device, "+")))
+        resent = [subscription(settings.device, pattern) for pattern in RESENDABLE]
+        extra = [topic for topic in resent if not any(topic_matches(w, topic) for w in base.write)]
+        return dataclasses.replace(base, write=(*base.write, *extra, catchup_topic(settings.device, "+")))
 
     async def setup(self) -> None:
         settings = self.settings.section(JournalSettings)
@@ -51,6 +59,7 @@ class JournalNode(Node):
         )
         self._answers: set[asyncio.Task[None]] = set()
         self.answered = 0
+        self.resends: dict[str, Any] = {"answered": 0, "events": 0, "last": None}
         self._appended: OrderedDict[str, None] = OrderedDict()
         for report in self.journal.recovery:
             await self.raise_alert(
@@ -78,19 +87,49 @@ class JournalNode(Node):
             if len(self._appended) > RECENTLY_APPENDED:
                 self._appended.popitem(last=False)
         if event.type == CATCHUP_REQUEST:
-            self._answer_later(event)
+            try:
+                request = ReplayRequest.from_event(event, self.device, self.journal.next_record)
+            except (SchemaError, ValueError) as exc:
+                raise RejectedMessage(f"catch-up request refused: {exc}") from None
+            self._beside(self._answer(request))
+        elif event.type == RESEND:
+            try:
+                resend = ResendRequest.from_event(event)
+            except ValueError as exc:  # SchemaError included
+                raise RejectedMessage(f"re-send refused: {exc}") from None
+            self._beside(self._resend(resend))
 
-    def _answer_later(self, event: Event) -> None:
-        try:
-            request = ReplayRequest.from_event(event, self.device, self.journal.next_record)
-        except (SchemaError, ValueError) as exc:
-            raise RejectedMessage(f"catch-up request refused: {exc}") from None
-        if request.until is not None and request.until < datetime.now(UTC):
-            log.info("catch-up request %s expired before it was read; its sender has asked again", event.id)
-            return
-        task = asyncio.get_running_loop().create_task(self._answer(request))
+    def _beside(self, work: Coroutine[Any, Any, None]) -> None:
+        """Answer beside the recording (expired requests never get here: the inbound path drops them)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._answers.add(task)
         task.add_done_callback(self._answers.discard)
+
+    async def _resend(self, request: ResendRequest) -> None:
+        """Re-publish the original envelopes of the range, QoS 1; a failure is only logged (the console
+        asks again while its gap stays open, then alerts)."""
+        max_age = self.settings.section(JournalSettings).resend_max_age_s
+        since = rfc3339(datetime.now(UTC) - timedelta(seconds=max_age))
+        sent = 0
+        try:
+            envelopes = await asyncio.to_thread(find_resend, self.paths.journal, request, self.device, since)
+            for envelope in envelopes:
+                topic = topic_for(self.device, envelope["type"])
+                await self.publish_document(topic, envelope, envelope["datacontenttype"])
+                sent += 1
+        except (MqttError, JournalError, OSError, ValueError) as exc:
+            log.warning("re-send of %s abandoned after %d event(s): %s", request.describe(), sent, exc)
+            return
+        missing = request.last - request.first + 1 - sent
+        self.resends["answered"] += 1
+        self.resends["events"] += sent
+        self.resends["last"] = {"request": request.describe(), "sent": sent, "at": utc_now()}
+        log.info(
+            "re-sent %d event(s) of %s%s",
+            sent,
+            request.describe(),
+            f"; {missing} not in the journal" if missing > 0 else "",
+        )
 
     async def _answer(self, request: ReplayRequest) -> None:
         """Send the answer page by page; a failure is only logged: the asker asks again."""
@@ -169,5 +208,6 @@ class JournalNode(Node):
         return {
             "journal": self.journal.stats(),
             "catchup_answers": self.answered,
+            "resends": self.resends,
             "retention": self.retention,
         }

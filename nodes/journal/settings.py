@@ -21,3 +21,4 @@ class JournalSettings:
     max_bytes: int = 0  # cap on the journal's size, oldest removable segments first (0: no cap)
     export_before_delete: bool = True  # only segments a `vv export` archive in exports/ holds, same sha256
     retention_interval_s: float = 3600.0
+    resend_max_age_s: float = 7 * 86400.0  # a gap re-send (cmd.journal.resend) looks back this far
