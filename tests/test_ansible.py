@@ -51,6 +51,8 @@ EDGE_NODES = [
     "disk",
     "monitor",
 ]
+# edgeA's disk node warns about any volume with free space (never critical): a real node's alert
+DISK_WARNS = {"warn_percent": 100.0, "warn_free_gb": 1e9, "critical_percent": 0.0, "critical_free_gb": 0.0}
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -211,6 +213,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                             "vv_edge_mqtt_port": free_port(),
                             "vv_edge_site": "lab",
                             "vv_edge_tags": ["test"],
+                            **({"vv_edge_settings": {"disk": DISK_WARNS}} if host == "edgeA" else {}),
                         }
                         for host in EDGES
                     }
@@ -433,44 +436,41 @@ def test_upgrade_health_gate_passes_a_healthy_device_and_stops_at_an_offline_nod
 
 def test_alert_travels_from_an_edge_node_to_the_console(fleet: Fleet) -> None:
     """The rendered central broker, two rendered edge brokers (with their bridges) and the console
-    run from the converged files; an alert a node raises on edgeA shows in `vv fleet alerts`."""
+    run from the converged files; the alert edgeA's real disk node raises shows in `vv fleet alerts`."""
     if not fleet.fleet:
         pytest.skip(fleet_missing() or "vv fleet is missing")
+    units = fleet.prefix(CENTRAL) / "etc/systemd/system"
     procs = [start_unit(fleet, CENTRAL, "vv-central-broker.service")]
     try:
-        central = host_settings(fleet, CENTRAL, "central-broker.toml")
-        wait_until(lambda: broker_up(central.mqtt.port, procs[0]), 30, "the rendered central broker")
+        argv, _ = unit(units / "vv-central-broker.service")
+        port = int(argv[argv.index("--listen") + 1].rpartition(":")[2])
+        wait_until(lambda: broker_up(port, procs[0]), 30, "the rendered central broker")
         procs.append(start_unit(fleet, CENTRAL, "vv-console.service"))
         edges = {host: host_settings(fleet, host) for host in EDGES}
         for host in EDGES:
             procs.append(start_unit(fleet, host, "vv-up.service", ["broker"]))
             wait_until(lambda h=host: broker_up(edges[h].mqtt.port, procs[-1]), 30, f"{host}'s broker")
-        settings = edges["edgeA"]
-        node = Publisher(
-            settings.mqtt.port,
-            *settings.mqtt_credentials(settings.mqtt_username("alerter")),
-            device="edgeA",
-            node="alerter",
-        )
-        try:
-            alert = json.loads((REPO / "schemas/fixtures/alert/valid-1.json").read_text())
-            alert.update(hostname="edgeA", title="Raised on a converged device", status="firing")
-            node.publish(node.event("alert.warning", alert))
-        finally:
-            node.close()
-        _, console_env = unit(fleet.prefix(CENTRAL) / "etc/systemd/system/vv-console.service")
+        procs.append(start_unit(fleet, "edgeA", "vv-up.service", ["run", "disk"]))
+        _, console_env = unit(units / "vv-console.service")
         vv_bin = str(fleet.prefix(CENTRAL) / "opt/vv/bin/vv")
 
-        def seen() -> bool:
+        def alerts() -> list[dict[str, Any]]:
             result = subprocess.run(
                 [vv_bin, "fleet", "alerts", "--json", "--device", "edgeA"],
                 env={**{k: v for k, v in os.environ.items() if not k.startswith("VV_")}, **console_env},
                 capture_output=True,
                 text=True,
             )
-            return result.returncode == 0 and "Raised on a converged device" in result.stdout
+            if result.returncode != 0 or procs[-1].poll() is not None:
+                assert procs[-1].poll() is None, f"edgeA's disk node exited with {procs[-1].returncode}"
+                return []
+            found: list[dict[str, Any]] = json.loads(result.stdout)
+            return [a for a in found if a["title"] == "Disk space low"]
 
-        wait_until(seen, 30, "the alert in `vv fleet alerts --json`")
+        raised = wait_until(alerts, 60, "edgeA's disk alert in `vv fleet alerts --json`")
+        assert {(a["device"], a["source_component"], a["severity"], a["status"]) for a in raised} == {
+            ("edgeA", "disk", "WARNING", "firing")
+        }
     finally:
         for proc in reversed(procs):
             stop(proc)
