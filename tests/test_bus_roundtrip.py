@@ -5,18 +5,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 
 import msgpack
 import pytest
 from conftest import FIXTURES_DIR, VV, Probe, Publisher, read_lines
 
-from bus.envelope import JSON, MSGPACK
+from bus.envelope import JSON, MSGPACK, rfc3339
 
 PIPELINE_TYPES = ["video.new", "scan.done", "summary.done", "logline.signed", "video.quarantined"]
 
 
 def sample(name: str) -> dict:
-    return json.loads((FIXTURES_DIR / name / "valid-1.json").read_text())
+    data = json.loads((FIXTURES_DIR / name / "valid-1.json").read_text())
+    if "until" in data:  # a command: live for a while yet (an expired one is dropped, not handled)
+        data["until"] = rfc3339(datetime.now(UTC) + timedelta(hours=1))
+    return data
 
 
 @pytest.mark.parametrize("codec_name", ["msgpack", "json"])

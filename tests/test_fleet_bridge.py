@@ -385,6 +385,8 @@ def test_outage_alert_once_and_the_consoles_silence_reaches_bs_alerter_and_expir
             "the alert raised during the outage in the console's store",
         )
         assert arrived["count"] == 1
+        # the probe's own session reconnects with paho's backoff: wait for it, then count
+        wait_until(lambda: queued.id in ids(probe, "alert.warning"), 60, "the probe's copy of the alert")
         assert ids(probe, "alert.warning").count(queued.id) == 1
 
         end = parse_time(silence["until"]).timestamp()
