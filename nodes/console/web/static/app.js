@@ -142,7 +142,7 @@ const pages = {
       alertTable(g.alerts)));
     main.replaceChildren(h("h1", {}, "Alerts"), filters,
       ...(groups.length ? groups : [h("p", { class: "muted", id: "no-alerts" }, "No alert matches.")]),
-      silencesCard(data.silences), OPERATOR ? silenceForm(q) : null);
+      ...[silencesCard(data.silences), OPERATOR ? silenceForm(q) : null].filter(Boolean));
   },
 
   async device() {
