@@ -147,6 +147,8 @@ def test_login_then_a_device_going_offline_turns_its_tile_without_reload(
     page.goto(f"{console.url}/device/edge-b")
     page.wait_for_selector("text=Camera offline", timeout=5_000)
     assert page.text_content("#device-state") == "warning"
+    console.stop()  # SIGTERM with a page following the live stream: the console still exits 0
+    page.wait_for_selector("#live.off", timeout=5_000)
 
 
 def test_an_operator_acks_and_it_leaves_as_a_cmd_a_viewer_cannot(

@@ -67,6 +67,22 @@ async function act(url, payload) {
 
 function query() { return new URLSearchParams(location.search); }
 
+// What an operator types survives the live re-renders: each form field is a draft kept by key,
+// and the field that had the focus gets it back.
+const drafts = new Map();
+function draft(key, el) {
+  el.dataset.draft = key;
+  if (drafts.has(key)) el.value = drafts.get(key);
+  el.addEventListener("input", () => drafts.set(key, el.value));
+  return el;
+}
+
+function rendered(focused) {
+  if (!focused) return;
+  const el = main.querySelector(`[data-draft="${CSS.escape(focused)}"]`);
+  if (el) { el.focus(); el.setSelectionRange?.(el.value.length, el.value.length); }
+}
+
 function sevBadges(firing) {
   return SEVERITIES.filter((s) => firing[s]).map((s) => h("span", { class: `sev sev-${s}`, title: s }, `${s[0]} ${firing[s]}`));
 }
@@ -216,11 +232,12 @@ function alertTable(alerts) {
 }
 
 function ackForm(alert) {
-  const comment = h("input", { name: "comment", placeholder: "comment", "aria-label": `comment for ${alert.ref}` });
+  const key = `ack:${alert.ref}`;
+  const comment = draft(key, h("input", { name: "comment", placeholder: "comment", "aria-label": `comment for ${alert.ref}` }));
   return h("form", { class: "inline ack", onsubmit: async (e) => {
     e.preventDefault();
-    const answer = await act("/api/ack", { device: alert.device, dedup_key: alert.dedup_key, comment: comment.value });
-    if (answer) { toast(`Ack sent as ${answer.author} (action ${answer.action})`); refresh(); }
+    const answer = await act("/api/ack", { device: alert.device, dedup_key: alert.dedup_key, comment: drafts.get(key) ?? comment.value });
+    if (answer) { drafts.delete(key); toast(`Ack sent as ${answer.author} (action ${answer.action})`); refresh(); }
   } }, comment, h("button", { type: "submit" }, "Ack"));
 }
 
@@ -235,12 +252,17 @@ function silencesCard(silences) {
 function silenceForm(q) {
   const matchers = h("textarea", { name: "matchers", rows: 2, cols: 40, placeholder: "title=Disk almost full\ndevice=cam-gw-01" });
   if (q.get("device")) matchers.value = `device=${q.get("device")}\n`;
-  const duration = h("input", { name: "duration", value: "2h", size: 6 });
-  const comment = h("input", { name: "comment", placeholder: "why (required)", size: 30 });
+  draft("silence:matchers", matchers);
+  const duration = draft("silence:duration", h("input", { name: "duration", value: "2h", size: 6 }));
+  const comment = draft("silence:comment", h("input", { name: "comment", placeholder: "why (required)", size: 30 }));
   return h("form", { class: "card silence", onsubmit: async (e) => {
     e.preventDefault();
     const answer = await act("/api/silence", { matchers: matchers.value.split(/\s*\n\s*/).filter(Boolean), duration: duration.value, comment: comment.value });
-    if (answer) { toast(`Silence sent as ${answer.author} (actions ${answer.actions.join(", ")})`); refresh(); }
+    if (answer) {
+      for (const key of ["silence:matchers", "silence:duration", "silence:comment"]) drafts.delete(key);
+      toast(`Silence sent as ${answer.author} (actions ${answer.actions.join(", ")})`);
+      refresh();
+    }
   } }, h("h2", {}, "New silence"),
     h("div", { class: "bar" }, h("label", {}, "Matchers (KEY=VALUE per line; title, source_component, dedup_key; device= targets) ", matchers)),
     h("div", { class: "bar" }, h("label", {}, "For ", duration), h("label", {}, "Comment ", comment),
@@ -254,7 +276,8 @@ let again = false;
 async function refresh() {
   if (refreshing) { again = true; return; }
   refreshing = (async () => {
-    try { await pages[PAGE](); } catch (err) { toast(String(err.message || err), true); }
+    const focused = document.activeElement?.dataset?.draft;
+    try { await pages[PAGE](); rendered(focused); } catch (err) { toast(String(err.message || err), true); }
   })();
   await refreshing;
   refreshing = null;
