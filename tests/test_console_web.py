@@ -184,6 +184,14 @@ def test_an_operator_acks_and_it_leaves_as_a_cmd_a_viewer_cannot(
     assert [e["data"]["author"] for e in console.commands.events("cmd.alerter.ack")] == ["olivia"]
     assert console.alerts("--device", "edge-a")[0]["muted"]["acked_by"] == "olivia"
 
+    viewer.goto(f"{console.url}/device/edge-a")
+    viewer.wait_for_selector("#device-state", timeout=5_000)
+    assert viewer.locator("button[data-command]").count() == 0
+    operator.goto(f"{console.url}/device/edge-a")
+    operator.click('button[data-command="cmd.ingest.pause"]')
+    [pause] = console.commands.wait_event("cmd.ingest.pause", timeout=10)
+    assert (pause["device"], pause["data"]["author"], pause["data"]["args"]) == ("edge-a", "olivia", {})
+
 
 SITES = {"depot-01": "depot", "depot-02": "depot", "gate-01": "gate", "gate-02": "gate", "yard-01": "yard"}
 

@@ -189,6 +189,21 @@ def test_actions_need_csrf_and_the_operator_role_and_carry_the_author(page: Page
     muted = page.client.get("/api/alerts").json()["groups"][0]["alerts"][0]["muted"]
     assert [m["why"] for m in muted] == ["silence"] and muted[0]["by"] == "olivia"
 
+    command = {"device": "edge-a", "kind": "cmd.ingest.pause", "comment": "disk swap"}
+    assert page.client.post("/api/command", json=command, headers={"X-CSRF-Token": viewer}).status_code == 403
+    bad = page.client.post(
+        "/api/command", json={**command, "kind": "cmd.journal.resend"}, headers={"X-CSRF-Token": token}
+    )
+    assert bad.status_code == 400
+    assert page.client.post("/api/command", json=command, headers={"X-CSRF-Token": token}).status_code == 200
+    [paused] = [a for a in page.store.actions(pending=True) if a.kind == "cmd.ingest.pause"]
+    assert (paused.author, paused.device, paused.comment, paused.args) == (
+        "olivia",
+        "edge-a",
+        "disk swap",
+        {},
+    )
+
     page.users.remove("olivia")  # a removed user's session ends at the next request
     assert page.client.get("/api/fleet").status_code == 401
 

@@ -5,10 +5,9 @@ It connects to the central broker named by the `[console]` settings (TLS with th
 enrolled certificate, or a plain loopback listener for development), folds what every device
 bridges into its store under `console.home`, sends operators' actions back as commands, and serves
 its web page on `console.http_host:http_port` (127.0.0.1:8380 by default; 0 turns it off).
-`vv fleet status|alerts|ack|silence|history` read and write that store.
-
-  vv console users add alice --role operator     password from stdin (a pipe) or asked twice
-  vv console users list | remove NAME
+`vv fleet status|alerts|ack|silence|history` read and write that store. Users of the page:
+`vv console users add NAME --role viewer|operator` (the password read from a pipe, or asked twice),
+`vv console users list`, `vv console users remove NAME`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Pages (/, /alerts, /device/<id>, /history, /wall) are one HTML shell each; the J
 API (/api/...) and re-reads what the live stream (/api/events, SSE fed by the fold's changes)
 says has changed. Every endpoint is `async` so it runs on the loop that owns the store.
 Security: a login session (HttpOnly, SameSite=Strict, Secure unless `cookie_secure = false`);
-every POST carries the session's CSRF token; ack and silence need the operator role and are
+every POST carries the session's CSRF token; ack, silence and commands need the operator role and are
 recorded with the user as author through the console's actions (sent to the devices as `cmd`s).
 `/metrics` needs no login (Prometheus scrapes it): bind loopback or filter it at the proxy.
 """
@@ -42,7 +42,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bus.envelope import parse_time
-from nodes.console.actions import ActionError, parse_duration, parse_matchers, record_ack, record_silence
+from nodes.console.actions import (
+    ActionError,
+    parse_duration,
+    parse_matchers,
+    record_ack,
+    record_command,
+    record_silence,
+)
 from nodes.console.fold import Change
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
@@ -63,6 +70,12 @@ HEADERS = {
     "cache-control": "no-store",
 }
 KEEPALIVE_S = 15.0
+# the commands an operator may send a device from its page (all without args)
+COMMANDS = {
+    "cmd.alerter.resync": "re-publish the alerts still firing",
+    "cmd.ingest.pause": "stop taking new video files",
+    "cmd.ingest.resume": "take new video files again",
+}
 _STATIC = resources.files("nodes.console.web") / "static"
 
 
@@ -273,6 +286,23 @@ def create_app(web: Web) -> ASGIApp:
         log.info("console: %s silenced %s for %.0fs (actions %s)", user.name, matcher, duration, ids)
         return JSONResponse({"actions": ids, "author": user.name})
 
+    async def api_command(request: Request, session: Session, user: User) -> Response:
+        body, refused = await operator_body(request, user)
+        if refused is not None:
+            return refused
+        kind, device = str(body.get("kind", "")), str(body.get("device", ""))
+        if kind not in COMMANDS:
+            return JSONResponse({"error": f"kind must be one of {', '.join(COMMANDS)}"}, status_code=400)
+        if web.store.device(device) is None:
+            return JSONResponse({"error": f"no device {device!r}"}, status_code=404)
+        comment = str(body.get("comment", "")) or COMMANDS[kind]
+        now = time.time()
+        action = record_command(
+            web.store, kind, device, {}, user.name, comment, now, web.settings.command_ttl_s
+        )
+        log.info("console: %s sent %s to %s (action %d)", user.name, kind, device, action)
+        return JSONResponse({"action": action, "author": user.name})
+
     async def metrics_endpoint(request: Request) -> Response:
         text = metrics.render(web.store, web.registry, web.ingestion, web.hub.streams)
         return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
@@ -293,6 +323,7 @@ def create_app(web: Web) -> ASGIApp:
         Route("/api/events", guarded(api_events)),
         Route("/api/ack", guarded(api_ack, action=True), methods=["POST"]),
         Route("/api/silence", guarded(api_silence, action=True), methods=["POST"]),
+        Route("/api/command", guarded(api_command, action=True), methods=["POST"]),
         Route("/metrics", metrics_endpoint),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
     ]

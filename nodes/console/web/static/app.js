@@ -182,7 +182,7 @@ const pages = {
       d.loglines.map((l) => h("tr", {}, h("td", {}, l.seq), h("td", { class: "mono" }, l.video_id), h("td", {}, l.text),
         h("td", {}, Object.entries(l.counts || {}).map(([k, v]) => `${k} ${v}`).join(", ")),
         h("td", {}, l.verified === true ? "verified" : l.verified === false ? "BAD" : "unchecked"), h("td", {}, when(l.at)))));
-    main.replaceChildren(h("h1", {}, d.device), info, h("h2", {}, "Nodes"), nodes, h("h2", {}, "Alerts"), alertTable(d.alerts),
+    main.replaceChildren(h("h1", {}, d.device), info, ...(OPERATOR ? [commandBar(d.device)] : []), h("h2", {}, "Nodes"), nodes, h("h2", {}, "Alerts"), alertTable(d.alerts),
       h("h2", {}, "Recent LogLines"), d.loglines.length ? lines : h("p", { class: "muted" }, "None since the console started."));
   },
 
@@ -239,6 +239,15 @@ function ackForm(alert) {
     const answer = await act("/api/ack", { device: alert.device, dedup_key: alert.dedup_key, comment: drafts.get(key) ?? comment.value });
     if (answer) { drafts.delete(key); toast(`Ack sent as ${answer.author} (action ${answer.action})`); refresh(); }
   } }, comment, h("button", { type: "submit" }, "Ack"));
+}
+
+function commandBar(device) {
+  const send = (kind, label) => h("button", { type: "button", dataset: { command: kind }, onclick: async () => {
+    const answer = await act("/api/command", { device, kind });
+    if (answer) toast(`${label}: sent as ${answer.author} (action ${answer.action})`);
+  } }, label);
+  return h("div", { class: "bar" }, h("span", { class: "muted" }, "Send to the device:"),
+    send("cmd.alerter.resync", "Resync alerts"), send("cmd.ingest.pause", "Pause ingest"), send("cmd.ingest.resume", "Resume ingest"));
 }
 
 function silencesCard(silences) {
