@@ -223,6 +223,8 @@ def test_grid_alerts_device_and_history_views(page: Page) -> None:
     )
     assert tile["chain"]["seq"] == 1 and tile["chain"]["verified"] is True
     assert page.client.get("/api/fleet?site=elsewhere").json()["groups"] == []
+    [[named]] = [g["devices"] for g in page.client.get("/api/fleet?devices=edge-a,ghost").json()["groups"]]
+    assert named == tile  # a live update reads the tiles it names, the same as the whole grid's
     grouped = page.client.get("/api/alerts?group=component").json()
     assert [(g["name"], g["count"], g["events"]) for g in grouped["groups"]] == [("monitor", 1, 1)]
     device = page.client.get("/api/device/edge-a").json()

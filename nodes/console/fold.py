@@ -107,7 +107,7 @@ class Fleet:
             elif message.event is not None:
                 self._event(state, message.event, now)
             self.store.put_device(state)
-            self._changes.append(Change("device", state.device))
+            self._device_changed(state)
 
     def tick(self, now: float) -> None:
         """Time-driven outcomes: debounced links, staleness, gaps due, retention."""
@@ -119,7 +119,7 @@ class Fleet:
                 self._check_stale(state, now)
                 if state != before:  # most ticks change nothing: no write per device per tick
                     self.store.put_device(state)
-                    self._changes.append(Change("device", state.device))
+                    self._device_changed(state)
             for gap in self.store.gaps():
                 self._check_gap(gap, now)
         if now - self._pruned_at >= PRUNE_EVERY_S:
@@ -157,6 +157,9 @@ class Fleet:
         if self.on_change is not None:
             for change in changes:
                 self.on_change(change)
+
+    def _device_changed(self, state: DeviceState) -> None:
+        self._changes.append(Change("device", state.device, data={"link": state.link, "stale": state.stale}))
 
     def _alert_changed(self, alert: AlertState) -> None:
         data = {"severity": alert.severity, "status": alert.status, "title": alert.title}

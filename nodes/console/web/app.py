@@ -70,6 +70,7 @@ HEADERS = {
     "cache-control": "no-store",
 }
 KEEPALIVE_S = 15.0
+MAX_TILES = 200  # tiles one live update may ask for by name (more: the page re-reads the grid)
 # the commands an operator may send a device from its page (all without args)
 COMMANDS = {
     "cmd.alerter.resync": "re-publish the alerts still firing",
@@ -202,7 +203,9 @@ def create_app(web: Web) -> ASGIApp:
         return response
 
     async def api_fleet(request: Request, session: Session, user: User) -> Response:
-        return JSONResponse(views.tiles(web.store, web.registry, request.query_params))
+        named = request.query_params.get("devices")
+        only = None if named is None else [d for d in named.split(",") if d][:MAX_TILES]
+        return JSONResponse(views.tiles(web.store, web.registry, request.query_params, only))
 
     async def api_alerts(request: Request, session: Session, user: User) -> Response:
         return JSONResponse(views.alerts(web.store, request.query_params, time.time()))

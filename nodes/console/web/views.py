@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -51,18 +51,29 @@ def _offline(state: DeviceState | None) -> bool:
     return state is not None and (state.link == "down" or state.stale)
 
 
-def tiles(store: ConsoleStore, registry: Registry, query: Mapping[str, str]) -> dict[str, Any]:
+def tiles(
+    store: ConsoleStore, registry: Registry, query: Mapping[str, str], only: Collection[str] | None = None
+) -> dict[str, Any]:
     """The fleet grid: one tile per device seen or enrolled, worst first; `site`/`tag` filter,
-    `group` (site or tag) groups."""
+    `group` (site or tag) groups. `only` names the devices a live update needs (a few reads each,
+    instead of the whole fleet's)."""
     registry.refresh()
-    states = {s.device: s for s in store.devices()}
-    for device in registry.devices:
-        states.setdefault(device, DeviceState(device))
     health: dict[str, list[NodeHealth]] = {}
-    for node in store.health():
-        health.setdefault(node.device, []).append(node)
     firing: dict[str, Counter[str]] = {}
-    for alert in store.alerts(status="firing"):
+    if only is None:
+        states = {s.device: s for s in store.devices()}
+        for device in registry.devices:
+            states.setdefault(device, DeviceState(device))
+        nodes: list[NodeHealth] = store.health()
+        alerts = store.alerts(status="firing")
+    else:
+        found = {name: store.device(name) for name in only}
+        states = {n: s or DeviceState(n) for n, s in found.items() if s is not None or n in registry.devices}
+        nodes = [node for name in states for node in store.health(name)]
+        alerts = [alert for name in states for alert in store.alerts(device=name, status="firing")]
+    for node in nodes:
+        health.setdefault(node.device, []).append(node)
+    for alert in alerts:
         firing.setdefault(alert.device, Counter())[alert.severity] += 1
     rows: list[dict[str, Any]] = []
     for device, state in states.items():
@@ -72,24 +83,8 @@ def tiles(store: ConsoleStore, registry: Registry, query: Mapping[str, str]) -> 
             continue
         if query.get("tag") and query["tag"] not in tags:
             continue
-        nodes = health.get(device, [])
-        counts = firing.get(device, Counter())
         rows.append(
-            {
-                "device": device,
-                "state": device_state(state, nodes, counts),
-                "link": state.link,
-                "stale": state.stale,
-                "site": site,
-                "tags": tags,
-                "enrolled": enrolled is not None,
-                "nodes_online": sum(1 for n in nodes if n.status == "online"),
-                "nodes_total": len(nodes),
-                "firing": {sev: counts[sev] for sev in SEVERITIES if counts[sev]},
-                "chain": _chain(state),
-                "last_seen": stamp(state.last_seen),
-                "version": state.version,
-            }
+            _tile(state, site, tags, enrolled is not None, health.get(device, []), firing.get(device))
         )
     rows.sort(
         key=lambda r: (STATES.index(r["state"]), *(-r["firing"].get(s, 0) for s in SEVERITIES), r["device"])
@@ -105,6 +100,32 @@ def tiles(store: ConsoleStore, registry: Registry, query: Mapping[str, str]) -> 
         "totals": dict(Counter(row["state"] for row in rows)),
         "sites": sorted({e.site for e in registry.devices.values() if e.site}),
         "tags": sorted({t for e in registry.devices.values() for t in e.tags}),
+    }
+
+
+def _tile(
+    state: DeviceState,
+    site: str,
+    tags: list[str],
+    enrolled: bool,
+    nodes: list[NodeHealth],
+    firing: Counter[str] | None,
+) -> dict[str, Any]:
+    counts = firing or Counter()
+    return {
+        "device": state.device,
+        "state": device_state(state, nodes, counts),
+        "link": state.link,
+        "stale": state.stale,
+        "site": site,
+        "tags": tags,
+        "enrolled": enrolled,
+        "nodes_online": sum(1 for n in nodes if n.status == "online"),
+        "nodes_total": len(nodes),
+        "firing": {sev: counts[sev] for sev in SEVERITIES if counts[sev]},
+        "chain": _chain(state),
+        "last_seen": stamp(state.last_seen),
+        "version": state.version,
     }
 
 

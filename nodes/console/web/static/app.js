@@ -116,28 +116,89 @@ function setQuery(key, value) {
   refresh();
 }
 
+// ---------------------------------------------------------------- the grid's model
+// The grid is read whole once (and on a resync); after that the live stream names the devices that
+// changed and only their tiles are re-read (/api/fleet?devices=a,b), so a page costs the console a
+// few reads per change, not the whole fleet's. Filter, group and sort happen here.
+const STATES = ["offline", "stale", "critical", "error", "degraded", "warning", "ok", "unknown"];
+const fleet = { tiles: new Map(), sites: [], tags: [], loaded: false };
+const dirty = new Set();
+const MAX_TILES = 200;
+
+async function loadFleet() {
+  if (fleet.loaded && dirty.size && dirty.size <= MAX_TILES) {
+    const names = [...dirty];
+    dirty.clear();
+    const data = await getJSON(`/api/fleet?devices=${names.map(encodeURIComponent).join(",")}`);
+    if (!data) return false;
+    const found = new Map(data.groups.flatMap((g) => g.devices).map((d) => [d.device, d]));
+    for (const name of names) {
+      if (found.has(name)) fleet.tiles.set(name, found.get(name)); else fleet.tiles.delete(name);
+    }
+    return true;
+  }
+  if (fleet.loaded && !dirty.size) return true;
+  dirty.clear();
+  const data = await getJSON("/api/fleet");
+  if (!data) return false;
+  fleet.tiles = new Map(data.groups.flatMap((g) => g.devices).map((d) => [d.device, d]));
+  fleet.sites = data.sites;
+  fleet.tags = data.tags;
+  fleet.loaded = true;
+  return true;
+}
+
+function worstFirst(a, b) {
+  const byState = STATES.indexOf(a.state) - STATES.indexOf(b.state);
+  if (byState) return byState;
+  for (const s of SEVERITIES) {
+    const bySeverity = (b.firing[s] || 0) - (a.firing[s] || 0);
+    if (bySeverity) return bySeverity;
+  }
+  return a.device < b.device ? -1 : a.device > b.device ? 1 : 0;
+}
+
+function fleetView(q) {
+  const tiles = [...fleet.tiles.values()]
+    .filter((d) => (!q.get("site") || d.site === q.get("site")) && (!q.get("tag") || d.tags.includes(q.get("tag"))))
+    .sort(worstFirst);
+  const totals = {};
+  for (const d of tiles) totals[d.state] = (totals[d.state] || 0) + 1;
+  const groups = new Map();
+  for (const d of tiles) {
+    const keys = q.get("group") === "site" ? [d.site] : q.get("group") === "tag" ? d.tags : [""];
+    for (const key of keys.length ? keys : [""]) {
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(d);
+    }
+  }
+  return { tiles, totals, groups };
+}
+
+function totalsBar(totals) {
+  return STATES.filter((s) => totals[s]).map((s) => h("span", {}, h("span", { class: `state s-${s}` }, s), ` ${totals[s]}`));
+}
+
 // ---------------------------------------------------------------- pages
 const pages = {
   async fleet() {
     const q = query();
-    const data = await getJSON(`/api/fleet?${q}`);
-    if (!data) return;
-    const totals = h("div", { class: "totals" }, Object.entries(data.totals).map(([state, n]) => h("span", {}, h("span", { class: `state s-${state}` }, state), ` ${n}`)));
+    if (!(await loadFleet())) return;
+    const view = fleetView(q);
     const bar = h("div", { class: "bar" },
       h("label", {}, "Group by ", select("group", [["", "nothing"], ["site", "site"], ["tag", "tag"]], q.get("group") || "", (e) => setQuery("group", e.target.value))),
-      h("label", {}, "Site ", select("site", [["", "any"], ...data.sites.map((s) => [s, s])], q.get("site") || "", (e) => setQuery("site", e.target.value))),
-      h("label", {}, "Tag ", select("tag", [["", "any"], ...data.tags.map((t) => [t, t])], q.get("tag") || "", (e) => setQuery("tag", e.target.value))),
-      totals);
-    const groups = data.groups.map((g) => h("section", {}, g.name ? h("h2", {}, g.name) : null, h("div", { class: "grid" }, g.devices.map((d) => tile(d, false)))));
+      h("label", {}, "Site ", select("site", [["", "any"], ...fleet.sites.map((s) => [s, s])], q.get("site") || "", (e) => setQuery("site", e.target.value))),
+      h("label", {}, "Tag ", select("tag", [["", "any"], ...fleet.tags.map((t) => [t, t])], q.get("tag") || "", (e) => setQuery("tag", e.target.value))),
+      h("div", { class: "totals" }, totalsBar(view.totals)));
+    const groups = [...view.groups].map(([name, devices]) => h("section", {}, name ? h("h2", {}, name) : null, h("div", { class: "grid" }, devices.map((d) => tile(d, false)))));
     main.replaceChildren(h("h1", {}, "Fleet"), bar, ...(groups.length ? groups : [h("p", { class: "muted" }, "No device yet.")]));
   },
 
   async wall() {
-    const data = await getJSON("/api/fleet");
-    if (!data) return;
-    const devices = data.groups.flatMap((g) => g.devices);
-    const head = h("div", { class: "wall-head" }, Object.entries(data.totals).map(([state, n]) => h("span", {}, h("span", { class: `state s-${state}` }, state), ` ${n}`)), h("span", { class: "muted" }, new Date().toLocaleTimeString()));
-    main.replaceChildren(head, h("div", { class: "wall" }, devices.map((d) => tile(d, true))));
+    if (!(await loadFleet())) return;
+    const view = fleetView(query());
+    const head = h("div", { class: "wall-head" }, totalsBar(view.totals), h("span", { class: "muted" }, new Date().toLocaleTimeString()));
+    main.replaceChildren(head, h("div", { class: "wall" }, view.tiles.map((d) => tile(d, true))));
   },
 
   async alerts() {
@@ -299,12 +360,26 @@ function soon() {
   pending = setTimeout(() => { pending = null; refresh(); }, 100);
 }
 
+// A device's link and staleness as last streamed: the alerts and history pages re-read only when
+// they change (a health beat changes neither), the grid re-reads only the tiles named.
+const links = new Map();
+function linkChanged(change) {
+  const now = `${change.link}/${change.stale}`;
+  const before = links.get(change.device);
+  links.set(change.device, now);
+  return before === undefined ? change.link === "down" || change.stale : before !== now;
+}
+
 function relevant(kind, change) {
-  if (kind === "resync") return true;
+  if (kind === "resync") { fleet.loaded = false; dirty.clear(); return true; }
+  if (kind === "device" && linkChanged(change) && PAGE !== "fleet" && PAGE !== "wall") return PAGE !== "device" || change.device === ARG;
   if (PAGE === "device") return change.device === ARG;
-  if (PAGE === "history") return kind !== "logline";
-  if (PAGE === "alerts") return kind === "alert" || kind === "device";
-  return kind !== "logline";
+  if (PAGE === "fleet" || PAGE === "wall") {
+    if (kind === "logline") return false;
+    dirty.add(change.device);
+    return true;
+  }
+  return kind === "alert";
 }
 
 const NOTIFY_KEY = "vv-console-notify";
@@ -335,7 +410,13 @@ function maybeNotify(change) {
 function live() {
   const badge = document.getElementById("live");
   const source = new EventSource("/api/events");
-  source.onopen = () => { badge.textContent = "live"; badge.className = "live on"; soon(); };
+  source.onopen = () => { // changes before the stream (re)opened are not on it: read everything once
+    badge.textContent = "live";
+    badge.className = "live on";
+    fleet.loaded = false;
+    dirty.clear();
+    soon();
+  };
   source.onerror = () => { badge.textContent = "reconnecting"; badge.className = "live off"; };
   for (const kind of ["device", "alert", "logline", "resync"]) {
     source.addEventListener(kind, (e) => {
