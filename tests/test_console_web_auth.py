@@ -132,6 +132,12 @@ def test_login_sets_a_strict_cookie_and_wrong_passwords_are_refused(page: Page) 
     assert COOKIE not in page.client.cookies
     unknown = page.client.post("/login", data={"username": "mallory", "password": PASSWORD})
     assert unknown.status_code == 401
+    forged = page.client.post(
+        "/login",
+        data={"username": "olivia", "password": PASSWORD},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert forged.status_code == 403 and COOKIE not in page.client.cookies  # login CSRF
     answer = page.client.post(
         "/login",
         data={"username": "olivia", "password": PASSWORD, "next": "https://evil.example/"},

@@ -153,6 +153,10 @@ def create_app(web: Web) -> ASGIApp:
         return login_form("", _local(request.query_params.get("next", "/")), 200)
 
     async def login_post(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            # another site's form logging this browser in (to the attacker's account): refused
+            return login_form("Log in from this site's own page.", "/", 403)
         form = await request.form()
         name, password = str(form.get("username", "")), str(form.get("password", ""))
         next_path = _local(str(form.get("next", "/")))

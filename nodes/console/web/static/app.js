@@ -95,7 +95,7 @@ function chainText(chain) {
 
 function tile(d, compact) {
   return h("a", { class: `tile s-${d.state}`, href: `/device/${encodeURIComponent(d.device)}`, dataset: { device: d.device, state: d.state } },
-    h("div", { class: "name" }, h("span", {}, d.device), h("span", { class: `state s-${d.state}` }, d.state)),
+    h("div", { class: "name" }, h("span", {}, d.device), compact ? null : h("span", { class: `state s-${d.state}` }, d.state)),
     compact ? h("div", { class: "row" }, h("span", {}, sevBadges(d.firing))) : [
       h("div", { class: "row" }, h("span", {}, `link ${d.link}`), h("span", {}, `nodes ${d.nodes_online}/${d.nodes_total}`)),
       h("div", { class: "row" }, h("span", {}, sevBadges(d.firing).length ? sevBadges(d.firing) : "no alerts"), h("span", { class: "mono" }, chainText(d.chain))),
