@@ -70,6 +70,7 @@ HEADERS = {
     "cache-control": "no-store",
 }
 KEEPALIVE_S = 15.0
+LOGIN_SLOTS = 2  # password checks at once
 MAX_TILES = 200  # tiles one live update may ask for by name (more: the page re-reads the grid)
 # the commands an operator may send a device from its page (all without args)
 COMMANDS = {
@@ -94,6 +95,7 @@ class Web:
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.settings.session_hours * 3600)
+        self.login_slots = asyncio.Semaphore(LOGIN_SLOTS)
 
 
 def _security_headers(app: ASGIApp) -> ASGIApp:
@@ -161,8 +163,11 @@ def create_app(web: Web) -> ASGIApp:
         name, password = str(form.get("username", "")), str(form.get("password", ""))
         next_path = _local(str(form.get("next", "/")))
         user = web.users.get(name)
-        # argon2id takes a moment: off the loop, so the fold and the live stream do not stall
-        if user is None or not await asyncio.to_thread(password_ok, user, password):
+        # argon2id takes a moment and 64 MiB: off the loop (the fold and the live stream go on), and
+        # LOGIN_SLOTS at a time, so a flood of logins cannot exhaust the console's memory
+        async with web.login_slots:
+            ok = await asyncio.to_thread(password_ok, user, password)
+        if user is None or not ok:
             log.warning("console login refused for %r from %s", name, request.client and request.client.host)
             return login_form("Wrong user name or password.", next_path, 401)
         token, _ = web.sessions.open(user.name)

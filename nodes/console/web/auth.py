@@ -11,6 +11,7 @@ X-CSRF-Token header).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import re
@@ -50,9 +51,18 @@ def hash_password(password: str) -> bytes:
     return nacl.pwhash.argon2id.str(password.encode())
 
 
-def password_ok(user: User, password: str) -> bool:
+@functools.cache
+def _decoy() -> bytes:
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def password_ok(user: User | None, password: str) -> bool:
+    """Whether `password` is the user's; for no user a decoy hash is checked all the same, so the
+    time taken does not tell which user names exist."""
     try:
-        return bool(nacl.pwhash.argon2id.verify(user.hash, password.encode()))
+        return bool(nacl.pwhash.argon2id.verify(user.hash if user else _decoy(), password.encode())) and bool(
+            user
+        )
     except nacl.exceptions.InvalidkeyError:
         return False
 
