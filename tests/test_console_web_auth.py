@@ -53,7 +53,7 @@ def test_users_file_keeps_argon2id_hashes_only(tmp_path: Path) -> None:
 
 def test_a_broken_users_file_is_reported_not_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "users.json"
-    path.write_text('{"users": {"eve": {"role": "operator", "hash": "plain"}}}')
+    path.write_text('[{"name": "eve", "role": "operator", "password_hash": "plain"}]')
     users = Users(path)
     with pytest.raises(UsersError, match="argon2id"):
         users.put("bob", "viewer", PASSWORD)

@@ -36,7 +36,7 @@ def _name(text: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "Settings: [console] host, port, ca, cert, key, home, http_host, http_port, users, cookie_secure,"
+        "Settings: [console] host, port, ca, cert, key, home, http_host, http_port, users_file, cookie_secure,"
         " reorder_timeout_s, stale_factor, history_days"
     )
     verbs = parser.add_subparsers(dest="console_verb", metavar="users")

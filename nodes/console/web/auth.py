@@ -1,8 +1,8 @@
 """Who may use the console's page: a users file with argon2id hashes, sessions, CSRF tokens.
 
-The users file (`[console] users`, default `<console home>/users.json`, mode 0600) is
-{"users": {"<name>": {"role": "viewer" | "operator", "hash": "<argon2id string>"}}}, written by
-`vv console users add`; the page re-reads it when it changes, so a removed user or a changed role
+The users file (`[console] users_file`, default `<console home>/users.json`, mode 0600) is a
+JSON list of {"name", "role": "viewer" | "operator", "password_hash": "<argon2id string>"}, written
+by `vv console users add` (or by Ansible's vv_central role from `vv_central_console_users`); the page re-reads it when it changes, so a removed user or a changed role
 takes effect on the next request. Sessions live in the console's memory (a restart logs everyone
 out); each has its own CSRF token, which every action must carry back (a form field or the
 X-CSRF-Token header).
@@ -74,20 +74,19 @@ def check_name(name: str) -> str:
 
 
 def _parse(document: object, path: Path) -> dict[str, User]:
-    users = document.get("users") if isinstance(document, dict) else None
-    if not isinstance(users, dict):
-        raise UsersError(f'{path}: no "users" object')
+    if not isinstance(document, list):
+        raise UsersError(f"{path}: not a list of users")
     parsed: dict[str, User] = {}
-    for name, entry in users.items():
-        if (
-            not isinstance(entry, dict)
-            or entry.get("role") not in ROLES
-            or not isinstance(entry.get("hash"), str)
-        ):
-            raise UsersError(f"{path}: user {name!r} needs a role ({' or '.join(ROLES)}) and a hash")
-        if not entry["hash"].startswith("$argon2id$"):
-            raise UsersError(f"{path}: user {name!r}: the hash is not an argon2id string")
-        parsed[str(name)] = User(str(name), entry["role"], entry["hash"].encode())
+    for entry in document:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not isinstance(name, str):
+            raise UsersError(f"{path}: a user without a name")
+        digest = entry.get("password_hash")
+        if entry.get("role") not in ROLES or not isinstance(digest, str):
+            raise UsersError(f"{path}: user {name!r} needs a role ({' or '.join(ROLES)}) and a password_hash")
+        if not digest.startswith("$argon2id$"):
+            raise UsersError(f"{path}: user {name!r}: the password_hash is not an argon2id string")
+        parsed[name] = User(name, entry["role"], digest.encode())
     return parsed
 
 
@@ -145,7 +144,10 @@ class Users:
         return True
 
     def _write(self, users: dict[str, User]) -> None:
-        document = {"users": {u.name: {"role": u.role, "hash": u.hash.decode()} for u in users.values()}}
+        document = [
+            {"name": u.name, "role": u.role, "password_hash": u.hash.decode()}
+            for u in sorted(users.values(), key=lambda u: u.name)
+        ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
         atomic_write_bytes(self.path, data, mode=0o600)
