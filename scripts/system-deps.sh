@@ -13,6 +13,10 @@ ldconfig -p 2>/dev/null | grep -q 'libglib-2.0.so.0' || need+=(libglib2.0-0)
 if [ "${VV_WITH_ALERTMANAGER:-1}" = 1 ]; then
   command -v prometheus-alertmanager >/dev/null 2>&1 || [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
 fi
+# the console's page tests drive Debian's chromium with Playwright (its own browser download is not used)
+if [ "${VV_WITH_CHROMIUM:-1}" = 1 ]; then
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -154,6 +154,7 @@ def device_env(home: Path, device: str, port: int) -> dict[str, str]:
         # the test nodes and the scan workers tests run get their own credentials, like real ones
         "VV_BROKER_NODES": "echo_node:Echo,echo_node:Preparing,crashy_node:Crashy,failing_node:Fragile,failing_node:BackgroundCrash",
         "VV_BROKER_INSTANCES": "scan:a,scan:b",
+        "VV_CONSOLE_HTTP_PORT": "0",  # no console web page unless a test asks for one (on a free port)
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
         "PYTHONUNBUFFERED": "1",
     }

@@ -22,9 +22,10 @@ pending actions: one path for the console's own commands and the operators'.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,18 @@ def _when(value: str) -> float:
     return parse_time(value).timestamp()
 
 
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """What a committed fold step changed, for live views: a device, an alert, or a new LogLine
+    (`data` carries what a page shows without a store read: an alert's severity and status, a
+    LogLine's video and summary, which the store does not keep)."""
+
+    kind: str  # device | alert | logline
+    device: str
+    key: str = ""  # the alert's dedup_key, the LogLine's seq
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class Fleet:
     """The fold over one store; the service calls `start` once, `receive` per message, `tick` often."""
 
@@ -69,6 +82,8 @@ class Fleet:
         self.duplicates = 0
         self.rejected = 0
         self._pruned_at = 0.0
+        self.on_change: Callable[[Change], None] | None = None  # told after each committed step
+        self._changes: list[Change] = []
         registry.refresh()
 
     # ------------------------------------------------------------------ entry points
@@ -81,7 +96,7 @@ class Fleet:
                 self._command(device, RESYNC, {}, "the console started: which alerts are firing?", now)
 
     def receive(self, message: FleetMessage, now: float) -> None:
-        with self.store.transaction():
+        with self._step():
             state = self._state(message.device, now)
             if not message.retained:
                 state.last_seen = now
@@ -92,17 +107,19 @@ class Fleet:
             elif message.event is not None:
                 self._event(state, message.event, now)
             self.store.put_device(state)
+            self._device_changed(state)
 
     def tick(self, now: float) -> None:
         """Time-driven outcomes: debounced links, staleness, gaps due, retention."""
         self.registry.refresh()
-        with self.store.transaction():
+        with self._step():
             for state in self.store.devices():
                 before = dataclasses.replace(state)
                 self._check_link(state, now)
                 self._check_stale(state, now)
                 if state != before:  # most ticks change nothing: no write per device per tick
                     self.store.put_device(state)
+                    self._device_changed(state)
             for gap in self.store.gaps():
                 self._check_gap(gap, now)
         if now - self._pruned_at >= PRUNE_EVERY_S:
@@ -115,16 +132,38 @@ class Fleet:
 
     def acked(self, device: str, dedup_key: str, author: str, now: float) -> bool:
         """An operator's ack, applied to the folded alert (until it resolves); False if there is none."""
-        with self.store.transaction():
+        with self._step():
             alert = self.store.alert(device, dedup_key)
             if alert is None:
                 return False
             alert.acked_by, alert.acked_at = author, now
             self.store.put_alert(alert)
+            self._alert_changed(alert)
             self._history(
                 now, device, "alert", dedup_key, alert.severity, alert.title, "acked", f"by {author}"
             )
         return True
+
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[None]:
+        """One store transaction; its changes are told to `on_change` once it has committed."""
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self._changes.clear()
+            raise
+        changes, self._changes = self._changes, []
+        if self.on_change is not None:
+            for change in changes:
+                self.on_change(change)
+
+    def _device_changed(self, state: DeviceState) -> None:
+        self._changes.append(Change("device", state.device, data={"link": state.link, "stale": state.stale}))
+
+    def _alert_changed(self, alert: AlertState) -> None:
+        data = {"severity": alert.severity, "status": alert.status, "title": alert.title}
+        self._changes.append(Change("alert", alert.device, alert.dedup_key, data))
 
     # ------------------------------------------------------------------ devices and links
     def _state(self, device: str, now: float) -> DeviceState:
@@ -275,6 +314,7 @@ class Fleet:
                 document=dict(doc),
             )
             self.store.put_alert(alert)
+            self._alert_changed(alert)
             self._history(now, device, "alert", key, alert.severity, alert.title, status, event_id)
             return
         newer, older = _when(stamp), _when(alert.event_time)
@@ -291,6 +331,7 @@ class Fleet:
                 alert.acked_by, alert.acked_at = None, None  # an ack lasts until the alert resolves
             self._history(now, device, "alert", key, alert.severity, alert.title, change, event_id)
         self.store.put_alert(alert)
+        self._alert_changed(alert)
 
     def _console_alert(
         self,
@@ -409,6 +450,25 @@ class Fleet:
         video = str(data.get("video_id", ""))
         self.store.add_chain(
             ChainEntry(device, seq, digest, prev, video, str(data["key_id"]), verified, reason, now, event.id)
+        )
+        line = data.get("line") if isinstance(data.get("line"), dict) else {}
+        assert isinstance(line, dict)
+        summary = line.get("summary") if isinstance(line.get("summary"), dict) else {}
+        assert isinstance(summary, dict)
+        self._changes.append(
+            Change(
+                "logline",
+                device,
+                str(seq),
+                {
+                    "seq": seq,
+                    "video_id": video,
+                    "text": str(summary.get("text", "")),
+                    "counts": summary.get("counts") if isinstance(summary.get("counts"), dict) else {},
+                    "verified": verified,
+                    "at": now,
+                },
+            )
         )
         if verified is False:
             self._console_alert(

@@ -24,6 +24,8 @@ from nodes.console.fold import ACK, Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
 from nodes.console.store import Action, ConsoleStore, SqliteStore
+from nodes.console.web.app import Web, bind, serve_web
+from nodes.console.web.auth import Users
 
 log = logging.getLogger("vv.console")
 
@@ -63,17 +65,26 @@ class ConsoleService:
         self.settings = settings
         self.store = store
         self.registry = Registry(settings.section(ConsoleSettings).registry_path(settings.paths.home))
-        self.fleet = Fleet(store, settings.section(ConsoleSettings), self.registry)
+        console = settings.section(ConsoleSettings)
+        self.fleet = Fleet(store, console, self.registry)
         self.link = FleetLink(connection(settings), self._on_message, self._on_reject, self._send_pending)
         self.rejected = 0
+        # the web page reads the same store on this loop; the fold's changes feed its live stream
+        self.web = Web(store, self.registry, console, Users(console.users_path(settings.paths.home)))
+        self.fleet.on_change = self.web.hub.publish
         self._sending = asyncio.Lock()
         self.epoch = 0
 
     async def _on_message(self, message: FleetMessage) -> None:
-        self.fleet.receive(message, time.time())
+        now = time.time()
+        self.fleet.receive(message, now)
+        self.web.ingestion.messages += 1
+        if message.event is not None and not message.retained:
+            self.web.ingestion.observe(now - parse_time(message.event.time).timestamp())
 
     def _on_reject(self, topic: str, reason: str) -> None:
         self.rejected += 1
+        self.web.ingestion.rejected += 1
         log.warning("dropped a message on %s: %s (%d dropped so far)", topic, reason, self.rejected)
 
     async def _send_pending(self) -> None:
@@ -136,7 +147,14 @@ class ConsoleService:
             console.port,
             store_path(self.settings),
         )
+        # the page's port is bound first: a taken one fails here, before anything starts
+        sock = bind(console.http_host, console.http_port) if console.http_port else None
         tasks = [asyncio.create_task(self.link.run(once=True)), asyncio.create_task(self._ticker())]
+        if sock is not None:
+            log.info("console web page on http://%s:%d/", console.http_host, console.http_port)
+            if not self.web.users.path.exists():
+                log.warning("no console users yet: add one with `vv console users add NAME --role operator`")
+            tasks.append(asyncio.create_task(serve_web(self.web, sock)))
         stopping = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)

@@ -49,3 +49,15 @@ class ConsoleSettings:
 
     def registry_path(self, vv_home: Path) -> Path:
         return Path(self.registry) if self.registry else vv_home / "fleet" / "devices.json"
+
+    # The web page (nodes/console/web), served by `vv console` in the same process.
+    http_host: str = "127.0.0.1"  # loopback by default: put TLS in front with a reverse proxy (README)
+    http_port: int = 8380  # 0: no web page (the service and `vv fleet` only)
+    users_file: str = ""  # "": <home>/users.json, written by `vv console users add` (argon2id hashes)
+    # Session cookies carry Secure: browsers then send them over https only. Turn off only for plain
+    # http on loopback (development, tests); behind a TLS proxy keep it on.
+    cookie_secure: bool = True
+    session_hours: float = 12.0  # a login lasts this long without use
+
+    def users_path(self, vv_home: Path) -> Path:
+        return Path(self.users_file) if self.users_file else self.home_path(vv_home) / "users.json"
