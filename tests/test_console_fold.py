@@ -4,6 +4,7 @@ real envelopes (decoded as a 3.1.1 bridge delivers them: no content type) and re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,22 @@ from nodes.console.actions import (
 from nodes.console.fold import Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
-from nodes.console.store import SqliteStore
+from nodes.console.store import ConsoleStore, SqliteStore
+from nodes.console.store_pg import PgStore
 
 SETTINGS = ConsoleSettings(reorder_timeout_s=5.0, resend_wait_s=30.0, link_debounce_s=15.0)
 T0 = 1_800_000_000.0
 
 
 class Console:
-    """The fold over a store in a temp dir, with a registry of the simulated devices."""
+    """The fold over a store (opened by `opener`, SQLite or PostgreSQL), with a registry of the
+    simulated devices in a temp dir."""
 
-    def __init__(self, tmp_path: Path, *devices: SimDevice) -> None:
+    def __init__(self, opener: Callable[[], ConsoleStore], tmp_path: Path, *devices: SimDevice) -> None:
         self.tmp_path = tmp_path
         registry = tmp_path / "devices.json"
         registry.write_text(json.dumps({"devices": {d.device: d.registry_entry() for d in devices}}))
-        self.store = SqliteStore(tmp_path / "console.sqlite")
+        self.store = opener()
         self.fleet = Fleet(self.store, SETTINGS, Registry(registry))
         self.fleet.registry.refresh()
 
@@ -71,9 +74,29 @@ def dev() -> SimDevice:
     return SimDevice("edge-a")
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], ConsoleStore]]:
+    """Opens the test's store, the same one each time (a restart): both backends pass every test."""
+    if request.param == "sqlite":
+        target = tmp_path / "console.sqlite"
+        make: Callable[[], ConsoleStore] = lambda: SqliteStore(target)  # noqa: E731
+    else:
+        dsn = request.getfixturevalue("postgres").database()
+        make = lambda: PgStore(dsn)  # noqa: E731
+    opened: list[ConsoleStore] = []
+
+    def open_store() -> ConsoleStore:
+        opened.append(make())
+        return opened[-1]
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture
-def console(tmp_path: Path, dev: SimDevice) -> Console:
-    return Console(tmp_path, dev)
+def console(opener: Callable[[], ConsoleStore], tmp_path: Path, dev: SimDevice) -> Console:
+    return Console(opener, tmp_path, dev)
 
 
 def test_alerts_fold_by_dedup_key_with_history(console: Console, dev: SimDevice) -> None:
@@ -261,25 +284,27 @@ def test_link_flaps_are_debounced(console: Console, dev: SimDevice) -> None:
     assert changes == ["link up", "link down", "link up", "link down", "link up"]
 
 
-def test_the_console_asks_every_device_for_its_firing_alerts_at_start(tmp_path: Path) -> None:
+def test_the_console_asks_every_device_for_its_firing_alerts_at_start(
+    opener: Callable[[], ConsoleStore], tmp_path: Path
+) -> None:
     enrolled, seen = SimDevice("edge-a"), SimDevice("edge-b")
-    console = Console(tmp_path, enrolled)
+    console = Console(opener, tmp_path, enrolled)
     console.send(seen.alert("Old"), T0)
     console.store.close()
-    restarted = Console(tmp_path, enrolled)
+    restarted = Console(opener, tmp_path, enrolled)
     before = {a.id for a in restarted.actions("cmd.alerter.resync")}
     restarted.fleet.start(T0 + 10)
     asked = sorted(a.device for a in restarted.actions("cmd.alerter.resync") if a.id not in before)
     assert asked == ["edge-a", "edge-b"]
 
 
-def test_state_survives_a_restart(tmp_path: Path, dev: SimDevice) -> None:
-    console = Console(tmp_path, dev)
+def test_state_survives_a_restart(opener: Callable[[], ConsoleStore], tmp_path: Path, dev: SimDevice) -> None:
+    console = Console(opener, tmp_path, dev)
     event = dev.alert("Fan failed")
     console.send(event, T0)
     console.send(dev.logline_event(dev.logline()))
     console.store.close()
-    again = Console(tmp_path, dev)
+    again = Console(opener, tmp_path, dev)
     again.send(event, T0 + 1)  # the broker's redelivery after the restart
     [alert] = again.store.alerts()
     assert alert.count == 1 and again.fleet.duplicates == 1

@@ -82,6 +82,7 @@ class Fleet:
 
     def receive(self, message: FleetMessage, now: float) -> None:
         with self.store.transaction():
+            self.store.lock(message.device)  # replicas on one database fold a device's messages in turn
             state = self._state(message.device, now)
             if not message.retained:
                 state.last_seen = now
@@ -97,6 +98,9 @@ class Fleet:
         """Time-driven outcomes: debounced links, staleness, gaps due, retention."""
         self.registry.refresh()
         with self.store.transaction():
+            # Every device's lock, in one order (no deadlock), before reading: a replica folding a
+            # message meanwhile would otherwise have its write overwritten by a stale row.
+            self.store.lock(*sorted(state.device for state in self.store.devices()))
             for state in self.store.devices():
                 before = dataclasses.replace(state)
                 self._check_link(state, now)
@@ -116,6 +120,7 @@ class Fleet:
     def acked(self, device: str, dedup_key: str, author: str, now: float) -> bool:
         """An operator's ack, applied to the folded alert (until it resolves); False if there is none."""
         with self.store.transaction():
+            self.store.lock(device)
             alert = self.store.alert(device, dedup_key)
             if alert is None:
                 return False
@@ -234,10 +239,9 @@ class Fleet:
 
     # ------------------------------------------------------------------ events
     def _event(self, state: DeviceState, event: Event, now: float) -> None:
-        if self.store.seen(event.id):
+        if not self.store.mark_seen(event.id, now):
             self.duplicates += 1
             return
-        self.store.mark_seen(event.id, now)
         self._track_seq(state.device, event.source, event.type, event.epoch, event.seq, now)
         if event.type.startswith("alert."):
             doc = event.data
