@@ -14,6 +14,8 @@ if [ "${VV_WITH_ALERTMANAGER:-1}" = 1 ]; then
   command -v prometheus-alertmanager >/dev/null 2>&1 || [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# the console's PostgreSQL tests start a throwaway server from Debian's binaries
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

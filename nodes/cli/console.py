@@ -17,13 +17,15 @@ import aiomqtt
 
 from bus.config import load_settings
 from bus.logs import setup_logging
-from nodes.console.service import connection, serve
+from nodes.console.service import connection, serve, store_name
 from nodes.console.settings import ConsoleSettings
+from nodes.console.store import StoreError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "Settings: [console] host, port, ca, cert, key, home, reorder_timeout_s, stale_factor, history_days"
+        "Settings: [console] host, port, ca, cert, key, home, reorder_timeout_s, stale_factor, history_days,"
+        " database_url (PostgreSQL, shared by replicas), shared_group"
     )
 
 
@@ -43,5 +45,8 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings))
     except aiomqtt.MqttError as exc:
         print(f"vv console: central broker {console.host}:{console.port}: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"vv console: console store {store_name(settings)}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -139,6 +139,10 @@ class Action:
     event_id: str | None = None
 
 
+class StoreError(RuntimeError):
+    """The store cannot be opened (a database unreachable, a driver missing); the message says why."""
+
+
 @dataclass(frozen=True)
 class Change:
     """What a committed write changed, for live views: a device, an alert, or a new LogLine (`data`:

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from nodes.console.store import AlertState, ChainEntry, Change, DeviceState, SqlStore
+from nodes.console.store import AlertState, ChainEntry, Change, DeviceState, SqlStore, StoreError
 
 log = logging.getLogger("vv.console")
 
@@ -103,7 +103,7 @@ class _Connection:
     def execute(
         self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
     ) -> psycopg.Cursor[dict[str, Any]]:
-        return self.db.execute(translate(sql), params or None)  # type: ignore[arg-type]
+        return self.db.execute(translate(sql), params or None)
 
     def close(self) -> None:
         self.db.close()
@@ -126,7 +126,11 @@ class PgStore(SqlStore):
         self._listener: threading.Thread | None = None
         self._closing = threading.Event()
         self._sender = False
-        super().__init__(_Connection(_connect(dsn)), _DDL)
+        try:
+            db = _connect(dsn)
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"PostgreSQL unreachable: {exc}".strip()) from None
+        super().__init__(_Connection(db), _DDL)
 
     # ------------------------------------------------------------------ replicas
     def lock(self, *keys: str) -> None:
