@@ -442,8 +442,8 @@ class Fleet:
                 device, seq + 1, f"the witnessed seq {seq + 1} does not link to the new seq {seq}", now
             )
         self._track_seq(device, CHAIN, LOGLINE, 0, seq, now)
-        if head is None:
-            state.chain_base = seq
+        if state.chain_base is None or seq < state.chain_base:
+            state.chain_base = seq  # the lowest witnessed: replicas may fold a chain's start out of order
         if head is None or seq > head:
             state.chain_seq, state.chain_hash, state.chain_verified = seq, digest, verified
 
