@@ -23,7 +23,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import VV, Publisher, mqtt_client, wait_until
+from conftest import VV, Probe, Publisher, mqtt_client, wait_until
+from fleet import FleetRig, bundle_tls
 from fleet_sim import SimDevice, wire
 from pg import PgServer
 
@@ -283,3 +284,39 @@ def test_two_replicas_one_killed_mid_stream_lose_and_double_nothing(vv: VV, dsn:
         watcher.close()
         for name in list(replicas.procs):
             replicas.kill(name)
+
+
+def test_consoles_share_on_the_central_broker_and_a_device_cannot_read_their_turns(tmp_path: Path) -> None:
+    """Replicas subscribe `$share/<group>/vv/+/alert/+` with the console certificate on the central
+    broker (TLS, CN ACL) and take turns. mosquitto 2.0's ACL file cannot refuse a SUBSCRIBE: a
+    device certificate may join the group; the ACL still refuses it every message, and mosquitto
+    drops that turn rather than give it to a replica (README: the group name is a secret, and the
+    console's gap check asks the device again)."""
+    rig = FleetRig(tmp_path)
+    try:
+        rig.start_central()
+        replicas = [rig.console_probe("$share/console/vv/+/alert/+") for _ in range(2)]
+        a_home = rig.root / "A" / "keys" / "fleet"
+        a_home.parent.mkdir(parents=True)
+        rig.enroll("A").rename(a_home)
+        device = rig.device_publisher("A")
+        dev = SimDevice("A")
+
+        def send(count: int) -> None:
+            for _ in range(count):
+                device.raw(*wire(dev.alert("Fan failed")))
+
+        send(6)
+        wait_until(lambda: sum(len(r.received) for r in replicas) == 6, 10, "every alert to a replica")
+        assert [len(r.received) for r in replicas] == [3, 3]  # mosquitto's round robin
+
+        intruder = Probe(rig.port, "", "", "$share/console/vv/+/alert/+", tls=bundle_tls(rig.enroll("B")))
+        rig.clients.append(intruder)
+        marker = rig.console_probe("vv/A/alert/#")  # a plain subscriber: when it has all, so has the broker
+        send(6)
+        wait_until(lambda: len(marker.received) == 6, 10, "the six alerts through the broker")
+        wait_until(lambda: sum(len(r.received) for r in replicas) == 6 + 4, 10, "the replicas' turns")
+        assert intruder.received == []  # the ACL holds for reading ...
+        assert sum(len(r.received) for r in replicas) == 6 + 4  # ... and the intruder's turns are gone
+    finally:
+        rig.close()
