@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fleet_sim import SimDevice, wire
 
-from bus.envelope import Event, parse_time, utc_now
+from bus.envelope import Event, parse_time, rfc3339, utc_now
 from bus.fleet import FleetRejected, decode_fleet
 from bus.schemas import SchemaError, validate
 from nodes.console.actions import (
@@ -176,6 +177,21 @@ def test_a_removed_seq_raises_critical(console: Console, dev: SimDevice) -> None
     console.fleet.tick(T0 + 35)
     [missing] = console.console_alerts("LogLine missing from the chain")
     assert missing.severity == "CRITICAL" and "seq 3" in missing.details
+
+
+def test_a_late_health_with_an_older_head_is_no_rewind(console: Console, dev: SimDevice) -> None:
+    """Replicas fold a device's health and its LogLines apart: the sign node's health naming head 1,
+    published before LogLine 2 was signed, may be folded after it. Published after it, it is a
+    rewind."""
+    console.send(dev.logline_event(dev.logline()))
+    late = dev.sign_health(upto=1)
+    line = dev.logline()
+    late["time"] = rfc3339(datetime.fromtimestamp(parse_time(line["created_at"]).timestamp() - 1, UTC))
+    console.send(dev.logline_event(line))
+    console.health("edge-a", late, T0 + 1)
+    assert console.console_alerts("LogLine chain rewound") == []
+    console.health("edge-a", dev.sign_health(upto=1), T0 + 2)
+    assert len(console.console_alerts("LogLine chain rewound")) == 1
 
 
 def test_a_fork_raises_critical(console: Console, dev: SimDevice) -> None:

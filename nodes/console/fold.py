@@ -199,7 +199,7 @@ class Fleet:
             return  # a will or a goodbye: its chain head is the one it had when it connected
         head = details.get("chain_head")
         if doc["node"] == "sign" and isinstance(head, dict):
-            self._anchored_head(state, head, now)
+            self._anchored_head(state, head, _when(doc["time"]), now)
         state.health_at = max(state.health_at or 0.0, beat)
         intervals = [h.interval_s for h in self.store.health(state.device) if h.status != "offline"]
         state.health_interval_s = max(
@@ -446,6 +446,7 @@ class Fleet:
             state.chain_base = seq  # the lowest witnessed: replicas may fold a chain's start out of order
         if head is None or seq > head:
             state.chain_seq, state.chain_hash, state.chain_verified = seq, digest, verified
+            state.chain_time = _when(data["line"]["created_at"]) if verified else None  # checked: signed
 
     def _verify(self, device: str, data: Mapping[str, Any]) -> tuple[bool | None, str]:
         """(True, "") if the LogLine in the event is signed by one of the device's registered keys and
@@ -471,8 +472,11 @@ class Fleet:
                 reason = "the event's seq, prev, hash, key or video differ from its LogLine's"
         return reason is None, reason or ""
 
-    def _anchored_head(self, state: DeviceState, document: dict[str, Any], now: float) -> None:
-        """The sign node's signed head (in its health): behind the witnessed head means a rewind."""
+    def _anchored_head(self, state: DeviceState, document: dict[str, Any], said: float, now: float) -> None:
+        """The sign node's signed head (in its health, published at `said`): behind the witnessed
+        head means a rewind, unless the health is older than the witnessed head LogLine (both by
+        the device's clock): replicas fold a device's health and LogLines apart, so a health may
+        come late. A restored device's next LogLine is a fork at a witnessed seq all the same."""
         keys = self.registry.keys(state.device)
         if keys is None or state.chain_seq is None:
             return
@@ -488,7 +492,7 @@ class Fleet:
                 True,
             )
             return
-        if head.seq < state.chain_seq:
+        if head.seq < state.chain_seq and (state.chain_time is None or said >= state.chain_time):
             self._rewind(
                 state.device,
                 f"the device's signed head is seq {head.seq}; the console witnessed seq {state.chain_seq}",

@@ -43,6 +43,7 @@ class DeviceState:
     stale: bool = False
     health_at: float | None = None  # newest health beat (by the document's time for a retained one)
     health_interval_s: float | None = None  # the longest interval its online nodes report
+    chain_time: float | None = None  # the head LogLine's created_at (the device's clock)
 
 
 @dataclass
@@ -197,7 +198,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
   device TEXT PRIMARY KEY, link TEXT NOT NULL, link_changed REAL, link_incident INTEGER NOT NULL,
   last_seen REAL, version TEXT NOT NULL, disk TEXT NOT NULL, chain_seq INTEGER, chain_hash TEXT,
-  chain_base INTEGER, chain_verified INTEGER, stale INTEGER NOT NULL, health_at REAL, health_interval_s REAL);
+  chain_base INTEGER, chain_verified INTEGER, stale INTEGER NOT NULL, health_at REAL, health_interval_s REAL,
+  chain_time REAL);
 CREATE TABLE IF NOT EXISTS node_health (
   device TEXT NOT NULL, node TEXT NOT NULL, status TEXT NOT NULL, time TEXT NOT NULL, seen REAL NOT NULL,
   interval_s REAL, version TEXT NOT NULL, document TEXT NOT NULL, PRIMARY KEY (device, node));
@@ -473,6 +475,8 @@ class SqliteStore(SqlStore):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         super().__init__(db, _DDL)
+        if "chain_time" not in {row["name"] for row in db.execute("PRAGMA table_info(devices)")}:
+            db.execute("ALTER TABLE devices ADD COLUMN chain_time REAL")  # a store from before it
 
 
 def _statements(ddl: str) -> list[str]:

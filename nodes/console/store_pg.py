@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS devices (
   device TEXT PRIMARY KEY, link TEXT NOT NULL, link_changed DOUBLE PRECISION, link_incident BOOLEAN NOT NULL,
   last_seen DOUBLE PRECISION, version TEXT NOT NULL, disk TEXT NOT NULL, chain_seq BIGINT, chain_hash TEXT,
   chain_base BIGINT, chain_verified BOOLEAN, stale BOOLEAN NOT NULL, health_at DOUBLE PRECISION,
-  health_interval_s DOUBLE PRECISION);
+  health_interval_s DOUBLE PRECISION, chain_time DOUBLE PRECISION);
 CREATE TABLE IF NOT EXISTS node_health (
   device TEXT NOT NULL, node TEXT NOT NULL, status TEXT NOT NULL, time TEXT NOT NULL,
   seen DOUBLE PRECISION NOT NULL, interval_s DOUBLE PRECISION, version TEXT NOT NULL, document TEXT NOT NULL,
