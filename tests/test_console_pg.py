@@ -148,7 +148,7 @@ class Resender:
 
     def __init__(self, vv: VV) -> None:
         self.published: dict[tuple[str, str, int], Event] = {}  # (source, type, seq)
-        self.chain: dict[int, Event] = {}
+        self.chain: dict[tuple[str, int], Event] = {}  # (device, LogLine seq)
         self.asked: list[dict[str, Any]] = []
         self.client = mqtt_client(vv.broker.port, *vv.admin())
         self.client.on_message = self._on_message
@@ -158,14 +158,15 @@ class Resender:
     def sent(self, event: Event) -> None:
         self.published[(event.source, event.type, event.seq)] = event
         if event.type == "logline.signed":
-            self.chain[int(event.data["seq"])] = event
+            self.chain[(event.device, int(event.data["seq"]))] = event
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        args = json.loads(message.payload)["data"]["args"]
+        command = json.loads(message.payload)
+        args = command["data"]["args"]
         self.asked.append(args)
         for seq in range(args["first"], args["last"] + 1):
             if args["by"] == "chain":
-                event = self.chain.get(seq)
+                event = self.chain.get((command["device"], seq))
             else:
                 event = self.published.get((args["source"], args["type"], seq))
             if event is not None:
@@ -259,7 +260,11 @@ def test_two_replicas_one_killed_mid_stream_lose_and_double_nothing(vv: VV, dsn:
         before_restart = folded()
         replicas.start("r1")  # as systemd would: same name, same session, its queue delivered
         total = ROUNDS * len(devices)
-        wait_until(lambda: folded() == (total, total), 60, "every alert and LogLine in the store")
+        try:
+            wait_until(lambda: folded() == (total, total), 60, "every alert and LogLine in the store")
+        except AssertionError:
+            missing = [(e.device, e.type, e.seq) for e in stream if not watcher.seen(e.id)]
+            raise AssertionError(f"never folded: {missing}; gaps: {watcher.gaps()}") from None
         print(
             f"folded before r1's restart: {before_restart[0]}/{total} alerts, {before_restart[1]}/{total}"
             f" LogLines; resends asked: {len(resender.asked)}"
