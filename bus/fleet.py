@@ -155,7 +155,9 @@ class FleetLink:
     A fixed client id and a session expiry let the broker queue the fleet's alerts and LogLines
     while the console is down. Messages are acknowledged by aiomqtt on receipt (it has no public
     manual ack): one lost by a console crash before its store commit is a gap in the producer's
-    `seq`, which the console asks the device's journal to re-send.
+    `seq`, which the console asks the device's journal to re-send. Replicas (`shared_group`) take
+    turns at the events; a dead replica's persistent session keeps its turns queued until it
+    returns (mosquitto 2.0), and the survivors' gap checks ask the devices meanwhile.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import VV, Probe, Publisher, mqtt_client, wait_until
+from conftest import REPO, VV, Probe, Publisher, free_port, mqtt_client, wait_until
 from fleet import FleetRig, bundle_tls
 from fleet_sim import SimDevice, wire
 from pg import PgServer
@@ -325,3 +326,30 @@ def test_consoles_share_on_the_central_broker_and_a_device_cannot_read_their_tur
         assert sum(len(r.received) for r in replicas) == 6 + 4  # ... and the intruder's turns are gone
     finally:
         rig.close()
+
+
+def test_an_unreachable_database_is_a_clear_error(vv: VV) -> None:
+    """`vv console` and `vv fleet` name the database they could not open (password hidden) and exit 1."""
+    closed = free_port()
+    env = {"VV_CONSOLE_DATABASE_URL": f"postgresql://vv:s3cret@127.0.0.1:{closed}/console"}
+    console = subprocess.run(
+        [sys.executable, "-m", "nodes.cli", "console"],
+        env={**vv.env, **env, "VV_CONSOLE_PORT": str(vv.broker.port)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert console.returncode == 1
+    assert f"postgresql://vv:***@127.0.0.1:{closed}/console" in console.stderr
+    assert "s3cret" not in console.stderr and "Traceback" not in console.stderr
+    status = subprocess.run(
+        [sys.executable, "-m", "nodes.cli", "fleet", "status"],
+        env={**vv.env, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 1
+    assert "PostgreSQL unreachable" in status.stderr and "s3cret" not in status.stderr
