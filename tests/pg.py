@@ -7,6 +7,7 @@ package creates it) and its commands run through `runuser`. Each test gets its o
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -14,14 +15,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import psycopg
-
 PG_BIN = Path(os.environ.get("VV_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "vv"
 
 
 def missing() -> str | None:
     """Why a test PostgreSQL cannot start here, or None."""
+    if importlib.util.find_spec("psycopg") is None:
+        return "psycopg is not installed (pip install 'vv-edge[postgres]')"
     if not (PG_BIN / "postgres").exists() or not (PG_BIN / "initdb").exists():
         return f"PostgreSQL server binaries not found in {PG_BIN} (Debian: apt-get install postgresql)"
     if os.geteuid() == 0:
@@ -66,6 +67,8 @@ class PgServer:
 
     def database(self) -> str:
         """A new empty database; its DSN."""
+        import psycopg  # the `postgres` extra, checked by `missing()`
+
         self._databases += 1
         name = f"test_{self._databases}"
         with psycopg.connect(self.dsn(), autocommit=True) as conn:

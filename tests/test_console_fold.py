@@ -29,7 +29,6 @@ from nodes.console.fold import Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
 from nodes.console.store import ConsoleStore, SqliteStore
-from nodes.console.store_pg import PgStore
 
 SETTINGS = ConsoleSettings(reorder_timeout_s=5.0, resend_wait_s=30.0, link_debounce_s=15.0)
 T0 = 1_800_000_000.0
@@ -82,7 +81,9 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[
         target = tmp_path / "console.sqlite"
         make: Callable[[], ConsoleStore] = lambda: SqliteStore(target)  # noqa: E731
     else:
-        dsn = request.getfixturevalue("postgres").database()
+        dsn = request.getfixturevalue("postgres").database()  # skips without PostgreSQL or psycopg
+        from nodes.console.store_pg import PgStore
+
         make = lambda: PgStore(dsn)  # noqa: E731
     opened: list[ConsoleStore] = []
 

@@ -35,6 +35,8 @@ from nodes.console.fold import Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
 from nodes.console.store import AlertState, Change
+
+pytest.importorskip("psycopg", reason="the `postgres` extra: pip install 'vv-edge[postgres]'")
 from nodes.console.store_pg import PgStore
 
 pytestmark = pytest.mark.slow
