@@ -52,7 +52,9 @@ def open_store(settings: Settings) -> ConsoleStore:
 def store_name(settings: Settings) -> str:
     """Where the store is, for messages (a DSN without its password)."""
     dsn = settings.section(ConsoleSettings).database_url
-    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", dsn) if dsn else str(store_path(settings))
+    if not dsn:
+        return str(store_path(settings))
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", dsn))
 
 
 def connection(settings: Settings) -> FleetConnection:
