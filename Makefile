@@ -13,7 +13,7 @@ system-deps:
 $(STAMP): pyproject.toml ansible/requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[yolo,onnx,openvino,dev]'
+	$(BIN)/python -m pip install -q -e '.[yolo,onnx,openvino,postgres,dev]'
 	$(BIN)/python -m pip install -q -r ansible/requirements-dev.txt
 	@touch $(STAMP)
 

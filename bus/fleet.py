@@ -14,6 +14,7 @@ its topic (an event under `vv/A/...` must say device A), and anything that fails
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -29,8 +30,12 @@ from bus.backoff import Backoff
 from bus.envelope import JSON, Event
 from bus.topics import is_pipeline_event, parse_topic, topic_for
 
+log = logging.getLogger("vv.fleet")
+
 BRIDGE_STATE = "bridge.state"  # mosquitto's bridge notification topic: vv/<device>/bridge/state, "1"/"0"
-FLEET_FILTERS = ("vv/+/health/+", "vv/+/alert/+", "vv/+/logline/signed", "vv/+/bridge/state")
+STATE_FILTERS = ("vv/+/health/+", "vv/+/bridge/state")  # retained state: every replica reads all of it
+EVENT_FILTERS = ("vv/+/alert/+", "vv/+/logline/signed")  # events: replicas may split them
+FLEET_FILTERS = STATE_FILTERS + EVENT_FILTERS
 MAX_MESSAGE_BYTES = 256 * 1024  # events are small by contract (ARCHITECTURE.md); a bigger one is refused
 
 
@@ -53,8 +58,19 @@ class FleetConnection:
     check_hostname: bool = True
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600  # alerts queue at the central broker while the console is down
+    shared_group: str = ""  # replicas: events on $share/<group>/..., each delivered to one of them
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 30.0
+
+    def filters(self) -> tuple[list[str], list[str]]:
+        """(subscribe, unsubscribe): state always plain, since a broker delivers no retained message
+        on a shared subscription (MQTT 5); events shared in a group, else plain. A replica's
+        persistent session keeps what it subscribed before: the plain event filters a console that
+        joins a group had go, or it would get every event twice."""
+        if not self.shared_group:
+            return list(FLEET_FILTERS), []
+        shared = [f"$share/{self.shared_group}/{topic_filter}" for topic_filter in EVENT_FILTERS]
+        return [*STATE_FILTERS, *shared], list(EVENT_FILTERS)
 
     def tls_context(self) -> ssl.SSLContext | None:
         """TLS when a CA is named; the client certificate (CN = the console's name) when given."""
@@ -139,7 +155,9 @@ class FleetLink:
     A fixed client id and a session expiry let the broker queue the fleet's alerts and LogLines
     while the console is down. Messages are acknowledged by aiomqtt on receipt (it has no public
     manual ack): one lost by a console crash before its store commit is a gap in the producer's
-    `seq`, which the console asks the device's journal to re-send.
+    `seq`, which the console asks the device's journal to re-send. Replicas (`shared_group`) take
+    turns at the events; a dead replica's persistent session keeps its turns queued until it
+    returns (mosquitto 2.0), and the survivors' gap checks ask the devices meanwhile.
     """
 
     def __init__(
@@ -181,8 +199,14 @@ class FleetLink:
         while True:
             try:
                 async with self._make_client() as client:
-                    for topic_filter in FLEET_FILTERS:
+                    subscribe, unsubscribe = conn.filters()
+                    for topic_filter in subscribe:
                         await client.subscribe(topic_filter, qos=1)
+                    if unsubscribe:
+                        await client.unsubscribe(unsubscribe)
+                    log.info(
+                        "connected to %s:%d, subscribed to %s", conn.host, conn.port, ", ".join(subscribe)
+                    )
                     self._client, ever = client, True
                     self.connected.set()
                     backoff.reset()

@@ -18,6 +18,8 @@ if [ "${VV_WITH_CHROMIUM:-1}" = 1 ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# the console's PostgreSQL tests start a throwaway server from Debian's binaries
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -19,6 +19,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
+from pg import PgServer
+from pg import missing as pg_missing
 
 from bus import codec
 from bus.broker import ADMIN_USER, BrokerFiles, TlsFiles, broker_command, render_broker, secret_for
@@ -361,3 +363,17 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One real PostgreSQL for the session (tests/pg.py); skipped where its binaries are missing."""
+    reason = pg_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PgServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -4,13 +4,15 @@ real envelopes (decoded as a 3.1.1 bridge delivers them: no content type) and re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fleet_sim import SimDevice, wire
 
-from bus.envelope import Event, parse_time, utc_now
+from bus.envelope import Event, parse_time, rfc3339, utc_now
 from bus.fleet import FleetRejected, decode_fleet
 from bus.schemas import SchemaError, validate
 from nodes.console.actions import (
@@ -26,20 +28,21 @@ from nodes.console.actions import (
 from nodes.console.fold import Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
-from nodes.console.store import SqliteStore
+from nodes.console.store import ConsoleStore, SqliteStore
 
 SETTINGS = ConsoleSettings(reorder_timeout_s=5.0, resend_wait_s=30.0, link_debounce_s=15.0)
 T0 = 1_800_000_000.0
 
 
 class Console:
-    """The fold over a store in a temp dir, with a registry of the simulated devices."""
+    """The fold over a store (opened by `opener`, SQLite or PostgreSQL), with a registry of the
+    simulated devices in a temp dir."""
 
-    def __init__(self, tmp_path: Path, *devices: SimDevice) -> None:
+    def __init__(self, opener: Callable[[], ConsoleStore], tmp_path: Path, *devices: SimDevice) -> None:
         self.tmp_path = tmp_path
         registry = tmp_path / "devices.json"
         registry.write_text(json.dumps({"devices": {d.device: d.registry_entry() for d in devices}}))
-        self.store = SqliteStore(tmp_path / "console.sqlite")
+        self.store = opener()
         self.fleet = Fleet(self.store, SETTINGS, Registry(registry))
         self.fleet.registry.refresh()
 
@@ -71,9 +74,31 @@ def dev() -> SimDevice:
     return SimDevice("edge-a")
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], ConsoleStore]]:
+    """Opens the test's store, the same one each time (a restart): both backends pass every test."""
+    if request.param == "sqlite":
+        target = tmp_path / "console.sqlite"
+        make: Callable[[], ConsoleStore] = lambda: SqliteStore(target)  # noqa: E731
+    else:
+        dsn = request.getfixturevalue("postgres").database()  # skips without PostgreSQL or psycopg
+        from nodes.console.store_pg import PgStore
+
+        make = lambda: PgStore(dsn)  # noqa: E731
+    opened: list[ConsoleStore] = []
+
+    def open_store() -> ConsoleStore:
+        opened.append(make())
+        return opened[-1]
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture
-def console(tmp_path: Path, dev: SimDevice) -> Console:
-    return Console(tmp_path, dev)
+def console(opener: Callable[[], ConsoleStore], tmp_path: Path, dev: SimDevice) -> Console:
+    return Console(opener, tmp_path, dev)
 
 
 def test_alerts_fold_by_dedup_key_with_history(console: Console, dev: SimDevice) -> None:
@@ -153,6 +178,21 @@ def test_a_removed_seq_raises_critical(console: Console, dev: SimDevice) -> None
     console.fleet.tick(T0 + 35)
     [missing] = console.console_alerts("LogLine missing from the chain")
     assert missing.severity == "CRITICAL" and "seq 3" in missing.details
+
+
+def test_a_late_health_with_an_older_head_is_no_rewind(console: Console, dev: SimDevice) -> None:
+    """Replicas fold a device's health and its LogLines apart: the sign node's health naming head 1,
+    published before LogLine 2 was signed, may be folded after it. Published after it, it is a
+    rewind."""
+    console.send(dev.logline_event(dev.logline()))
+    late = dev.sign_health(upto=1)
+    line = dev.logline()
+    late["time"] = rfc3339(datetime.fromtimestamp(parse_time(line["created_at"]).timestamp() - 1, UTC))
+    console.send(dev.logline_event(line))
+    console.health("edge-a", late, T0 + 1)
+    assert console.console_alerts("LogLine chain rewound") == []
+    console.health("edge-a", dev.sign_health(upto=1), T0 + 2)
+    assert len(console.console_alerts("LogLine chain rewound")) == 1
 
 
 def test_a_fork_raises_critical(console: Console, dev: SimDevice) -> None:
@@ -261,25 +301,27 @@ def test_link_flaps_are_debounced(console: Console, dev: SimDevice) -> None:
     assert changes == ["link up", "link down", "link up", "link down", "link up"]
 
 
-def test_the_console_asks_every_device_for_its_firing_alerts_at_start(tmp_path: Path) -> None:
+def test_the_console_asks_every_device_for_its_firing_alerts_at_start(
+    opener: Callable[[], ConsoleStore], tmp_path: Path
+) -> None:
     enrolled, seen = SimDevice("edge-a"), SimDevice("edge-b")
-    console = Console(tmp_path, enrolled)
+    console = Console(opener, tmp_path, enrolled)
     console.send(seen.alert("Old"), T0)
     console.store.close()
-    restarted = Console(tmp_path, enrolled)
+    restarted = Console(opener, tmp_path, enrolled)
     before = {a.id for a in restarted.actions("cmd.alerter.resync")}
     restarted.fleet.start(T0 + 10)
     asked = sorted(a.device for a in restarted.actions("cmd.alerter.resync") if a.id not in before)
     assert asked == ["edge-a", "edge-b"]
 
 
-def test_state_survives_a_restart(tmp_path: Path, dev: SimDevice) -> None:
-    console = Console(tmp_path, dev)
+def test_state_survives_a_restart(opener: Callable[[], ConsoleStore], tmp_path: Path, dev: SimDevice) -> None:
+    console = Console(opener, tmp_path, dev)
     event = dev.alert("Fan failed")
     console.send(event, T0)
     console.send(dev.logline_event(dev.logline()))
     console.store.close()
-    again = Console(tmp_path, dev)
+    again = Console(opener, tmp_path, dev)
     again.send(event, T0 + 1)  # the broker's redelivery after the restart
     [alert] = again.store.alerts()
     assert alert.count == 1 and again.fleet.duplicates == 1

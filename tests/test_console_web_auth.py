@@ -19,10 +19,10 @@ from fleet_sim import SimDevice
 from starlette.testclient import TestClient
 
 from bus.fleet import FleetMessage
-from nodes.console.fold import Change, Fleet
+from nodes.console.fold import Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
-from nodes.console.store import SqliteStore
+from nodes.console.store import Change, SqliteStore
 from nodes.console.web.app import COOKIE, Web, create_app
 from nodes.console.web.auth import Sessions, Users, UsersError, csrf_ok, password_ok
 from nodes.console.web.live import QUEUE_SIZE, RESYNC, Hub

@@ -22,8 +22,9 @@ import aiomqtt
 
 from bus.config import load_settings
 from bus.logs import setup_logging
-from nodes.console.service import connection, serve
+from nodes.console.service import connection, serve, store_name
 from nodes.console.settings import ConsoleSettings
+from nodes.console.store import StoreError
 from nodes.console.web.auth import ROLES, Users, UsersError, check_name
 
 
@@ -37,7 +38,7 @@ def _name(text: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Settings: [console] host, port, ca, cert, key, home, http_host, http_port, users_file, cookie_secure,"
-        " reorder_timeout_s, stale_factor, history_days"
+        " reorder_timeout_s, stale_factor, history_days, database_url (PostgreSQL, shared by replicas), shared_group"
     )
     verbs = parser.add_subparsers(dest="console_verb", metavar="users")
     users = verbs.add_parser("users", help="who may log in to the console's web page").add_subparsers(
@@ -105,5 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except OSError as exc:
         print(f"vv console: web page on {console.http_host}:{console.http_port}: {exc}", file=sys.stderr)
+    except StoreError as exc:
+        print(f"vv console: console store {store_name(settings)}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -38,6 +38,7 @@ from nodes.console.settings import ConsoleSettings
 from nodes.console.store import (
     AlertState,
     ChainEntry,
+    Change,
     ConsoleStore,
     DeviceState,
     Gap,
@@ -60,18 +61,6 @@ PRUNE_EVERY_S = 3600.0
 
 def _when(value: str) -> float:
     return parse_time(value).timestamp()
-
-
-@dataclasses.dataclass(frozen=True)
-class Change:
-    """What a committed fold step changed, for live views: a device, an alert, or a new LogLine
-    (`data` carries what a page shows without a store read: an alert's severity and status, a
-    LogLine's video and summary, which the store does not keep)."""
-
-    kind: str  # device | alert | logline
-    device: str
-    key: str = ""  # the alert's dedup_key, the LogLine's seq
-    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Fleet:
@@ -97,6 +86,7 @@ class Fleet:
 
     def receive(self, message: FleetMessage, now: float) -> None:
         with self._step():
+            self.store.lock(message.device)  # replicas on one database fold a device's messages in turn
             state = self._state(message.device, now)
             if not message.retained:
                 state.last_seen = now
@@ -113,6 +103,9 @@ class Fleet:
         """Time-driven outcomes: debounced links, staleness, gaps due, retention."""
         self.registry.refresh()
         with self._step():
+            # Every device's lock, in one order (no deadlock), before reading: a replica folding a
+            # message meanwhile would otherwise have its write overwritten by a stale row.
+            self.store.lock(*sorted(state.device for state in self.store.devices()))
             for state in self.store.devices():
                 before = dataclasses.replace(state)
                 self._check_link(state, now)
@@ -133,6 +126,7 @@ class Fleet:
     def acked(self, device: str, dedup_key: str, author: str, now: float) -> bool:
         """An operator's ack, applied to the folded alert (until it resolves); False if there is none."""
         with self._step():
+            self.store.lock(device)
             alert = self.store.alert(device, dedup_key)
             if alert is None:
                 return False
@@ -233,7 +227,7 @@ class Fleet:
             return  # a will or a goodbye: its chain head is the one it had when it connected
         head = details.get("chain_head")
         if doc["node"] == "sign" and isinstance(head, dict):
-            self._anchored_head(state, head, now)
+            self._anchored_head(state, head, _when(doc["time"]), now)
         state.health_at = max(state.health_at or 0.0, beat)
         intervals = [h.interval_s for h in self.store.health(state.device) if h.status != "offline"]
         state.health_interval_s = max(
@@ -273,10 +267,9 @@ class Fleet:
 
     # ------------------------------------------------------------------ events
     def _event(self, state: DeviceState, event: Event, now: float) -> None:
-        if self.store.seen(event.id):
+        if not self.store.mark_seen(event.id, now):
             self.duplicates += 1
             return
-        self.store.mark_seen(event.id, now)
         self._track_seq(state.device, event.source, event.type, event.epoch, event.seq, now)
         if event.type.startswith("alert."):
             doc = event.data
@@ -498,10 +491,11 @@ class Fleet:
                 device, seq + 1, f"the witnessed seq {seq + 1} does not link to the new seq {seq}", now
             )
         self._track_seq(device, CHAIN, LOGLINE, 0, seq, now)
-        if head is None:
-            state.chain_base = seq
+        if state.chain_base is None or seq < state.chain_base:
+            state.chain_base = seq  # the lowest witnessed: replicas may fold a chain's start out of order
         if head is None or seq > head:
             state.chain_seq, state.chain_hash, state.chain_verified = seq, digest, verified
+            state.chain_time = _when(data["line"]["created_at"]) if verified else None  # checked: signed
 
     def _verify(self, device: str, data: Mapping[str, Any]) -> tuple[bool | None, str]:
         """(True, "") if the LogLine in the event is signed by one of the device's registered keys and
@@ -527,8 +521,11 @@ class Fleet:
                 reason = "the event's seq, prev, hash, key or video differ from its LogLine's"
         return reason is None, reason or ""
 
-    def _anchored_head(self, state: DeviceState, document: dict[str, Any], now: float) -> None:
-        """The sign node's signed head (in its health): behind the witnessed head means a rewind."""
+    def _anchored_head(self, state: DeviceState, document: dict[str, Any], said: float, now: float) -> None:
+        """The sign node's signed head (in its health, published at `said`): behind the witnessed
+        head means a rewind, unless the health is older than the witnessed head LogLine (both by
+        the device's clock): replicas fold a device's health and LogLines apart, so a health may
+        come late. A restored device's next LogLine is a fork at a witnessed seq all the same."""
         keys = self.registry.keys(state.device)
         if keys is None or state.chain_seq is None:
             return
@@ -544,7 +541,7 @@ class Fleet:
                 True,
             )
             return
-        if head.seq < state.chain_seq:
+        if head.seq < state.chain_seq and (state.chain_time is None or said >= state.chain_time):
             self._rewind(
                 state.device,
                 f"the device's signed head is seq {head.seq}; the console witnessed seq {state.chain_seq}",

@@ -33,9 +33,9 @@ from nodes.console.actions import (
     record_silence,
     silenced_by,
 )
-from nodes.console.service import open_store, store_path
+from nodes.console.service import open_store, store_name, store_path
 from nodes.console.settings import ConsoleSettings
-from nodes.console.store import ConsoleStore
+from nodes.console.store import ConsoleStore, StoreError
 
 SEVERITIES = ("CRITICAL", "ERROR", "WARNING", "INFO")
 
@@ -47,12 +47,16 @@ def _stamp(when: float | None) -> str:
 def _store() -> ConsoleStore | None:
     settings = load_settings()
     path = store_path(settings)
-    if not path.exists():
+    if not settings.section(ConsoleSettings).database_url and not path.exists():
         print(
             f"vv fleet: no console store at {path}: run `vv console` with this VV_HOME first", file=sys.stderr
         )
         return None
-    return open_store(settings)
+    try:
+        return open_store(settings)
+    except StoreError as exc:
+        print(f"vv fleet: console store {store_name(settings)}: {exc}", file=sys.stderr)
+        return None
 
 
 def _author(args: argparse.Namespace) -> str:

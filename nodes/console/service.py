@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from nodes.console.actions import command_event
 from nodes.console.fold import ACK, Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
-from nodes.console.store import Action, ConsoleStore, SqliteStore
+from nodes.console.store import Action, Change, ConsoleStore, SqliteStore, StoreError
 from nodes.console.web.app import Web, bind, serve_web
 from nodes.console.web.auth import Users
 
@@ -37,8 +38,25 @@ def store_path(settings: Settings) -> Path:
 
 
 def open_store(settings: Settings) -> ConsoleStore:
-    """The store the settings name (SQLite under the console's home; PostgreSQL by DSN next issue)."""
-    return SqliteStore(store_path(settings))
+    """The store the settings name: PostgreSQL by `database_url`, else SQLite under the console's home."""
+    dsn = settings.section(ConsoleSettings).database_url
+    if not dsn:
+        return SqliteStore(store_path(settings))
+    try:
+        from nodes.console.store_pg import PgStore  # the `postgres` extra: only where it is used
+    except ImportError as exc:
+        raise StoreError(
+            f"console.database_url needs psycopg: pip install 'vv-edge[postgres]' ({exc})"
+        ) from None
+    return PgStore(dsn)
+
+
+def store_name(settings: Settings) -> str:
+    """Where the store is, for messages (a DSN without its password)."""
+    dsn = settings.section(ConsoleSettings).database_url
+    if not dsn:
+        return str(store_path(settings))
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", dsn))
 
 
 def connection(settings: Settings) -> FleetConnection:
@@ -55,6 +73,7 @@ def connection(settings: Settings) -> FleetConnection:
         check_hostname=console.check_hostname,
         keepalive_s=console.keepalive_s,
         session_expiry_s=console.session_expiry_s,
+        shared_group=console.shared_group,
         reconnect_min_s=settings.mqtt.reconnect_min_s,
         reconnect_max_s=settings.mqtt.reconnect_max_s,
     )
@@ -88,7 +107,10 @@ class ConsoleService:
         log.warning("dropped a message on %s: %s (%d dropped so far)", topic, reason, self.rejected)
 
     async def _send_pending(self) -> None:
-        """Send every pending action while connected; an expired one is marked, never sent late."""
+        """Send every pending action while connected; an expired one is marked, never sent late.
+        Of replicas sharing a database, the one holding the store's sender claim sends."""
+        if not self.store.claim_sender():
+            return
         async with self._sending:
             for action in self.store.actions(pending=True):
                 now = time.time()
@@ -135,6 +157,7 @@ class ConsoleService:
 
     async def run(self, stop: asyncio.Event) -> None:
         with self.store.transaction():
+            self.store.lock("epoch")  # replicas starting together take distinct epochs
             self.epoch = (self.store.meta("epoch") or 0) + 1
             self.store.set_meta("epoch", self.epoch)
         self.fleet.start(time.time())
@@ -145,7 +168,7 @@ class ConsoleService:
             self.epoch,
             console.host,
             console.port,
-            store_path(self.settings),
+            store_name(self.settings),
         )
         # the page's port is bound first: a taken one fails here, before anything starts
         sock = bind(console.http_host, console.http_port) if console.http_port else None
@@ -155,6 +178,13 @@ class ConsoleService:
             if not self.web.users.path.exists():
                 log.warning("no console users yet: add one with `vv console users add NAME --role operator`")
             tasks.append(asyncio.create_task(serve_web(self.web, sock)))
+        # what other replicas on a shared database commit reaches this page's live stream too
+        loop = asyncio.get_running_loop()
+
+        def from_another_replica(change: Change) -> None:
+            loop.call_soon_threadsafe(self.web.hub.publish, change)
+
+        unwatch = self.store.watch(from_another_replica)
         stopping = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -162,6 +192,7 @@ class ConsoleService:
                 if task is not stopping:
                     task.result()  # the first connection failed: raise it
         finally:
+            unwatch()
             for task in [*tasks, stopping]:
                 task.cancel()
             for task in [*tasks, stopping]:

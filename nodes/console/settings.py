@@ -43,6 +43,12 @@ class ConsoleSettings:
     history_days: float = 30.0  # alert and device history, seen event ids and sent actions older go
     command_ttl_s: float = 24 * 3600.0  # `until` of a command without its own end (ack, resync, resend)
     tick_s: float = 0.5  # how often staleness, debounced links, gaps and pending actions are checked
+    # Scale-out (README "Scaling the console"): a PostgreSQL DSN (postgresql://user@host/db) puts the
+    # store in PostgreSQL, shared by every replica; "": SQLite under `home`, one console.
+    database_url: str = ""
+    # Replicas on one database split alerts and LogLines with the MQTT 5 shared subscription
+    # $share/<shared_group>/...; each still reads health and bridge state itself. "": plain subscriptions.
+    shared_group: str = ""
 
     def home_path(self, vv_home: Path) -> Path:
         return Path(self.home) if self.home else vv_home / "console"

@@ -1,9 +1,11 @@
 """The console's store: one small interface (`ConsoleStore`) and its SQLite (WAL) implementation.
 
-The interface speaks in rows (dataclasses below) and plain values, never in SQLite objects, so a
-PostgreSQL implementation (next issue) slots in behind it: the SQL here is plain (upserts are
+The interface speaks in rows (dataclasses below) and plain values, never in SQLite objects, so the
+PostgreSQL implementation (store_pg.py) slots in behind it: the SQL here is plain (upserts are
 `INSERT ... ON CONFLICT ... DO UPDATE`, which both databases take), JSON is kept as text, times as
-Unix seconds (REAL). Only the connection, the placeholders and the DDL's integer keys differ.
+Unix seconds. Only the connection, the placeholders and the DDL differ: `SqlStore` holds the SQL
+over any connection whose `execute(sql, params)` takes SQLite's placeholders and yields rows that
+`dict()` accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ class DeviceState:
     stale: bool = False
     health_at: float | None = None  # newest health beat (by the document's time for a retained one)
     health_interval_s: float | None = None  # the longest interval its online nodes report
+    chain_time: float | None = None  # the head LogLine's created_at (the device's clock)
 
 
 @dataclass
@@ -137,14 +140,33 @@ class Action:
     event_id: str | None = None
 
 
+class StoreError(RuntimeError):
+    """The store cannot be opened (a database unreachable, a driver missing); the message says why."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a committed write changed, for live views: a device, an alert, or a new LogLine (`data`:
+    what a page shows without a store read). Replicas tell each other through `publish`/`watch`."""
+
+    kind: str  # device | alert | logline
+    device: str
+    key: str = ""  # the alert's dedup_key, the LogLine's seq
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
 class ConsoleStore(Protocol):
     """What the fold, the service and the queries need; every call is one statement or a few."""
 
     def transaction(self) -> AbstractContextManager[None]: ...
+    def lock(self, *keys: str) -> None: ...
+    def claim_sender(self) -> bool: ...
+    def publish(self, changes: Sequence[Change]) -> None: ...
+    def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]: ...
     def meta(self, key: str) -> int | None: ...
     def set_meta(self, key: str, value: int) -> None: ...
     def seen(self, event_id: str) -> bool: ...
-    def mark_seen(self, event_id: str, at: float) -> None: ...
+    def mark_seen(self, event_id: str, at: float) -> bool: ...
     def device(self, device: str) -> DeviceState | None: ...
     def devices(self) -> list[DeviceState]: ...
     def put_device(self, state: DeviceState) -> None: ...
@@ -176,7 +198,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
   device TEXT PRIMARY KEY, link TEXT NOT NULL, link_changed REAL, link_incident INTEGER NOT NULL,
   last_seen REAL, version TEXT NOT NULL, disk TEXT NOT NULL, chain_seq INTEGER, chain_hash TEXT,
-  chain_base INTEGER, chain_verified INTEGER, stale INTEGER NOT NULL, health_at REAL, health_interval_s REAL);
+  chain_base INTEGER, chain_verified INTEGER, stale INTEGER NOT NULL, health_at REAL, health_interval_s REAL,
+  chain_time REAL);
 CREATE TABLE IF NOT EXISTS node_health (
   device TEXT NOT NULL, node TEXT NOT NULL, status TEXT NOT NULL, time TEXT NOT NULL, seen REAL NOT NULL,
   interval_s REAL, version TEXT NOT NULL, document TEXT NOT NULL, PRIMARY KEY (device, node));
@@ -220,8 +243,8 @@ def _to_sql(row: Any) -> dict[str, Any]:
     return values
 
 
-def _from_sql(cls: type[Row], record: sqlite3.Row) -> Row:
-    values = dict(zip(record.keys(), record, strict=True))
+def _from_sql(cls: type[Row], record: Any) -> Row:
+    values = dict(record)
     for name in _JSON_FIELDS & values.keys():
         values[name] = json.loads(values[name])
     for name in _BOOL_FIELDS & values.keys():
@@ -240,22 +263,37 @@ def _upsert(table: str, row: Any, keys: Sequence[str]) -> tuple[str, dict[str, A
     return sql, values
 
 
-class SqliteStore:
-    """`ConsoleStore` in one SQLite file in WAL mode: the service writes, queries read beside it."""
+class SqlStore:
+    """`ConsoleStore`'s SQL over a connection in autocommit mode (transactions are explicit)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+    BEGIN = "BEGIN IMMEDIATE"  # SQLite: take the write lock at once, so one writer folds at a time
+
+    def __init__(self, db: Any, ddl: str) -> None:
+        self._db = db
         self._depth = 0
         with self.transaction():
-            for statement in _statements(_DDL):
+            self.lock("schema")  # replicas starting together create the tables once
+            for statement in _statements(ddl):
                 self._db.execute(statement)
             if self.meta("schema_version") is None:
                 self.set_meta("schema_version", SCHEMA_VERSION)
+
+    def lock(self, *keys: str) -> None:
+        """Serialise this transaction with other writers' holding any of `keys` (a device's name:
+        its fold steps). SQLite's one write lock already does; a shared database overrides this."""
+
+    def claim_sender(self) -> bool:
+        """Whether this process sends the pending actions (one process per store does)."""
+        return True
+
+    def publish(self, changes: Sequence[Change]) -> None:
+        """Tell other processes on this store what the current transaction changed, once it
+        commits. One SQLite file has one console writing it: nobody to tell."""
+
+    def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call `callback` with every change other processes publish; returns the unsubscribe.
+        One SQLite file has one console writing it: it never calls."""
+        return lambda: None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -267,7 +305,7 @@ class SqliteStore:
             finally:
                 self._depth -= 1
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(self.BEGIN)
         self._depth = 1
         try:
             yield
@@ -284,7 +322,7 @@ class SqliteStore:
 
     def meta(self, key: str) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else int(row["value"])
 
     def set_meta(self, key: str, value: int) -> None:
         self._db.execute(
@@ -295,10 +333,13 @@ class SqliteStore:
     def seen(self, event_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM seen WHERE event_id = ?", (event_id,)).fetchone() is not None
 
-    def mark_seen(self, event_id: str, at: float) -> None:
-        self._db.execute(
+    def mark_seen(self, event_id: str, at: float) -> bool:
+        """Record an event as handled; False if it already was (the claim and the check are one
+        statement, so two replicas handed the same event cannot both fold it)."""
+        cursor = self._db.execute(
             "INSERT INTO seen (event_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING", (event_id, at)
         )
+        return bool(cursor.rowcount)
 
     def device(self, device: str) -> DeviceState | None:
         rows = self._rows(DeviceState, "SELECT * FROM devices WHERE device = ?", (device,))
@@ -366,7 +407,7 @@ class SqliteStore:
             "SELECT seq FROM producers WHERE device = ? AND source = ? AND type = ? AND epoch = ?",
             (device, source, type, epoch),
         ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else int(row["seq"])
 
     def set_producer_seq(self, device: str, source: str, type: str, epoch: int, seq: int) -> None:
         self._db.execute(
@@ -390,11 +431,12 @@ class SqliteStore:
     def add_action(
         self, at: float, author: str, kind: str, device: str, args: dict[str, Any], until: str, comment: str
     ) -> int:
-        cursor = self._db.execute(
-            "INSERT INTO actions (at, author, kind, device, args, until, comment) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        row = self._db.execute(
+            "INSERT INTO actions (at, author, kind, device, args, until, comment) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
             (at, author, kind, device, json.dumps(args, sort_keys=True), until, comment),
-        )
-        return int(cursor.lastrowid or 0)
+        ).fetchone()
+        return int(row["id"])
 
     def actions(self, pending: bool = False) -> list[Action]:
         where = " WHERE sent_at IS NULL" if pending else ""
@@ -420,6 +462,21 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class SqliteStore(SqlStore):
+    """`ConsoleStore` in one SQLite file in WAL mode: the service writes, queries read beside it."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        super().__init__(db, _DDL)
+        if "chain_time" not in {row["name"] for row in db.execute("PRAGMA table_info(devices)")}:
+            db.execute("ALTER TABLE devices ADD COLUMN chain_time REAL")  # a store from before it
 
 
 def _statements(ddl: str) -> list[str]:

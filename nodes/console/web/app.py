@@ -50,10 +50,9 @@ from nodes.console.actions import (
     record_command,
     record_silence,
 )
-from nodes.console.fold import Change
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
-from nodes.console.store import ConsoleStore
+from nodes.console.store import Change, ConsoleStore
 from nodes.console.web import metrics, views
 from nodes.console.web.auth import Session, Sessions, User, Users, csrf_ok, password_ok
 from nodes.console.web.live import Hub

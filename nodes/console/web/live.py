@@ -13,7 +13,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from nodes.console.fold import Change
+from nodes.console.store import Change
 
 QUEUE_SIZE = 1000
 RESYNC = Change("resync", "")
