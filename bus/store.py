@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,39 @@ SEQ_BLOCK = 1000
 SEEN_RETENTION_S = 14 * 24 * 3600  # longer than any broker session expiry: a redelivery is still recognised
 SEEN_MAX = 1_000_000  # dedupe ids kept at most, whatever their age
 PRUNE_INTERVAL_S = 3600.0
+
+
+class Transactions:
+    """BEGIN ... COMMIT (or ROLLBACK) around the outermost block; blocks nested in it join it, so a
+    helper that writes atomically can be called inside a caller's transaction."""
+
+    def __init__(self, execute: Callable[[str], object], begin: str = "BEGIN IMMEDIATE") -> None:
+        self._execute = execute
+        self._begin = begin
+        self.depth = 0
+
+    @contextmanager
+    def block(self, on_rollback: Callable[[], None] | None = None) -> Iterator[None]:
+        if self.depth:
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        self._execute(self._begin)
+        self.depth = 1
+        try:
+            yield
+        except BaseException:
+            self._execute("ROLLBACK")
+            if on_rollback is not None:
+                on_rollback()
+            raise
+        else:
+            self._execute("COMMIT")
+        finally:
+            self.depth = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +98,7 @@ class NodeStore:
         if "acked" not in columns:  # a store written before acknowledged rows were kept
             self._db.execute("ALTER TABLE outbox ADD COLUMN acked REAL")
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_by_acked ON outbox(acked)")
-        self._depth = 0
+        self._transactions = Transactions(self._db.execute)
         self._seen_retention_s, self._seen_max = seen_retention_s, seen_max
         self._prune_interval_s = prune_interval_s
         self._next_prune = time.monotonic() + prune_interval_s
@@ -82,29 +115,14 @@ class NodeStore:
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """Group writes atomically; nested use joins the outer transaction."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
         seqs_before = dict(self._seqs)
-        self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
+
+        def forget_seqs() -> None:
             self._seqs = seqs_before
-            raise
-        else:
-            self._db.execute("COMMIT")
-        finally:
-            self._depth = 0
+
+        return self._transactions.block(on_rollback=forget_seqs)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -113,7 +131,7 @@ class NodeStore:
         One message of a batch that fails must leave nothing behind (its handler's rows, its events)
         without taking the other messages of the batch with it.
         """
-        assert self._depth, "a savepoint needs an open transaction"
+        assert self._transactions.depth, "a savepoint needs an open transaction"
         seqs_before = dict(self._seqs)
         self._db.execute("SAVEPOINT message")
         try:

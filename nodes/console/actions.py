@@ -56,6 +56,21 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def parse_moment(text: str, now: float, default: float) -> float:
+    """An RFC 3339 time, or a duration back from now (2h, 1d), as seconds since the epoch;
+    `default` when empty; ActionError otherwise."""
+    if not text:
+        return default
+    try:
+        return now - parse_duration(text)
+    except ActionError:
+        pass
+    try:
+        return parse_time(text).timestamp()
+    except ValueError:
+        raise ActionError(f"{text!r} is neither an RFC 3339 time nor a duration like 2h") from None
+
+
 def alert_ref(alert: AlertState) -> str:
     """How people name a folded alert: `<device>:<first 12 digits of its dedup_key>`."""
     return f"{alert.device}:{alert.dedup_key[:12]}"

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bus.config import load_settings
-from bus.envelope import parse_time, rfc3339
+from bus.envelope import rfc3339
 from nodes.console.actions import (
     ActionError,
     active_silences,
@@ -28,6 +28,7 @@ from nodes.console.actions import (
     find_alert,
     parse_duration,
     parse_matchers,
+    parse_moment,
     parse_ref,
     record_ack,
     record_silence,
@@ -235,25 +236,10 @@ def _history_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _since(text: str | None, now: float) -> float:
-    if not text:
-        return now - 86400
-    try:
-        return now - parse_duration(text)
-    except ActionError:
-        pass
-    try:
-        when = parse_time(text)
-    except ValueError:
-        raise ActionError(f"--since {text!r} is neither an RFC 3339 time nor a duration like 2h") from None
-    if when.tzinfo is None:
-        raise ActionError(f"--since {text!r} has no time zone (use Z or +hh:mm)")
-    return when.timestamp()
-
-
 def _history(args: argparse.Namespace) -> int:
     try:
-        since = _since(args.since, time.time())
+        now = time.time()
+        since = parse_moment(args.since or "", now, now - 86400)
     except ActionError as exc:
         print(f"vv fleet history: {exc}", file=sys.stderr)
         return 2

@@ -10,15 +10,16 @@ over any connection whose `execute(sql, params)` takes SQLite's placeholders and
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+from bus.store import Transactions
 
 SCHEMA_VERSION = 1
 
@@ -270,7 +271,7 @@ class SqlStore:
 
     def __init__(self, db: Any, ddl: str) -> None:
         self._db = db
-        self._depth = 0
+        self._transactions = Transactions(self._db.execute, self.BEGIN)
         with self.transaction():
             self.lock("schema")  # replicas starting together create the tables once
             for statement in _statements(ddl):
@@ -295,27 +296,9 @@ class SqlStore:
         One SQLite file has one console writing it: it never calls."""
         return lambda: None
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """One atomic unit; nested calls join the outer one."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._db.execute(self.BEGIN)
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
-        finally:
-            self._depth = 0
+        return self._transactions.block()
 
     def _rows(self, cls: type[Row], sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         return [_from_sql(cls, record) for record in self._db.execute(sql, params)]

@@ -41,11 +41,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bus.envelope import parse_time
 from nodes.console.actions import (
     ActionError,
     parse_duration,
     parse_matchers,
+    parse_moment,
     record_ack,
     record_command,
     record_silence,
@@ -229,8 +229,8 @@ def create_app(web: Web) -> ASGIApp:
         query = request.query_params
         now = time.time()
         try:
-            since = _moment(query.get("since", ""), now, now - 86400)
-            until = _moment(query.get("until", ""), now, now + 1)
+            since = parse_moment(query.get("since", ""), now, now - 86400)
+            until = parse_moment(query.get("until", ""), now, now + 1)
         except ActionError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         rows = views.history(web.store, since, until, query)
@@ -347,23 +347,6 @@ def _local(path: str) -> str:
     if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith("//"):
         return "/"
     return path
-
-
-def _moment(text: str, now: float, default: float) -> float:
-    """An RFC 3339 time, or a duration back from now (2h, 1d); `default` when empty."""
-    if not text:
-        return default
-    try:
-        return now - parse_duration(text)
-    except ActionError:
-        pass
-    try:
-        when = parse_time(text)
-    except ValueError:
-        raise ActionError(f"{text!r} is neither an RFC 3339 time nor a duration like 2h") from None
-    if when.tzinfo is None:
-        raise ActionError(f"{text!r} has no time zone (use Z or +hh:mm)")
-    return when.timestamp()
 
 
 def _event(change: Change) -> str:
