@@ -8,17 +8,14 @@ edge raising a real alert, and `vv console` as a real process over TLS with the 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, VV, Probe, wait_until
-from fleet import CONSOLE, FleetRig
+from conftest import VV, Probe, wait_until
+from fleet import Console, FleetRig
 
 pytestmark = pytest.mark.slow
 FIRING = ("firing", "refired")  # history changes that would page again
@@ -28,52 +25,6 @@ DISK_CRITICAL = {  # thresholds above any real free space: the disk node goes cr
     "VV_DISK_CRITICAL_PERCENT": "100",
     "VV_DISK_CRITICAL_FREE_GB": "1e9",
 }
-
-
-class Console:
-    """`vv console` on the central host, connected over TLS with its enrolled certificate."""
-
-    def __init__(self, rig: FleetRig) -> None:
-        tls = rig.console_tls
-        self.env = {
-            **rig.env,
-            "VV_CONSOLE_NAME": CONSOLE,
-            "VV_CONSOLE_HOST": "127.0.0.1",
-            "VV_CONSOLE_PORT": str(rig.port),
-            "VV_CONSOLE_CA": str(tls.ca),
-            "VV_CONSOLE_CERT": str(tls.cert),
-            "VV_CONSOLE_KEY": str(tls.key),
-        }
-        self.log = (rig.root / "console.out").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nodes.cli", "console"],
-            env=self.env,
-            cwd=REPO,
-            stdout=self.log,
-            stderr=self.log,
-        )
-
-    def fleet(self, *args: str) -> Any:
-        """`vv fleet ARGS --json` as the operator runs it on the central host."""
-        result = subprocess.run(
-            [sys.executable, "-m", "nodes.cli", "fleet", *args, "--json"],
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert result.returncode in (0, 1), result.stderr
-        return json.loads(result.stdout) if result.stdout.strip() else None
-
-    def device(self, device: str) -> dict[str, Any] | None:
-        return next((d for d in self.fleet("status") or [] if d["device"] == device), None)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(15)
-        self.log.close()
 
 
 @pytest.fixture
