@@ -8,9 +8,11 @@ TLS clients of the central broker, and percentiles.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import sqlite3
 import ssl
 import statistics
 import subprocess
@@ -102,6 +104,14 @@ class Visibility:
                 self._stop.wait(self.poll_s)
         finally:
             store.close()
+
+    def count_titled(self, prefix: str) -> int:
+        """How many alerts whose title starts with `prefix` the console holds (a flood's progress)."""
+        with contextlib.closing(sqlite3.connect(f"file:{self.store_file}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM alerts WHERE title >= ? AND title < ?", (prefix, prefix + "\uffff")
+            ).fetchone()
+        return int(row[0])
 
     def wait_for(self, device: str, dedup_key: str, timeout: float) -> float | None:
         if wait(lambda: (device, dedup_key) in self.seen, timeout):

@@ -183,6 +183,10 @@ class Simulation:
             bundle.save()
         return self.summary
 
+    def stop(self) -> None:
+        """End the run now (a benchmark that has its figures); `run` returns its summary."""
+        self._stop.set()
+
     async def send(self, device: str, event: Event) -> None:
         """Publish `event` over `device`'s own connection (benchmarks' marked alerts)."""
         topic, payload = wire(event)
