@@ -34,11 +34,13 @@ from typing import Any
 import psutil
 
 from bus.config import Settings
+from bus.envelope import Event
 from bus.fsutil import atomic_write_json
-from bus.node import Node, on_health
+from bus.node import Node, on, on_health
 from nodes.journal.fold import format_duration, stuck
 from nodes.journal.index import open_videos
 from nodes.journal.store import JournalError
+from nodes.monitor import textfile
 from nodes.monitor.checks import (
     Job,
     Watched,
@@ -78,6 +80,8 @@ class MonitorNode(Node):
         self._next_journal_check = 0.0
         self._began = time.monotonic()
         self._own = self.node_name
+        self.health_docs: dict[str, dict[str, Any]] = {}  # every node's last health, for the textfile
+        self.scan_timing: textfile.ScanTiming | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def setup(self) -> None:
@@ -111,6 +115,7 @@ class MonitorNode(Node):
     # ------------------------------------------------------------------ input
     @on_health
     async def on_node_health(self, node: str, doc: dict[str, Any]) -> None:
+        self.health_docs[node] = doc  # its own too, as the broker holds it
         if node == self._own:
             return
         raw = doc.get("details")
@@ -148,6 +153,14 @@ class MonitorNode(Node):
         elif watched.status == "online":
             await self.alerts.resolve(f"degraded:{node}", f"{node} is online again")
 
+    @on("scan.done")
+    async def on_scan_done(self, event: Event) -> None:
+        """The scan's real-time factor for the textfile: video seconds per second of scanning."""
+        elapsed = event.data.get("elapsed_s")
+        if isinstance(elapsed, int | float):
+            video = float(event.data["video"]["duration_s"])
+            self.scan_timing = textfile.ScanTiming(video, float(elapsed), time.time())
+
     def _watched(self, node: str) -> Watched:
         watched = self.nodes.get(node)
         if watched is None:
@@ -173,6 +186,9 @@ class MonitorNode(Node):
             self._next_journal_check = now + self.cfg.journal_check_s
             await self._check_journal()
         self._save()
+        if self.cfg.textfile:
+            text = textfile.render(self.settings.device, self.health_docs, self.scan_timing)
+            textfile.write(Path(self.cfg.textfile), text)
 
     async def _judge(self, w: Watched, now: float) -> None:
         tracker = w.tracker
