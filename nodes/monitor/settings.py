@@ -36,3 +36,5 @@ class MonitorSettings:
     # node_exporter's textfile collector: this .prom file (e.g. /var/lib/node_exporter/textfile/vv.prom) is
     # rewritten every check round with node health, queue depths and the scan's real-time factor; "": off
     textfile: str = ""
+    # Home Assistant MQTT discovery: retained homeassistant/sensor/vv_<device>/<node>_health/config per node
+    homeassistant: bool = False
