@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import ssl
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 
@@ -66,6 +66,21 @@ def subscribe(client: paho.Client, topic: str) -> None:
     client.subscribe(topic, qos=1)
     if not done.wait(10):
         raise RuntimeError(f"could not subscribe to {topic}")
+
+
+class Arrivals:
+    """Arrival times of messages at a central subscriber, by payload (each one is unique)."""
+
+    def __init__(self, marker: bytes = b"") -> None:
+        self.marker = marker  # only payloads holding it are kept
+        self.at: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        if self.marker in message.payload:
+            with self._lock:
+                self.at.setdefault(bytes(message.payload), now)
 
 
 class Visibility:
@@ -235,10 +250,3 @@ class Lab:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-
-
-def tls_context(tls: TlsFiles) -> ssl.SSLContext:
-    """The client TLS context for a fleet certificate (asyncio clients)."""
-    context = ssl.create_default_context(cafile=str(tls.ca))
-    context.load_cert_chain(str(tls.cert), str(tls.key))
-    return context

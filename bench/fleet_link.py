@@ -17,37 +17,21 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.bus import client, wait  # noqa: E402
-from bench.fleet_lab import Lab, Visibility, bundle_tls, pct, subscribe, tls_client  # noqa: E402
+from bench.fleet_lab import Arrivals, Lab, Visibility, bundle_tls, pct, subscribe, tls_client  # noqa: E402
 from bus.client import mqtt_properties  # noqa: E402
 from nodes.fleet.sim import SimDevice, wire  # noqa: E402
 
 DEVICE = "A"
 RAW_TOPIC = f"vv/{DEVICE}/health/bench/rtt"  # a device may write it; the console does not subscribe to it
-
-
-class Arrivals:
-    """Arrival times of messages at a central subscriber, by payload (each one is unique)."""
-
-    def __init__(self) -> None:
-        self.at: dict[bytes, float] = {}
-        self._lock = threading.Lock()
-
-    def on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self.at.setdefault(bytes(message.payload), now)
 
 
 def run(alerts: int) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import random
+import signal
 import ssl
 import sys
 import time
@@ -172,8 +173,7 @@ class Simulation:
             asyncio.create_task(self._device(bundle, random.Random(rng.random())))
             for bundle in self.bundles.values()
         ]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), self.plan.duration_s)
+        await self._pause(self.plan.duration_s)
         self._stop.set()
         await asyncio.gather(*tasks)
         self.summary.elapsed_s = time.monotonic() - started
@@ -184,7 +184,9 @@ class Simulation:
         return self.summary
 
     def stop(self) -> None:
-        """End the run now (a benchmark that has its figures); `run` returns its summary."""
+        """End the run now (a signal, a benchmark that has its figures); `run` returns its summary."""
+        if not self._stop.is_set():
+            self.summary.ended_by = "stop"
         self._stop.set()
 
     async def send(self, device: str, event: Event) -> None:
@@ -401,6 +403,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="the summary as JSON")
 
 
+async def _until_signalled(simulation: Simulation) -> SimSummary:
+    """Run to the plan's bounds, or stop early (and still summarise) on SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, simulation.stop)
+    return await simulation.run()
+
+
 def run(args: argparse.Namespace, fleet: FleetCA) -> int:
     """Enrol (or resume) the devices, run them, print the summary; 1 if a device never connected."""
     plan = SimPlan(
@@ -429,7 +439,7 @@ def run(args: argparse.Namespace, fleet: FleetCA) -> int:
     except FleetError as exc:
         print(f"vv fleet sim: {exc}", file=sys.stderr)
         return 2
-    summary = asyncio.run(Simulation(plan, bundles).run())
+    summary = asyncio.run(_until_signalled(Simulation(plan, bundles)))
     if args.json:
         print(json.dumps(asdict(summary), indent=2))
     else:
