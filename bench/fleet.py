@@ -78,7 +78,10 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.NoSuchProcess:  # the run failed and its processes are gone
+                return
 
     def stop(self) -> float:
         """CPU, percent of one core, over the sampled span."""
@@ -128,14 +131,15 @@ def measure(lab: Lab, n: int, markers: int, flood: int) -> Row:
             time.sleep(max(0.0, at + 1 / MARKER_RATE - time.monotonic()))  # the pace, not a wait for state
         wait(lambda: set(sent) <= set(visible.seen), 120)
         console_lat = [visible.seen[k] - at for k, (at, _) in sent.items() if k in visible.seen]
-        raw_lat = [raw.at[p] - at for at, p in sent.values() if p in raw.at]
+        arrived = raw.snapshot()
+        raw_lat = [arrived[p] - at for at, p in sent.values() if p in arrived]
 
         messages = [wire(device.alert(f"{FLOOD} {j}", "INFO")) for j in range(flood)]
         flood_at = time.monotonic()
         for topic, payload in messages:
             probe.publish(topic, payload, qos=1, properties=props)
-        raw_done = wait(lambda: sum(1 for p in raw.at if FLOOD.encode() in p) >= flood, 120)
-        raw_last = max(at for p, at in raw.at.items() if FLOOD.encode() in p)
+        raw_done = wait(lambda: len(raw.seen(FLOOD.encode())) >= flood, 120)
+        raw_last = max(raw.seen(FLOOD.encode()), default=0.0)
         counted = wait_count(visible, flood, flood_at + 300)
         console_rate = flood / (counted - flood_at) if counted else float("nan")
         raw_rate = flood / (raw_last - flood_at) if raw_done else float("nan")

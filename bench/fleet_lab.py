@@ -82,6 +82,15 @@ class Arrivals:
             with self._lock:
                 self.at.setdefault(bytes(message.payload), now)
 
+    def snapshot(self) -> dict[bytes, float]:
+        with self._lock:
+            return dict(self.at)
+
+    def seen(self, marker: bytes) -> list[float]:
+        """Arrival times of the payloads holding `marker` so far."""
+        with self._lock:
+            return [at for payload, at in self.at.items() if marker in payload]
+
 
 class Visibility:
     """When alerts became visible at the console: the moment a poll of its store first shows each

@@ -163,7 +163,6 @@ def document() -> dict[str, Any]:
             "summary": channel.summary,
             "contentType": channel.content_type,
             "payload": _payload(channel),
-            "bindings": {"mqtt": {"qos": 1, "retain": channel.retained, "bindingVersion": "0.2.0"}},
         }
         messages[channel.key] = message
         params = [p.strip("{}") for p in channel.address.split("/") if p.startswith("{")]
@@ -182,6 +181,7 @@ def document() -> dict[str, Any]:
             "channel": ref,
             "summary": f"published by {sent_by}",
             "messages": [{"$ref": f"#/channels/{channel.key}/messages/{channel.key}"}],
+            "bindings": {"mqtt": {"qos": 1, "retain": channel.retained, "bindingVersion": "0.2.0"}},
         }
         operations[f"receive{channel.key[0].upper()}{channel.key[1:]}"] = {
             "action": "receive",
