@@ -380,17 +380,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--devices", type=_count(MAX_DEVICES), required=True, metavar="N", help="simulated devices"
     )
-    parser.add_argument("--duration", type=_seconds, required=True, metavar="S", help="seconds")
+    parser.add_argument(
+        "--duration", type=_seconds, required=True, metavar="S", help="run this long, then stop (seconds)"
+    )
     parser.add_argument(
         "--address", default="127.0.0.1", help="the central broker's address (its certificate must name it)"
     )
     parser.add_argument(
         "--port", type=_count(65535), default=8883, help="the central broker's TLS port (8883)"
     )
-    parser.add_argument("--health-interval", type=_seconds, default=10.0, metavar="S")
-    parser.add_argument("--video-interval", type=_seconds, default=60.0, metavar="S")
     parser.add_argument(
-        "--burst-every", type=_seconds, default=120.0, metavar="S", help="mean time between bursts"
+        "--health-interval", type=_seconds, default=10.0, metavar="S", help="each node's health beat (10)"
+    )
+    parser.add_argument(
+        "--video-interval", type=_seconds, default=60.0, metavar="S", help="a signed LogLine every S (60)"
+    )
+    parser.add_argument(
+        "--burst-every",
+        type=_seconds,
+        default=120.0,
+        metavar="S",
+        help="mean time between alert bursts (120)",
     )
     parser.add_argument("--flapping", type=_share, default=0.1, help="share of devices with a flapping node")
     parser.add_argument("--outages", type=_share, default=0.1, help="share of devices whose link drops once")
