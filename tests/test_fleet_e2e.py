@@ -17,6 +17,8 @@ import pytest
 from conftest import VV, Probe, wait_until
 from fleet import Console, FleetRig
 
+from bus.envelope import parse_time
+
 pytestmark = pytest.mark.slow
 FIRING = ("firing", "refired")  # history changes that would page again
 
@@ -59,12 +61,14 @@ def test_the_fleet_end_to_end(rig: FleetRig) -> None:
     a_bus = rig.edge_probe("A", "vv/A/alert/#")
     edges["A"].spawn("run", "disk", extra_env=DISK_CRITICAL)
     raised = disk_alert(a_bus)
-    raised_at = max(at for at, topic, _, _ in a_bus.received if topic == "vv/A/alert/critical")
-    shown = wait_until(
-        lambda: console.fleet("alerts", "--device", "A"), 2, "A's alert in `vv fleet alerts --json`"
+    # `vv fleet alerts` is polled (each poll a process start, slow on a loaded machine); the 2 s is
+    # checked on the clocks of the path itself: the disk node's raise -> the console's fold into its store
+    [alert] = wait_until(
+        lambda: console.fleet("alerts", "--device", "A"), 10, "A's alert in `vv fleet alerts --json`"
     )
-    print(f"A's alert in `vv fleet alerts --json` {time.monotonic() - raised_at:.2f}s after it was raised")
-    [alert] = shown
+    took = parse_time(alert["first_seen"]).timestamp() - parse_time(raised["data"]["timestamp"]).timestamp()
+    print(f"A's alert folded by the console {took:.3f}s after the disk node raised it")
+    assert took <= 2.0
     assert (alert["device"], alert["severity"], alert["status"]) == ("A", "CRITICAL", "firing")
     assert alert["dedup_key"] == raised["data"]["dedup_key"] and alert["title"] == raised["data"]["title"]
 
