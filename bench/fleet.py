@@ -182,15 +182,22 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="+", default=[100, 500, 1000], help="fleet sizes")
     parser.add_argument("--markers", type=int, default=200, help="marked alerts per size (latency)")
     parser.add_argument("--flood", type=int, default=2000, help="flood alerts per size (ingestion rate)")
+    parser.add_argument(
+        "--autosave",
+        type=int,
+        help="the central broker's autosave_interval (default: the shipped 1, a save per change)",
+    )
     args = parser.parse_args()
     print("alert published by a device -> visible at the console (store poll, 5 ms) and at a raw subscriber")
+    print(f"central broker autosave_interval {args.autosave or 1} (autosave_on_changes)")
     print(
         f"{'devices':>7} {'ready s':>7} {'p50 ms':>8} {'p99 ms':>8} {'raw p50':>7} {'raw p99':>7} {'lost':>5}"
         f" {'console/s':>9} {'raw/s':>7} {'ratio':>7} {'console':>7} {'sim':>7} {'rss MB':>7}"
     )
     for n in args.devices:
         with tempfile.TemporaryDirectory(prefix=f"vv-fleet-bench-{n}-") as tmp:
-            lab = Lab(Path(tmp))
+            central = {"VV_BROKER_AUTOSAVE_INTERVAL": str(args.autosave)} if args.autosave else {}
+            lab = Lab(Path(tmp), central)
             try:
                 lab.start_central()
                 print_row(measure(lab, n, args.markers, args.flood))

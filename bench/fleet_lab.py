@@ -150,11 +150,11 @@ class Visibility:
 class Lab:
     """A fleet PKI and central side in `root/central`; edges and the console added on demand."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, central_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.home = root / "central"
-        self.env = self._env(self.home, "central", free_port())
+        self.env = {**self._env(self.home, "central", free_port()), **(central_env or {})}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.vv("fleet", "ca", "init", "--server-name", "127.0.0.1")
         self.console_tls = bundle_tls(Path(self.vv("fleet", "enroll", "--console", CONSOLE)))
