@@ -79,6 +79,33 @@ def test_the_console_sees_every_simulated_device(rig: FleetRig) -> None:
         console.close()
 
 
+def test_simulated_links_go_down_and_come_back(rig: FleetRig) -> None:
+    rig.start_central()
+    console = Console(rig)
+    try:
+        wait_until(lambda: (rig.home / "console" / "console.sqlite").exists(), 30, "the console's store")
+        result = sim(
+            rig, "--devices", "3", "--duration", "6", "--health-interval", "0.5", "--outages", "1",
+            "--outage", "1", "--prefix", "flaky-", "--json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["outages"] == 3 and summary["connected"] == 3
+
+        def changes() -> list[str]:
+            return [
+                e["change"] for e in console.fleet("history", "--device", "flaky-1") if e["kind"] == "device"
+            ]
+
+        # up, down for the outage, up again, and down when the run ends (each device's last word)
+        seen = wait_until(
+            lambda: (c := changes()).count("link down") >= 2 and c, 20, "flaky-1's link changes"
+        )
+        assert seen.count("link up") >= 2
+    finally:
+        console.close()
+
+
 def test_sim_refuses_without_a_fleet_ca(tmp_path: Path) -> None:
     env = device_env(tmp_path / "empty", "central", free_port())
     result = subprocess.run(
