@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench wheel system-deps install clean
+.PHONY: test demo lint bench wheel system-deps install clean asyncapi
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -32,6 +32,10 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/bus.py
+
+# the AsyncAPI 3 document of the bus, from schemas/ and the topic table (checked in; a test catches drift)
+asyncapi: install
+	$(BIN)/python scripts/asyncapi.py docs/asyncapi.yaml
 
 # the wheel ansible/ installs on the devices (vv_install_wheel=$PWD/dist/vv_edge-<version>-py3-none-any.whl)
 wheel: install

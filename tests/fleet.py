@@ -4,10 +4,12 @@ Built from conftest's pieces (free ports, Broker, VV, Probe, Publisher)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from conftest import REPO, VV, Broker, Probe, Publisher, device_env, free_port
 
@@ -139,3 +141,50 @@ class FleetRig:
             edge.broker.stop()
         if self.central:
             self.central.stop()
+
+
+class Console:
+    """`vv console` on the central host, connected over TLS with its enrolled certificate."""
+
+    def __init__(self, rig: FleetRig, extra_env: dict[str, str] | None = None) -> None:
+        tls = rig.console_tls
+        self.env = {
+            **rig.env,
+            "VV_CONSOLE_NAME": CONSOLE,
+            "VV_CONSOLE_HOST": "127.0.0.1",
+            "VV_CONSOLE_PORT": str(rig.port),
+            "VV_CONSOLE_CA": str(tls.ca),
+            "VV_CONSOLE_CERT": str(tls.cert),
+            "VV_CONSOLE_KEY": str(tls.key),
+            **(extra_env or {}),
+        }
+        self.log = (rig.root / "console.out").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodes.cli", "console"],
+            env=self.env,
+            cwd=REPO,
+            stdout=self.log,
+            stderr=self.log,
+        )
+
+    def fleet(self, *args: str) -> Any:
+        """`vv fleet ARGS --json` as the operator runs it on the central host."""
+        result = subprocess.run(
+            [sys.executable, "-m", "nodes.cli", "fleet", *args, "--json"],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode in (0, 1), result.stderr
+        return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def device(self, device: str) -> dict[str, Any] | None:
+        return next((d for d in self.fleet("status") or [] if d["device"] == device), None)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+        self.log.close()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_sim import SimDevice, wire
 
 from bus.envelope import Event, parse_time, rfc3339, utc_now
 from bus.fleet import FleetRejected, decode_fleet
@@ -29,6 +28,7 @@ from nodes.console.fold import Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
 from nodes.console.store import ConsoleStore, SqliteStore
+from nodes.fleet.sim import SimDevice, wire
 
 SETTINGS = ConsoleSettings(reorder_timeout_s=5.0, resend_wait_s=30.0, link_debounce_s=15.0)
 T0 = 1_800_000_000.0

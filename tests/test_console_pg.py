@@ -26,7 +26,6 @@ import paho.mqtt.client as paho
 import pytest
 from conftest import REPO, VV, Probe, Publisher, free_port, mqtt_client, wait_until
 from fleet import FleetRig, bundle_tls
-from fleet_sim import SimDevice, wire
 from pg import PgServer
 
 from bus.envelope import Event
@@ -35,6 +34,7 @@ from nodes.console.fold import Fleet
 from nodes.console.registry import Registry
 from nodes.console.settings import ConsoleSettings
 from nodes.console.store import AlertState, Change
+from nodes.fleet.sim import SimDevice, wire
 
 pytest.importorskip("psycopg", reason="the `postgres` extra: pip install 'vv-edge[postgres]'")
 from nodes.console.store_pg import PgStore

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from conftest import VV, Publisher, wait_until
-from fleet_sim import SimDevice, wire
 
 from bus.broker import ADMIN_USER, secret_for
 from bus.envelope import Event, parse_time
+from nodes.fleet.sim import SimDevice, wire
 
 
 class Central:

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 from conftest import VV, free_port, wait_until
-from fleet_sim import SimDevice
 from test_console_service import Central
+
+from nodes.fleet.sim import SimDevice
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from fleet_sim import SimDevice
 from starlette.testclient import TestClient
 
 from bus.fleet import FleetMessage
@@ -26,6 +25,7 @@ from nodes.console.store import Change, SqliteStore
 from nodes.console.web.app import COOKIE, Web, create_app
 from nodes.console.web.auth import Sessions, Users, UsersError, csrf_ok, password_ok
 from nodes.console.web.live import QUEUE_SIZE, RESYNC, Hub
+from nodes.fleet.sim import SimDevice
 
 PASSWORD = "correct horse battery"
 

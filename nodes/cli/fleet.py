@@ -9,6 +9,7 @@ On the central host (`$VV_HOME/fleet` holds the CA, the server certificate and t
 On the box:
   vv fleet csr                                          a key (0600) and a CSR in $VV_HOME/keys/fleet
 The console's views (status, alerts, ack, silence, history) come with the console service.
+  vv fleet sim --devices 100 --duration 60             simulated devices against the central broker
 Exit codes: 0 done, 1 refused (a CA or enrolment already there, a CSR that does not match), 2 usage.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from bus.argtypes import output_dir
 from bus.config import load_settings
 from bus.inputs import shown
+from nodes.fleet import simulation
 from nodes.fleet.pki import (
     CA_DAYS,
     CERT_DAYS,
@@ -122,6 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     devices = verbs.add_parser("devices", help="list the enrolled devices (VV_HOME/fleet/devices.json)")
     devices.add_argument("--json", action="store_true", help="the registry as JSON")
 
+    simulation.add_arguments(
+        verbs.add_parser(
+            "sim", help="simulate N devices against the central broker, each with its own certificate"
+        )
+    )
+
     for name, (add, _run, help_text) in QUERIES.items():
         add(verbs.add_parser(name, help=help_text))
 
@@ -216,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.verb == "enroll":
             return _enroll(fleet, home, args)
+        if args.verb == "sim":
+            return simulation.run(args, fleet)
         if args.verb == "csr":
             key, csr = make_csr(settings.device, args.out or settings.paths.keys / "fleet")
             print(csr)

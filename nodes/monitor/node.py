@@ -25,6 +25,7 @@ The node applies the judgements of nodes/monitor/checks.py; each probe above is 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from datetime import UTC, datetime
@@ -33,12 +34,17 @@ from typing import Any
 
 import psutil
 
+from bus.broker import Grant
+from bus.client import MqttError
 from bus.config import Settings
+from bus.envelope import JSON, Event
 from bus.fsutil import atomic_write_json
-from bus.node import Node, on_health
+from bus.node import Node, on, on_health
+from bus.version import VERSION
 from nodes.journal.fold import format_duration, stuck
 from nodes.journal.index import open_videos
 from nodes.journal.store import JournalError
+from nodes.monitor import homeassistant, textfile
 from nodes.monitor.checks import (
     Job,
     Watched,
@@ -78,6 +84,17 @@ class MonitorNode(Node):
         self._next_journal_check = 0.0
         self._began = time.monotonic()
         self._own = self.node_name
+        self.health_docs: dict[str, dict[str, Any]] = {}  # every node's last health, for the textfile
+        self.scan_timing: textfile.ScanTiming | None = None
+        self.discovered: set[str] = set()  # nodes whose Home Assistant config is published
+
+    @classmethod
+    def grant(cls, settings: Settings, node: str) -> Grant:
+        """With Home Assistant discovery on, it also writes the device's discovery configs."""
+        base = super().grant(settings, node)
+        if not settings.section(MonitorSettings).homeassistant:
+            return base
+        return dataclasses.replace(base, write=(*base.write, homeassistant.discovery_filter(settings.device)))
 
     # ------------------------------------------------------------------ lifecycle
     async def setup(self) -> None:
@@ -111,6 +128,9 @@ class MonitorNode(Node):
     # ------------------------------------------------------------------ input
     @on_health
     async def on_node_health(self, node: str, doc: dict[str, Any]) -> None:
+        self.health_docs[node] = doc  # its own too, as the broker holds it
+        if self.cfg.homeassistant and node not in self.discovered:
+            await self._discover(node)
         if node == self._own:
             return
         raw = doc.get("details")
@@ -148,6 +168,25 @@ class MonitorNode(Node):
         elif watched.status == "online":
             await self.alerts.resolve(f"degraded:{node}", f"{node} is online again")
 
+    async def _discover(self, node: str) -> None:
+        """Publish `node`'s retained discovery config once (again after a failed attempt)."""
+        device = self.settings.device
+        config = homeassistant.sensor_config(device, node, VERSION)
+        try:
+            await self.publish_document(homeassistant.config_topic(device, node), config, JSON, retain=True)
+        except MqttError as exc:
+            log.info("Home Assistant config for %s not sent yet: %s", node, exc)
+            return
+        self.discovered.add(node)
+
+    @on("scan.done")
+    async def on_scan_done(self, event: Event) -> None:
+        """The scan's real-time factor for the textfile: video seconds per second of scanning."""
+        elapsed = event.data.get("elapsed_s")
+        if isinstance(elapsed, int | float):
+            video = float(event.data["video"]["duration_s"])
+            self.scan_timing = textfile.ScanTiming(video, float(elapsed), time.time())
+
     def _watched(self, node: str) -> Watched:
         watched = self.nodes.get(node)
         if watched is None:
@@ -173,6 +212,9 @@ class MonitorNode(Node):
             self._next_journal_check = now + self.cfg.journal_check_s
             await self._check_journal()
         self._save()
+        if self.cfg.textfile:
+            text = textfile.render(self.settings.device, self.health_docs, self.scan_timing)
+            textfile.write(Path(self.cfg.textfile), text)
 
     async def _judge(self, w: Watched, now: float) -> None:
         tracker = w.tracker

@@ -33,3 +33,8 @@ class MonitorSettings:
     storage_probe: str = ""  # directory the write probe goes to; "": VV_HOME/storage
     job_grace: float = 1.5  # a job is overdue when its last success is older than period_s x this
     log_lines: int = 20  # last app.log lines of a node put in its FATAL alert
+    # node_exporter's textfile collector: this .prom file (e.g. /var/lib/node_exporter/textfile/vv.prom) is
+    # rewritten every check round with node health, queue depths and the scan's real-time factor; "": off
+    textfile: str = ""
+    # Home Assistant MQTT discovery: retained homeassistant/sensor/vv_<device>/<node>_health/config per node
+    homeassistant: bool = False

@@ -1,5 +1,6 @@
-"""A simulated device for the console's tests: real envelopes, real alerts, LogLines signed with a
-real Ed25519 key by nodes/sign, and the registry entry `vv fleet enroll` would write for it."""
+"""A simulated device: real envelopes, real alerts, LogLines signed with a real Ed25519 key by
+nodes/sign, and the registry entry `vv fleet enroll` would write for it. The console's tests drive
+it by hand; `vv fleet sim` (nodes/fleet/simulation.py) drives many over their own connections."""
 
 from __future__ import annotations
 
@@ -18,20 +19,29 @@ from nodes.sign.logline import GENESIS_PREV, build_logline, logline_hash, sign_l
 
 
 class SimDevice:
-    def __init__(self, device: str, epoch: int = 1) -> None:
+    def __init__(
+        self, device: str, epoch: int = 1, seed: bytes | None = None, head: dict[str, Any] | None = None
+    ) -> None:
+        """`seed` and `head` resume a device that ran before: its signing key and its chain's last
+        LogLine (the next one continues that chain, as a restarted box's sign node does)."""
         self.device, self.epoch = device, epoch
-        self.signer = Ed25519Signer(os.urandom(32))
+        self.seed = seed or os.urandom(32)
+        self.signer = Ed25519Signer(self.seed)
         self.seqs: dict[tuple[str, str], int] = {}
-        self.chain: list[dict[str, Any]] = []  # the LogLines signed so far, seq order
+        self.chain: list[dict[str, Any]] = [head] if head else []  # the LogLines signed, seq order
+        self.first = int(head["seq"]) if head else 1  # the seq of chain[0]
+
+    def signing_keys(self) -> dict[str, str]:
+        """As `vv keys export` prints them: key id -> base64 of the 32-byte public key."""
+        return {self.signer.key_id: base64.b64encode(self.signer.public_key).decode()}
 
     def registry_entry(self) -> dict[str, Any]:
-        public = base64.b64encode(self.signer.public_key).decode()
         return {
             "site": "lab",
             "tags": ["test"],
             "cert_sha256": "0" * 64,
             "not_after": "2030-01-01T00:00:00Z",
-            "signing_keys": {self.signer.key_id: public},
+            "signing_keys": self.signing_keys(),
         }
 
     def event(self, event_type: str, data: dict[str, Any], node: str, subject: str | None = None) -> Event:
@@ -66,10 +76,11 @@ class SimDevice:
         self, seq: int | None = None, prev: str | None = None, text: str = "a person"
     ) -> dict[str, Any]:
         """The next signed LogLine of the chain (or one at `seq`/`prev` for forks and rewinds)."""
+        following = self.first + len(self.chain)
         if seq is None:
-            seq = len(self.chain) + 1
+            seq = following
         if prev is None:
-            prev = logline_hash(self.chain[seq - 2]) if seq > 1 else GENESIS_PREV
+            prev = logline_hash(self.chain[seq - 1 - self.first]) if seq > 1 else GENESIS_PREV
         video_id = hashlib.sha256(f"{self.device}{seq}{text}{os.urandom(4).hex()}".encode()).hexdigest()[:32]
         line = build_logline(
             device=self.device,
@@ -80,7 +91,7 @@ class SimDevice:
             summary={"path": "summary.json", "sha256": "b" * 64, "text": text, "counts": {"person": 1}},
         )
         signed = sign_logline(line, self.signer)
-        if seq == len(self.chain) + 1:
+        if seq == following:
             self.chain.append(signed)
         return signed
 
@@ -110,7 +121,7 @@ class SimDevice:
 
     def sign_health(self, upto: int) -> dict[str, Any]:
         """The sign node's health, naming LogLine `upto` as its signed chain head."""
-        return self.health("sign", chain_head=signed_head(self.chain[upto - 1], self.signer))
+        return self.health("sign", chain_head=signed_head(self.chain[upto - self.first], self.signer))
 
 
 def wire(event: Event) -> tuple[str, bytes]:
