@@ -136,6 +136,12 @@ class Users:
         self._write(users)
         return replaced
 
+    def matches(self, name: str, role: str, password: str) -> bool:
+        """Whether the file already holds this user with this role and password: Ansible then leaves
+        the entry (and its salt) alone, so a second run changes nothing."""
+        user = self.load().get(name)
+        return user is not None and user.role == role and password_ok(user, password)
+
     def remove(self, name: str) -> bool:
         users = self.load()
         if users.pop(name, None) is None:
