@@ -2,7 +2,8 @@
 
 The users file (`[console] users_file`, default `<console home>/users.json`, mode 0600) is a
 JSON list of {"name", "role": "viewer" | "operator", "password_hash": "<argon2id string>"}, written
-by `vv console users add` (or by Ansible's vv_central role from `vv_central_console_users`); the page re-reads it when it changes, so a removed user or a changed role
+by `vv console users add` (Ansible's vv_central role runs `users check`, then `add` for
+the users of `vv_central_console_users` whose role or password differs); the page re-reads it when it changes, so a removed user or a changed role
 takes effect on the next request. Sessions live in the console's memory (a restart logs everyone
 out); each has its own CSRF token, which every action must carry back (a form field or the
 X-CSRF-Token header).
