@@ -338,10 +338,16 @@ def test_central_with_postgresql_renders_the_dsn_and_keeps_it_out_of_the_log(fle
     seed_venv(prefix / "opt/vv", fleet.root / "deps")
     extra = {"vv_install_prefix": str(prefix), "vv_central_console_store": "postgresql"}
     run = fleet.playbook(
-        "site.yml", "--limit", CENTRAL, "-e", json.dumps({**extra, "vv_central_console_database_url": DSN})
+        "site.yml",
+        "-v",
+        "--limit",
+        CENTRAL,
+        "-e",
+        json.dumps({**extra, "vv_central_console_database_url": DSN}),
     )
     assert run.recap["rc"]["rc"] == 0 and run.recap[CENTRAL]["failed"] == 0, run.output[-6000:]
-    assert "vault-kept-db-pw" not in run.output
+    assert "vault-kept-db-pw" not in run.output  # not even with -v
+    assert f"vv-edge[postgres]=={VERSION}" in run.output  # the venv gets psycopg with the store
     config = prefix / "etc/vv/console.toml"
     assert tomllib.loads(config.read_text())["console"]["database_url"] == DSN
     assert config.stat().st_mode & 0o777 == 0o640
