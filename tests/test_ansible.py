@@ -53,6 +53,8 @@ EDGE_NODES = [
 ]
 # edgeA's disk node warns about any volume with free space (never critical): a real node's alert
 DISK_WARNS = {"warn_percent": 100.0, "warn_free_gb": 1e9, "critical_percent": 0.0, "critical_free_gb": 0.0}
+OPERATOR = ("olivia", "operator", "vault-kept operator pw")  # the console user the converge adds
+DSN = "postgresql://vv:vault-kept-db-pw@db.example:5432/vv?sslmode=verify-full"
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -201,6 +203,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                             "vv_central_address": "127.0.0.1",
                             "vv_central_listen": "127.0.0.1",
                             "vv_central_port": central_port,
+                            "vv_central_console_users": [
+                                {"name": OPERATOR[0], "role": OPERATOR[1], "password": OPERATOR[2]}
+                            ],
+                            "vv_central_console_http_port": free_port(),
+                            "vv_central_console_cookie_secure": False,
                         }
                     }
                     if with_fleet
@@ -293,6 +300,59 @@ def test_site_converges_and_a_second_run_changes_nothing(fleet: Fleet) -> None:
             f"{host} changed on the second run:\n{second.output[-6000:]}"
         )
         assert second.recap[host]["failed"] == 0
+
+
+def test_central_console_has_its_users_file_and_web_settings(fleet: Fleet) -> None:
+    if not fleet.fleet:
+        pytest.skip(fleet_missing() or "vv fleet is missing")
+    prefix = fleet.prefix(CENTRAL)
+    console = tomllib.loads((prefix / "etc/vv/console.toml").read_text())["console"]
+    users_file = prefix / "var/lib/vv/console/users.json"
+    assert console["users_file"] == str(users_file) and console["database_url"] == ""
+    assert (console["http_host"], console["cookie_secure"]) == ("127.0.0.1", False)
+    assert console["http_port"] > 0
+    assert users_file.stat().st_mode & 0o777 == 0o600
+    users = json.loads(users_file.read_text())
+    assert [(u["name"], u["role"]) for u in users] == [OPERATOR[:2]]
+    assert users[0]["password_hash"].startswith("$argon2id$")
+    assert all(OPERATOR[2] not in run.output for run in fleet.runs)  # no_log kept it out of the logs
+    check = subprocess.run(
+        [str(prefix / "opt/vv/bin/vv"), "console", "users", "check", OPERATOR[0], "--role", OPERATOR[1]],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("VV_")},
+            "VV_CONFIG": str(prefix / "etc/vv/console.toml"),
+        },
+        input=OPERATOR[2] + "\n",
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_central_with_postgresql_renders_the_dsn_and_keeps_it_out_of_the_log(fleet: Fleet) -> None:
+    """The central role converged with the PostgreSQL store into a second prefix (no database runs:
+    the DSN in console.toml is what the console would connect with)."""
+    if not fleet.fleet:
+        pytest.skip(fleet_missing() or "vv fleet is missing")
+    prefix = fleet.root / "central-pg"
+    seed_venv(prefix / "opt/vv", fleet.root / "deps")
+    extra = {"vv_install_prefix": str(prefix), "vv_central_console_store": "postgresql"}
+    run = fleet.playbook(
+        "site.yml",
+        "-v",
+        "--limit",
+        CENTRAL,
+        "-e",
+        json.dumps({**extra, "vv_central_console_database_url": DSN}),
+    )
+    assert run.recap["rc"]["rc"] == 0 and run.recap[CENTRAL]["failed"] == 0, run.output[-6000:]
+    assert "vault-kept-db-pw" not in run.output  # not even with -v
+    assert f"vv-edge[postgres]=={VERSION}" in run.output  # the venv gets psycopg with the store
+    config = prefix / "etc/vv/console.toml"
+    assert tomllib.loads(config.read_text())["console"]["database_url"] == DSN
+    assert config.stat().st_mode & 0o777 == 0o640
+    refused = fleet.playbook("site.yml", "--limit", CENTRAL, "-e", json.dumps(extra))  # no DSN given
+    assert refused.recap["rc"]["rc"] != 0 and "vv_central_console_database_url" in refused.output
 
 
 def test_edge_host_has_its_config_keys_and_units(fleet: Fleet) -> None:

@@ -40,6 +40,10 @@ def test_users_file_keeps_argon2id_hashes_only(tmp_path: Path) -> None:
     alice = users.get("alice")
     assert alice is not None and alice.role == "viewer" and not alice.operator
     assert password_ok(alice, PASSWORD + "!") and not password_ok(alice, PASSWORD)
+    # `vv console users check` (Ansible's idempotence): the same role and password only
+    assert users.matches("alice", "viewer", PASSWORD + "!")
+    assert not users.matches("alice", "operator", PASSWORD + "!")
+    assert not users.matches("alice", "viewer", PASSWORD) and not users.matches("bob", "viewer", PASSWORD)
     for name, role, password in (
         ("alice", "admin", PASSWORD),
         ("a b", "viewer", PASSWORD),

@@ -42,13 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     verbs = parser.add_subparsers(dest="console_verb", metavar="users")
     users = verbs.add_parser("users", help="who may log in to the console's web page").add_subparsers(
-        dest="users_verb", required=True, metavar="add|list|remove"
+        dest="users_verb", required=True, metavar="add|check|list|remove"
     )
     add = users.add_parser("add", help="add a user, or replace one's password and role")
     add.add_argument("name", type=_name, metavar="NAME")
     add.add_argument(
         "--role", choices=ROLES, required=True, help="viewer: sees; operator: also acks and silences"
     )
+    check = users.add_parser(
+        "check", help="exit 0 if the user exists with this role and password (stdin), else 1 (for Ansible)"
+    )
+    check.add_argument("name", metavar="NAME")
+    check.add_argument("--role", choices=ROLES, required=True)
     users.add_parser("list", help="the users and their roles")
     remove = users.add_parser("remove", help="remove a user (their sessions end at their next request)")
     remove.add_argument("name", metavar="NAME")
@@ -77,6 +82,8 @@ def _users(args: argparse.Namespace) -> int:
                 return 1
             print(f"removed {args.name} from {users.path}")
             return 0
+        if args.users_verb == "check":
+            return 0 if users.matches(args.name, args.role, _password()) else 1
         replaced = users.put(args.name, args.role, _password())
     except UsersError as exc:
         print(f"vv console users: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 The users file (`[console] users_file`, default `<console home>/users.json`, mode 0600) is a
 JSON list of {"name", "role": "viewer" | "operator", "password_hash": "<argon2id string>"}, written
-by `vv console users add` (or by Ansible's vv_central role from `vv_central_console_users`); the page re-reads it when it changes, so a removed user or a changed role
+by `vv console users add` (Ansible's vv_central role runs `users check`, then `add` for
+the users of `vv_central_console_users` whose role or password differs); the page re-reads it when it changes, so a removed user or a changed role
 takes effect on the next request. Sessions live in the console's memory (a restart logs everyone
 out); each has its own CSRF token, which every action must carry back (a form field or the
 X-CSRF-Token header).
@@ -135,6 +136,12 @@ class Users:
         users[name] = User(name, role, hash_password(password))
         self._write(users)
         return replaced
+
+    def matches(self, name: str, role: str, password: str) -> bool:
+        """Whether the file already holds this user with this role and password: Ansible then leaves
+        the entry (and its salt) alone, so a second run changes nothing."""
+        user = self.load().get(name)
+        return user is not None and user.role == role and password_ok(user, password)
 
     def remove(self, name: str) -> bool:
         users = self.load()
