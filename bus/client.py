@@ -80,7 +80,7 @@ async def stream(
     settings: Settings,
     filters: list[str],
     client_id: str,
-    on_outage: Callable[[str], None] | None = None,
+    on_state: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[str, Any, str | None]]:
     """Yield (topic, decoded document or DecodeError, content type) for live messages: for tools,
     as the read-only device user.
@@ -96,8 +96,12 @@ async def stream(
             async with make_client(settings, client_id) as client:
                 for topic_filter in filters:
                     await client.subscribe(topic_filter, qos=1)
-                if connected and on_outage is not None:
-                    on_outage("broker back: live again (messages published meanwhile are not shown)")
+                if on_state is not None:
+                    on_state(
+                        "broker back: live again (messages published meanwhile are not shown)"
+                        if connected
+                        else f"live on {settings.mqtt.host}:{settings.mqtt.port} ({', '.join(filters)})"
+                    )
                 connected = True
                 backoff.reset()
                 async for message in client.messages:
@@ -110,8 +114,8 @@ async def stream(
             if not connected:
                 raise
             delay = backoff.next_delay()
-            if on_outage is not None:
-                on_outage(f"broker connection lost ({exc}); reconnecting in {delay:.1f}s")
+            if on_state is not None:
+                on_state(f"broker connection lost ({exc}); reconnecting in {delay:.1f}s")
             await asyncio.sleep(delay)
 
 

@@ -40,7 +40,7 @@ async def _tail(settings: Settings, args: argparse.Namespace) -> None:
         settings,
         [topic_filter(settings, args.filter)],
         f"vv-tail-{os.getpid()}",
-        on_outage=lambda note: print(f"vv tail: {note}", file=sys.stderr, flush=True),
+        on_state=lambda note: print(f"vv tail: {note}", file=sys.stderr, flush=True),
     ):
         if args.json:
             payload = {"error": str(document)} if isinstance(document, DecodeError) else document
