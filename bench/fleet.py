@@ -5,8 +5,8 @@ TLS, SQLite store) and `vv fleet sim --devices N` as its own process: N devices,
 connection with its own enrolled certificate, publishing a realistic background (8 nodes' health
 every 10 s, alert bursts, flapping nodes, a signed LogLine a minute). On top of it, one more enrolled
 device (`bench-probe`, its own certificate and connection, in this process) publishes:
-- latency: marked alerts, each a new incident, at 20/s -> visible at the console (bench/fleet_lab.py
-  `Visibility`: its store polled every 5 ms today; the page's live stream once it lands), p50/p99;
+- latency: marked alerts, each a new incident, at 20/s -> visible on the console's page (its live
+  stream, SSE, logged in as a viewer: bench/fleet_lab.py `Visibility`), p50/p99;
   beside it the same alerts' arrival at a raw subscriber of the same broker (console credential);
 - ingestion: a flood of alerts, each a new incident, as fast as QoS 1 with 100 in flight allows;
   rate = alerts / (last visible - first sent) for the console and for the raw subscriber;
@@ -103,8 +103,7 @@ def measure(lab: Lab, n: int, markers: int, flood: int) -> Row:
     watcher = lab.console_client(raw.on_message)
     subscribe(watcher, f"vv/{PROBE}/alert/+")
     probe = tls_client(lab.port, probe_tls, f"vv-{PROBE}-bridge")
-    visible = Visibility(lab.store_file)
-    visible.start()
+    visible = lab.visibility()
     props = mqtt_properties(PacketTypes.PUBLISH)  # none: MQTT 3.1.1 bridges strip the content type
     device = SimDevice(PROBE)
     try:

@@ -2,17 +2,17 @@
 enroll`, the central broker run by `vv broker --central`, edge brokers by `vv broker` with their
 bundle's `[bridge]`, and `vv console` over TLS with its enrolled credential; all real processes.
 
-Also what both benchmarks measure with: when an alert becomes visible at the console (`Visibility`),
-TLS clients of the central broker, and percentiles.
+Also what both benchmarks measure with: when an alert becomes visible on the console's page (its live
+stream, `Visibility`), TLS clients of the central broker, and percentiles.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as paho
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ from bus.config import Settings, load_settings  # noqa: E402
 from nodes.console.store import SqliteStore  # noqa: E402
 
 CONSOLE = "bench"
+VIEWER, VIEWER_PASSWORD = "bench-viewer", "bench-viewer-password"
 
 
 def pct(values: list[float], q: int) -> float:
@@ -93,49 +95,69 @@ class Arrivals:
 
 
 class Visibility:
-    """When alerts became visible at the console: the moment a poll of its store first shows each
-    (device, dedup_key) as wanted. This is the one place to switch to the page's live stream (SSE)."""
+    """When alerts became visible on the console's page: the moment its live stream (`/api/events`,
+    SSE, logged in as a viewer, as a browser follows it) first shows each wanted (device, dedup_key)
+    with the wanted count; and how many distinct alerts of a title prefix it has shown (a flood's
+    progress). A stream too slow for the fold is told to re-read ("resync"): counted as `resyncs`."""
 
-    def __init__(self, store_file: Path, poll_s: float = 0.005) -> None:
-        self.store_file, self.poll_s = store_file, poll_s
+    def __init__(self, url: str, user: str, password: str) -> None:
+        self.url, self.user, self.password = url, user, password
         self.seen: dict[tuple[str, str], float] = {}
-        self._wanted: dict[tuple[str, str], int] = {}  # key -> count the store must reach
+        self.resyncs = 0
+        self._wanted: dict[tuple[str, str], int] = {}  # key -> count the page must show
+        self._titles: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._client = httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=None))
+        self._open = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
+        """Log in and open the stream; returns once it is open."""
+        response = self._client.post(
+            "/login", data={"username": self.user, "password": self.password, "next": "/"}
+        )
+        if response.status_code != 303:
+            raise RuntimeError(f"console login refused: HTTP {response.status_code}")
+        self._cookie = response.headers["set-cookie"].split(";", 1)[0]  # Secure: sent by hand over http
         self._thread.start()
+        if not self._open.wait(30):
+            raise RuntimeError("the console's live stream did not open")
 
     def want(self, device: str, dedup_key: str, count: int = 1) -> None:
         with self._lock:
             self._wanted[(device, dedup_key)] = count
 
     def _run(self) -> None:
-        wait(self.store_file.exists, 60)
-        store = SqliteStore(self.store_file)
-        try:
-            while not self._stop.is_set():
-                with self._lock:
-                    pending = list(self._wanted.items())
-                for (device, key), count in pending:
-                    alert = store.alert(device, key)
-                    if alert is not None and alert.count >= count:
-                        at = time.monotonic()
-                        with self._lock:
-                            self.seen[(device, key)] = at
-                            self._wanted.pop((device, key), None)
-                self._stop.wait(self.poll_s)
-        finally:
-            store.close()
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            self._client.stream("GET", "/api/events", headers={"cookie": self._cookie}) as response,
+        ):
+            kind = ""
+            for line in response.iter_lines():
+                if line.startswith("retry:"):
+                    self._open.set()
+                elif line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    self._on_change(kind, json.loads(line[6:]))
+
+    def _on_change(self, kind: str, data: dict[str, Any]) -> None:
+        at = time.monotonic()
+        if kind == "resync":
+            self.resyncs += 1
+        if kind != "alert":
+            return
+        key = (data["device"], data["key"])
+        with self._lock:
+            self._titles.setdefault(key, data["title"])
+            wanted = self._wanted.get(key)
+            if wanted is not None and data["count"] >= wanted:
+                self.seen[key] = at
+                del self._wanted[key]
 
     def count_titled(self, prefix: str) -> int:
-        """How many alerts whose title starts with `prefix` the console holds (a flood's progress)."""
-        with contextlib.closing(sqlite3.connect(f"file:{self.store_file}?mode=ro", uri=True)) as db:
-            row = db.execute(
-                "SELECT COUNT(*) FROM alerts WHERE title >= ? AND title < ?", (prefix, prefix + "\uffff")
-            ).fetchone()
-        return int(row[0])
+        with self._lock:
+            return sum(1 for title in self._titles.values() if title.startswith(prefix))
 
     def wait_for(self, device: str, dedup_key: str, timeout: float) -> float | None:
         if wait(lambda: (device, dedup_key) in self.seen, timeout):
@@ -143,7 +165,7 @@ class Visibility:
         return None
 
     def close(self) -> None:
-        self._stop.set()
+        self._client.close()  # ends the stream; its thread returns
         self._thread.join(5)
 
 
@@ -170,11 +192,12 @@ class Lab:
             "PYTHONPATH": str(REPO),
         }
 
-    def vv(self, *args: str, env: dict[str, str] | None = None) -> str:
+    def vv(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "nodes.cli", *args],
             env=env or self.env,
             cwd=REPO,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=120,
@@ -218,6 +241,8 @@ class Lab:
         return settings
 
     def start_console(self, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`vv console` with its web page on a free port and a viewer to log in as (`visibility`)."""
+        self.http_port = free_port()
         env = {
             **self.env,
             "VV_CONSOLE_NAME": CONSOLE,
@@ -226,9 +251,19 @@ class Lab:
             "VV_CONSOLE_CA": str(self.console_tls.ca),
             "VV_CONSOLE_CERT": str(self.console_tls.cert),
             "VV_CONSOLE_KEY": str(self.console_tls.key),
+            "VV_CONSOLE_HTTP_PORT": str(self.http_port),
             **(extra or {}),
         }
-        return self.spawn("console", env, "console")
+        self.vv("console", "users", "add", VIEWER, "--role", "viewer", env=env, stdin=VIEWER_PASSWORD + "\n")
+        proc = self.spawn("console", env, "console")
+        self._listening(self.http_port, proc, "console")
+        return proc
+
+    def visibility(self) -> Visibility:
+        """The console page's live stream, open."""
+        visible = Visibility(f"http://127.0.0.1:{self.http_port}", VIEWER, VIEWER_PASSWORD)
+        visible.start()
+        return visible
 
     @property
     def store_file(self) -> Path:

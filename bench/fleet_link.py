@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.bus import client, wait  # noqa: E402
-from bench.fleet_lab import Arrivals, Lab, Visibility, bundle_tls, pct, subscribe, tls_client  # noqa: E402
+from bench.fleet_lab import Arrivals, Lab, bundle_tls, pct, subscribe, tls_client  # noqa: E402
 from bus.client import mqtt_properties  # noqa: E402
 from nodes.fleet.sim import SimDevice, wire  # noqa: E402
 
@@ -41,8 +41,7 @@ def run(alerts: int) -> None:
             lab.start_central()
             edge = lab.add_edge(DEVICE)
             lab.start_console()
-            visible = Visibility(lab.store_file)
-            visible.start()
+            visible = lab.visibility()
 
             central = Arrivals()
             watcher = lab.console_client(central.on_message)

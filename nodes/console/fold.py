@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +63,12 @@ def _when(value: str) -> float:
     return parse_time(value).timestamp()
 
 
+def _face(state: DeviceState) -> tuple[Any, ...]:
+    """What a device's tile shows of its row (its last seen ages on the page by itself; the device
+    page re-reads its health details on its own)."""
+    return (state.link, state.stale, state.version, state.chain_seq, state.chain_verified)
+
+
 class Fleet:
     """The fold over one store; the service calls `start` once, `receive` per message, `tick` often."""
 
@@ -73,6 +79,10 @@ class Fleet:
         self._pruned_at = 0.0
         self.on_change: Callable[[Change], None] | None = None  # told after each committed step
         self._changes: list[Change] = []
+        # each node's last status as this process heard it (every replica hears all health), and
+        # the devices whose tile a batch changed beyond their row: a page re-reads a tile only then
+        self._statuses: dict[tuple[str, str], str] = {}
+        self._restated: set[str] = set()
         registry.refresh()
 
     # ------------------------------------------------------------------ entry points
@@ -85,19 +95,39 @@ class Fleet:
                 self._command(device, RESYNC, {}, "the console started: which alerts are firing?", now)
 
     def receive(self, message: FleetMessage, now: float) -> None:
+        self.receive_batch([message], now)
+
+    def receive_batch(self, messages: Sequence[FleetMessage], now: float) -> None:
+        """Fold messages that arrived together in one store transaction: one commit per batch, and
+        each device's row read and written once (a device sends its nodes' health together)."""
         with self._step():
-            self.store.lock(message.device)  # replicas on one database fold a device's messages in turn
-            state = self._state(message.device, now)
-            if not message.retained:
-                state.last_seen = now
-            if message.link_up is not None:
-                self._link(state, message.link_up, now)
-            elif message.health is not None:
-                self._health(state, message.health, message.retained, now)
-            elif message.event is not None:
-                self._event(state, message.event, now)
-            self.store.put_device(state)
-            self._device_changed(state)
+            # every device's lock first, in one order: replicas folding batches cannot deadlock
+            self.store.lock(*sorted({message.device for message in messages}))
+            states: dict[str, tuple[DeviceState, DeviceState | None]] = {}
+            beats: set[str] = set()
+            for message in messages:
+                if message.device not in states:
+                    found = self.store.device(message.device)
+                    state = found or self._new_device(message.device, now)
+                    states[message.device] = (state, dataclasses.replace(found) if found else None)
+                state = states[message.device][0]
+                if not message.retained:
+                    state.last_seen = now
+                if message.link_up is not None:
+                    self._link(state, message.link_up, now)
+                elif message.health is not None:
+                    if self._health(state, message.health, message.retained, now):
+                        beats.add(state.device)
+                elif message.event is not None:
+                    self._event(state, message.event, now)
+            for device in beats:
+                self._beaten(states[device][0], now)
+            for state, before in states.values():
+                if state != before:
+                    self.store.put_device(state)
+                if before is None or _face(state) != _face(before) or state.device in self._restated:
+                    self._device_changed(state)
+            self._restated.clear()
 
     def tick(self, now: float) -> None:
         """Time-driven outcomes: debounced links, staleness, gaps due, retention."""
@@ -144,8 +174,10 @@ class Fleet:
         try:
             with self.store.transaction():
                 yield
+                self.store.publish(self._changes)  # replicas on one database hear of it at commit
         except BaseException:
             self._changes.clear()
+            self._restated.clear()
             raise
         changes, self._changes = self._changes, []
         if self.on_change is not None:
@@ -153,20 +185,23 @@ class Fleet:
                 self.on_change(change)
 
     def _device_changed(self, state: DeviceState) -> None:
+        """A change a page shows (not every beat: 800 a second at 1,000 devices would be noise)."""
         self._changes.append(Change("device", state.device, data={"link": state.link, "stale": state.stale}))
 
     def _alert_changed(self, alert: AlertState) -> None:
-        data = {"severity": alert.severity, "status": alert.status, "title": alert.title}
+        data = {
+            "severity": alert.severity,
+            "status": alert.status,
+            "title": alert.title,
+            "count": alert.count,
+        }
         self._changes.append(Change("alert", alert.device, alert.dedup_key, data))
 
     # ------------------------------------------------------------------ devices and links
-    def _state(self, device: str, now: float) -> DeviceState:
-        state = self.store.device(device)
-        if state is None:
-            state = DeviceState(device)
-            self._history(now, device, "device", "", "INFO", "Device seen", "first seen")
-            self._command(device, RESYNC, {}, "first message from this device: which alerts are firing?", now)
-        return state
+    def _new_device(self, device: str, now: float) -> DeviceState:
+        self._history(now, device, "device", "", "INFO", "Device seen", "first seen")
+        self._command(device, RESYNC, {}, "first message from this device: which alerts are firing?", now)
+        return DeviceState(device)
 
     def _link(self, state: DeviceState, up: bool, now: float) -> None:
         link = "up" if up else "down"
@@ -200,7 +235,8 @@ class Fleet:
         )
 
     # ------------------------------------------------------------------ health and staleness
-    def _health(self, state: DeviceState, doc: dict[str, Any], retained: bool, now: float) -> None:
+    def _health(self, state: DeviceState, doc: dict[str, Any], retained: bool, now: float) -> bool:
+        """Record a node's health document; True if it is a beat (the node is not offline)."""
         details = doc.get("details") if isinstance(doc.get("details"), dict) else {}
         assert isinstance(details, dict)
         interval = details.get("health_interval_s")
@@ -219,17 +255,25 @@ class Fleet:
                 doc,
             )
         )
+        if self._statuses.get((state.device, doc["node"])) != doc["status"]:
+            self._statuses[(state.device, doc["node"])] = doc["status"]
+            self._restated.add(state.device)  # its tile's nodes online changed
         if doc.get("version"):
             state.version = str(doc["version"])
         if doc["node"] == "disk":
             state.disk = details
         if doc["status"] == "offline":
-            return  # a will or a goodbye: its chain head is the one it had when it connected
+            return False  # a will or a goodbye: its chain head is the one it had when it connected
         head = details.get("chain_head")
         if doc["node"] == "sign" and isinstance(head, dict):
             self._anchored_head(state, head, _when(doc["time"]), now)
         state.health_at = max(state.health_at or 0.0, beat)
-        intervals = [h.interval_s for h in self.store.health(state.device) if h.status != "offline"]
+        return True
+
+    def _beaten(self, state: DeviceState, now: float) -> None:
+        """After a batch's beats of a device: the interval its online nodes report, and a stale
+        device that speaks again is fresh."""
+        intervals = self.store.health_intervals(state.device)
         state.health_interval_s = max(
             (i for i in intervals if i is not None), default=self.settings.default_health_interval_s
         )
@@ -247,7 +291,7 @@ class Fleet:
     def _check_stale(self, state: DeviceState, now: float) -> None:
         if state.stale or not self._silent(state, now):
             return
-        if all(h.status == "offline" for h in self.store.health(state.device)):
+        if not self.store.health_intervals(state.device):
             return  # every node said goodbye: stopped, not silent
         state.stale = True
         self._history(now, state.device, "device", "", "WARNING", "Health", "stale")

@@ -1,7 +1,7 @@
 """The `vv console` service: the fleet link in, the fold into the store, pending actions out as cmds.
 
-One process, one asyncio loop: the fleet link hands each message to the fold (one store
-transaction each); a ticker runs the fold's time-driven checks and sends pending actions whenever
+One process, one asyncio loop: the fleet link queues each message; the fold takes what is queued
+in batches (one store transaction each); a ticker runs the fold's time-driven checks and sends pending actions whenever
 the central broker is reachable. It publishes nothing but commands.
 """
 
@@ -29,6 +29,11 @@ from nodes.console.web.app import Web, bind, serve_web
 from nodes.console.web.auth import Users
 
 log = logging.getLogger("vv.console")
+
+MAX_BATCH = 500  # messages folded in one store transaction at most
+# what a message that passed its schema can still make the fold raise; a database's own errors
+# are not in it (they stop the service, as before batching)
+UNFOLDABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 STORE_FILE = "console.sqlite"
 
@@ -92,14 +97,42 @@ class ConsoleService:
         self.web = Web(store, self.registry, console, Users(console.users_path(settings.paths.home)))
         self.fleet.on_change = self.web.hub.publish
         self._sending = asyncio.Lock()
+        self._inbox: asyncio.Queue[FleetMessage] = asyncio.Queue()
         self.epoch = 0
 
     async def _on_message(self, message: FleetMessage) -> None:
-        now = time.time()
-        self.fleet.receive(message, now)
-        self.web.ingestion.messages += 1
-        if message.event is not None and not message.retained:
-            self.web.ingestion.observe(now - parse_time(message.event.time).timestamp())
+        self._inbox.put_nowait(message)
+
+    async def _fold(self) -> None:
+        """Fold what has arrived, up to MAX_BATCH messages a transaction: under load the batches
+        grow by themselves (the link reads everything waiting before this runs again)."""
+        while True:
+            batch = [await self._inbox.get()]
+            while len(batch) < MAX_BATCH and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            now = time.time()
+            self._fold_batch(batch, now)
+            self.web.ingestion.messages += len(batch)
+            self.web.ingestion.backlog = self._inbox.qsize()
+            for message in batch:
+                if message.event is not None and not message.retained:
+                    self.web.ingestion.observe(now - parse_time(message.event.time).timestamp())
+
+    def _fold_batch(self, batch: list[FleetMessage], now: float) -> None:
+        """One transaction for the batch; if a message in it breaks the fold, each on its own, so
+        that one message is dropped (logged, counted) and the others are kept."""
+        try:
+            self.fleet.receive_batch(batch, now)
+            return
+        except UNFOLDABLE:
+            pass
+        for message in batch:  # (a batch of one fails again: a cheap way to name the message)
+            try:
+                self.fleet.receive(message, now)
+            except UNFOLDABLE as exc:
+                self._on_reject(
+                    f"vv/{message.device}/{message.event_type}", f"the fold failed on it: {exc!r}"
+                )
 
     def _on_reject(self, topic: str, reason: str) -> None:
         self.rejected += 1
@@ -172,7 +205,11 @@ class ConsoleService:
         )
         # the page's port is bound first: a taken one fails here, before anything starts
         sock = bind(console.http_host, console.http_port) if console.http_port else None
-        tasks = [asyncio.create_task(self.link.run(once=True)), asyncio.create_task(self._ticker())]
+        tasks = [
+            asyncio.create_task(self.link.run(once=True)),
+            asyncio.create_task(self._fold()),
+            asyncio.create_task(self._ticker()),
+        ]
         if sock is not None:
             log.info("console web page on http://%s:%d/", console.http_host, console.http_port)
             if not self.web.users.path.exists():

@@ -172,6 +172,7 @@ class ConsoleStore(Protocol):
     def devices(self) -> list[DeviceState]: ...
     def put_device(self, state: DeviceState) -> None: ...
     def health(self, device: str | None = None) -> list[NodeHealth]: ...
+    def health_intervals(self, device: str) -> list[float | None]: ...
     def put_health(self, health: NodeHealth) -> None: ...
     def alert(self, device: str, dedup_key: str) -> AlertState | None: ...
     def alerts(self, device: str | None = None, status: str | None = None) -> list[AlertState]: ...
@@ -230,6 +231,7 @@ CREATE TABLE IF NOT EXISTS gaps (
 CREATE TABLE IF NOT EXISTS actions (
   id INTEGER PRIMARY KEY, at REAL NOT NULL, author TEXT NOT NULL, kind TEXT NOT NULL, device TEXT NOT NULL,
   args TEXT NOT NULL, until TEXT NOT NULL, comment TEXT NOT NULL, sent_at REAL, event_id TEXT);
+CREATE INDEX IF NOT EXISTS actions_pending ON actions (id) WHERE sent_at IS NULL;
 """
 
 _JSON_FIELDS = {"disk", "document", "args"}
@@ -350,6 +352,13 @@ class SqlStore:
         if device is None:
             return self._rows(NodeHealth, "SELECT * FROM node_health ORDER BY device, node")
         return self._rows(NodeHealth, "SELECT * FROM node_health WHERE device = ? ORDER BY node", (device,))
+
+    def health_intervals(self, device: str) -> list[float | None]:
+        """The stated health intervals of the device's nodes that are not offline (none: all are)."""
+        rows = self._db.execute(
+            "SELECT interval_s FROM node_health WHERE device = ? AND status <> 'offline'", (device,)
+        )
+        return [row["interval_s"] for row in rows]
 
     def put_health(self, health: NodeHealth) -> None:
         self._db.execute(*_upsert("node_health", health, ("device", "node")))

@@ -355,14 +355,15 @@ def _event(change: Change) -> str:
 
 
 async def _stream(web: Web) -> AsyncIterator[str]:
-    """One page's live stream until it goes away or the console stops."""
+    """One page's live stream until it goes away or the console stops; what is queued goes out in
+    one write (a fold batch makes hundreds of changes at once)."""
     queue = web.hub.subscribe()
     try:
         yield "retry: 1000\n\n"
         idle = 0.0
         while not web.closing:
             try:
-                change = await asyncio.wait_for(queue.get(), 1.0)
+                first = await asyncio.wait_for(queue.get(), 1.0)
             except TimeoutError:
                 idle += 1.0
                 if idle >= KEEPALIVE_S:
@@ -370,7 +371,7 @@ async def _stream(web: Web) -> AsyncIterator[str]:
                     yield ": keepalive\n\n"
                 continue
             idle = 0.0
-            yield _event(change)
+            yield "".join(_event(change) for change in [first, *web.hub.drain(queue)])
     finally:
         web.hub.unsubscribe(queue)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from nodes.console.store import Change
 
-QUEUE_SIZE = 1000
+QUEUE_SIZE = 5000  # changes a page may lag behind (a fold batch of 500 alerts makes ~1,000)
 RESYNC = Change("resync", "")
 
 
@@ -36,14 +36,21 @@ class Hub:
             try:
                 queue.put_nowait(change)
             except asyncio.QueueFull:
-                while not queue.empty():
-                    queue.get_nowait()
+                self.drain(queue)
                 queue.put_nowait(RESYNC)
 
     def subscribe(self) -> asyncio.Queue[Change]:
         queue: asyncio.Queue[Change] = asyncio.Queue(QUEUE_SIZE)
         self._queues.add(queue)
         return queue
+
+    @staticmethod
+    def drain(queue: asyncio.Queue[Change]) -> list[Change]:
+        """Everything waiting in a stream's queue, without waiting."""
+        changes = []
+        while not queue.empty():
+            changes.append(queue.get_nowait())
+        return changes
 
     def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
         self._queues.discard(queue)

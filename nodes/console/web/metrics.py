@@ -26,6 +26,7 @@ class Ingestion:
     messages: int = 0
     events: int = 0
     rejected: int = 0
+    backlog: int = 0  # messages received and not yet folded, after the last batch
     lag_s: float | None = None  # the newest event's arrival minus its own time
     lag_max_s: float = 0.0  # the largest since the console started
 
@@ -107,6 +108,12 @@ def render(store: ConsoleStore, registry: Registry, ingestion: Ingestion, stream
             "counter",
             "Messages dropped as undecodable or forged.",
             [({}, ingestion.rejected)],
+        ),
+        *_family(
+            "vv_console_ingestion_backlog",
+            "gauge",
+            "Messages received and not yet folded (growing: the console falls behind).",
+            [({}, ingestion.backlog)],
         ),
         *_family(
             "vv_console_ingestion_lag_seconds",

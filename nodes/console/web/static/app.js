@@ -434,3 +434,4 @@ notifyButton();
 refresh();
 live();
 if (PAGE === "wall" || PAGE === "fleet") setInterval(soon, 30000); // "seen 12s ago" keeps counting
+if (PAGE === "device") setInterval(soon, 10000); // health details: a beat that changes no state is not streamed
