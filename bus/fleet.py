@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from bus import codec, schemas
 from bus.backoff import Backoff
-from bus.envelope import JSON, Event
+from bus.envelope import JSON, Event, parse_time
 from bus.topics import is_pipeline_event, parse_topic, topic_for
 
 log = logging.getLogger("vv.fleet")
@@ -128,6 +128,7 @@ def decode_fleet(topic: str, payload: bytes, content_type: str | None, retained:
             schemas.validate("health", document)
             if document["device"] != device or f"health.{document['node']}" != event_type:
                 raise FleetRejected(f"health of {document['node']}@{document['device']} on topic {topic}")
+            _real_times(document["time"])
             return FleetMessage(device, event_type, retained, health=document)
         event = Event.from_dict(document)
     except (schemas.SchemaError, KeyError) as exc:
@@ -136,7 +137,23 @@ def decode_fleet(topic: str, payload: bytes, content_type: str | None, retained:
         raise FleetRejected(f"event {event.type}@{event.device} does not belong on topic {topic}")
     if not event.source.startswith(f"vv://{device}/"):
         raise FleetRejected(f"source {event.source} is not a node of {device}")
+    line = event.data.get("line")
+    _real_times(
+        event.time,
+        event.data.get("timestamp", event.time),  # an alert's own time
+        line.get("created_at", event.time) if isinstance(line, dict) else event.time,  # a LogLine's
+    )
     return FleetMessage(device, event_type, retained, event=event)
+
+
+def _real_times(*values: Any) -> None:
+    """The schemas check a time's shape; the calendar is checked here (a 30 February, an offset of
+    25 hours pass the pattern and would stop the fold that reads them)."""
+    for value in values:
+        try:
+            parse_time(value)
+        except ValueError as exc:
+            raise FleetRejected(str(exc)) from None
 
 
 def _properties(packet_type: int) -> Properties:

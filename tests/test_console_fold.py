@@ -337,6 +337,11 @@ def test_state_survives_a_restart(opener: Callable[[], ConsoleStore], tmp_path: 
         ("vv/edge-a/bridge/state", b"up", "not '0' or '1'"),
         ("other/edge-a/x", b"{}", "not a vv topic"),
         ("vv/edge-a/health/monitor", b'{"node": "monitor"}', "health"),
+        (
+            "vv/edge-a/health/monitor",
+            b'{"node": "monitor", "device": "edge-a", "status": "online", "time": "2026-02-30T00:00:00Z"}',
+            "not an RFC 3339 time: '2026-02-30T00:00:00Z'",
+        ),
     ],
 )
 def test_garbage_is_refused_with_a_reason(topic: str, payload: bytes, why: str) -> None:
@@ -447,3 +452,76 @@ def test_history_is_kept_for_its_retention_only(console: Console, dev: SimDevice
     console.send(dev.alert("New"), T0 + 40 * 86400)
     assert console.store.prune(T0 + 40 * 86400 - SETTINGS.history_days * 86400) >= 2  # history and seen id
     assert [h.title for h in console.store.history()] == ["New"]
+
+
+def test_impossible_times_in_events_are_refused(dev: SimDevice) -> None:
+    """The schemas check a time's shape; a calendar-impossible one would stop the fold."""
+    alert = dev.alert("Offset of 25 hours")
+    alert.data["timestamp"] = "2026-01-01T00:00:00+25:00"
+    with pytest.raises(FleetRejected, match=r"\+25:00"):
+        decode_fleet(*wire(alert), None, False)
+    line = dev.logline()
+    line["created_at"] = "2026-02-30T00:00:00Z"
+    with pytest.raises(FleetRejected, match="2026-02-30"):
+        decode_fleet(*wire(dev.logline_event(line)), None, False)
+
+
+def _mixed_traffic(a: SimDevice, b: SimDevice) -> list[Any]:
+    """Links, beats, alerts firing/resolving, a duplicate, LogLines with a gap and a late fill."""
+    msgs: list[Any] = []
+    for dev in (a, b):
+        msgs.append(decode_fleet(f"vv/{dev.device}/bridge/state", b"1", None, True))
+        for node in ("monitor", "scan", "sign"):
+            msgs.append(
+                decode_fleet(
+                    f"vv/{dev.device}/health/{node}", json.dumps(dev.health(node, 2.0)).encode(), None, False
+                )
+            )
+    fire = a.alert("Disk almost full")
+    msgs += [decode_fleet(*wire(event), None, False) for event in (fire, fire, b.alert("Fan failed"))]
+    msgs.append(decode_fleet(*wire(a.alert("Disk almost full", status="resolved")), None, False))
+    lines = [a.logline_event(a.logline()) for _ in range(4)]
+    for event in (lines[0], lines[2], lines[3], lines[1]):  # seq 2 arrives last: a gap, then filled
+        msgs.append(decode_fleet(*wire(event), None, False))
+    msgs.append(decode_fleet("vv/edge-b/bridge/state", b"0", None, True))
+    return msgs
+
+
+def _contents(store: ConsoleStore) -> tuple[Any, ...]:
+    history = [(h.at, h.device, h.kind, h.key, h.change) for h in store.history()]
+    actions = [(x.device, x.kind, x.args) for x in store.actions()]
+    chain = [(c.seq, c.hash, c.verified) for c in store.chain_at("edge-a", 2) + store.chain_at("edge-a", 4)]
+    return store.devices(), store.alerts(), store.health(), store.gaps(), history, actions, chain
+
+
+def test_a_batch_folds_as_its_messages_one_by_one(tmp_path: Path) -> None:
+    """The service folds what arrived together in one transaction: the same outcome as one each."""
+    a, b = SimDevice("edge-a"), SimDevice("edge-b")
+    msgs = _mixed_traffic(a, b)
+    singly = Console(lambda: SqliteStore(tmp_path / "singly.sqlite"), tmp_path, a, b)
+    batched = Console(lambda: SqliteStore(tmp_path / "batched.sqlite"), tmp_path, a, b)
+    for message in msgs:
+        singly.fleet.receive(message, T0)
+    batched.fleet.receive_batch(msgs, T0)
+    for console in (singly, batched):
+        console.fleet.tick(T0 + 1)
+    assert _contents(batched.store) == _contents(singly.store)
+    assert len(batched.store.alerts()) == 2 and batched.store.gaps() == []
+    assert [d.link for d in batched.store.devices()] == ["up", "down"]
+
+
+def test_a_beat_that_changes_no_tile_is_not_streamed(console: Console, dev: SimDevice) -> None:
+    """800 beats a second at 1,000 devices: a page hears of a device only when its tile changes."""
+    heard: list[Any] = []
+    console.fleet.on_change = heard.append
+    console.health("edge-a", dev.health("monitor", 2.0), T0)
+    assert [(c.kind, c.device) for c in heard] == [("device", "edge-a")]
+    for n in range(1, 4):
+        console.health("edge-a", dev.health("monitor", 2.0), T0 + n)
+    assert len(heard) == 1
+    console.health("edge-a", dev.health("monitor", 2.0, status="degraded"), T0 + 5)
+    console.link("edge-a", False, T0 + 6)
+    assert [c.kind for c in heard] == ["device", "device", "device"]
+    assert heard[-1].data == {"link": "down", "stale": False}
+    state = console.store.device("edge-a")
+    assert state is not None and state.health_at == T0 + 5 and state.last_seen == T0 + 5

@@ -9,13 +9,18 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import VV, Publisher, wait_until
 
 from bus.broker import ADMIN_USER, secret_for
-from bus.envelope import Event, parse_time
+from bus.config import load_settings
+from bus.envelope import Event, parse_time, utc_now
+from bus.fleet import FleetMessage, decode_fleet
+from nodes.console.service import ConsoleService
+from nodes.console.store import SqliteStore
 from nodes.fleet.sim import SimDevice, wire
 
 
@@ -237,10 +242,35 @@ def test_garbage_and_forgeries_are_dropped_and_counted(
     central.publisher.raw("vv/edge-a/alert/error", b"\xc1garbage")
     topic, payload = wire(dev.alert("Spoofed"))
     central.publisher.raw(topic.replace("edge-a", "edge-b"), payload)  # edge-a's event under edge-b
+    # times of the right shape that no calendar has: they passed the schemas and stopped the fold
+    impossible = dev.health("scan")
+    impossible["time"] = "2026-02-30T00:00:00Z"
+    central.publisher.raw("vv/edge-a/health/scan", json.dumps(impossible).encode())
+    late = dev.alert("Offset of 25 hours")
+    late.data["timestamp"] = "2026-01-01T00:00:00+25:00"
+    central.publisher.raw(*wire(late))
     central.send(dev.alert("Real"))
     wait_until(lambda: central.alerts("--device", "edge-a"), 5, "the real alert")
     assert _titles(central.alerts()) == {"Real"}
     assert central.proc is not None and central.proc.poll() is None
     log = (central.vv.home / "logs" / "app.log").read_text()
     dropped = [json.loads(line) for line in log.splitlines() if "dropped a message" in line]
-    assert len(dropped) == 2 and "(2 dropped so far)" in dropped[-1]["message"]
+    assert len(dropped) == 4 and "(4 dropped so far)" in dropped[-1]["message"]
+    assert "not an RFC 3339 time: '2026-02-30T00:00:00Z'" in dropped[2]["message"]
+
+
+def test_a_message_the_fold_cannot_take_is_dropped_and_its_batch_kept(tmp_path: Path) -> None:
+    """The service folds a batch in one transaction; a message that breaks the fold (whatever gets
+    past the checks) is retried alone, logged and counted, and the rest of its batch is kept."""
+    settings = load_settings({"VV_HOME": str(tmp_path), "VV_DEVICE": "central"})
+    store = SqliteStore(tmp_path / "console.sqlite")
+    service = ConsoleService(settings, store)
+    dev = SimDevice("edge-a")
+    before, after = (decode_fleet(*wire(dev.alert(title)), None, False) for title in ("Before", "After"))
+    broken = FleetMessage("edge-a", "health.scan", False, health={"node": "scan", "time": utc_now()})
+    try:
+        service.fold([before, broken, after], time.time())
+        assert {a.title for a in store.alerts()} == {"Before", "After"}
+        assert service.rejected == 1 and service.web.ingestion.rejected == 1
+    finally:
+        store.close()

@@ -178,6 +178,7 @@ class Fleet:
         except BaseException:
             self._changes.clear()
             self._restated.clear()
+            self._statuses.clear()  # some were heard in the rolled-back step: hear them anew
             raise
         changes, self._changes = self._changes, []
         if self.on_change is not None:

@@ -103,7 +103,7 @@ class ConsoleService:
     async def _on_message(self, message: FleetMessage) -> None:
         self._inbox.put_nowait(message)
 
-    async def _fold(self) -> None:
+    async def _folding(self) -> None:
         """Fold what has arrived, up to MAX_BATCH messages a transaction: under load the batches
         grow by themselves (the link reads everything waiting before this runs again)."""
         while True:
@@ -111,14 +111,14 @@ class ConsoleService:
             while len(batch) < MAX_BATCH and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
             now = time.time()
-            self._fold_batch(batch, now)
+            self.fold(batch, now)
             self.web.ingestion.messages += len(batch)
             self.web.ingestion.backlog = self._inbox.qsize()
             for message in batch:
                 if message.event is not None and not message.retained:
                     self.web.ingestion.observe(now - parse_time(message.event.time).timestamp())
 
-    def _fold_batch(self, batch: list[FleetMessage], now: float) -> None:
+    def fold(self, batch: list[FleetMessage], now: float) -> None:
         """One transaction for the batch; if a message in it breaks the fold, each on its own, so
         that one message is dropped (logged, counted) and the others are kept."""
         try:
@@ -207,7 +207,7 @@ class ConsoleService:
         sock = bind(console.http_host, console.http_port) if console.http_port else None
         tasks = [
             asyncio.create_task(self.link.run(once=True)),
-            asyncio.create_task(self._fold()),
+            asyncio.create_task(self._folding()),
             asyncio.create_task(self._ticker()),
         ]
         if sock is not None:
