@@ -49,10 +49,10 @@ class Grant:
         return "\n".join(lines) + "\n"
 
 
-def persistence_and_limits(broker: BrokerSettings) -> dict[str, object]:
+def persistence_and_limits(broker: BrokerSettings, central: bool = False) -> dict[str, object]:
     """The template values every broker config shares (edge and central): persistence and queue limits."""
     return {
-        "autosave_interval": broker.autosave_interval,
+        "autosave_interval": broker.central_autosave_interval if central else broker.autosave_interval,
         "persistent_client_expiration": broker.persistent_client_expiration,
         "max_packet_bytes": broker.max_packet_bytes,
         "max_queued_messages": broker.max_queued_messages,

@@ -78,7 +78,7 @@ def render_central(
             password_file_line=f"password_file {passwd}" if passwd else "# no password logins",
             acl=acl,
             data_dir=data,
-            **persistence_and_limits(broker),
+            **persistence_and_limits(broker, central=True),
         )
     )
     return BrokerFiles(directory=directory, conf=conf, data_dir=data, passwd=passwd, acl=acl)

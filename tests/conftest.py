@@ -132,11 +132,12 @@ class VV:
         return self.settings.mqtt_credentials(self.settings.mqtt_username(node))
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace_s`."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -174,7 +175,7 @@ def vv(tmp_path: Path) -> Iterator[VV]:
     device = VV(home=home, env=env, settings=settings, broker=broker)
     yield device
     for proc in device.procs:
-        _stop(proc)
+        stop_process(proc)
     broker.stop()
 
 

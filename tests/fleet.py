@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, VV, Broker, Probe, Publisher, device_env, free_port
+from conftest import REPO, VV, Broker, Probe, Publisher, device_env, free_port, stop_process
 
 from bus.broker import BrokerFiles, TlsFiles
 from bus.config import load_settings
@@ -138,6 +138,8 @@ class FleetRig:
         for client in self.clients:
             client.close()
         for edge in self.edges.values():
+            for proc in edge.procs:  # the edges' nodes a test ran
+                stop_process(proc)
             edge.broker.stop()
         if self.central:
             self.central.stop()

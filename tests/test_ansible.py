@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, VV, Probe, Publisher, free_port, wait_until
+from conftest import REPO, VV, Probe, Publisher, free_port, stop_process, wait_until
 
 from bus.broker import ADMIN_USER, secret_for
 from bus.config import Settings, load_settings
@@ -412,15 +412,6 @@ def host_settings(fleet: Fleet, host: str, config: str = "vv.toml") -> Settings:
     return load_settings({"VV_CONFIG": str(fleet.prefix(host) / "etc/vv" / config)})
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_rendered_edge_broker_takes_the_hosts_own_credentials(fleet: Fleet) -> None:
     """The broker part of vv-up.service (`vv broker` from the installed wheel, the unit's
     environment): a node logs in with the secret kept on the host and its health reaches a reader."""
@@ -437,7 +428,7 @@ def test_rendered_edge_broker_takes_the_hosts_own_credentials(fleet: Fleet) -> N
             node.close()
             reader.close()
     finally:
-        stop(broker)
+        stop_process(broker)
 
 
 def broker_up(port: int, proc: subprocess.Popen[bytes]) -> bool:
@@ -533,4 +524,4 @@ def test_alert_travels_from_an_edge_node_to_the_console(fleet: Fleet) -> None:
         }
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_process(proc)

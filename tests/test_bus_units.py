@@ -12,7 +12,8 @@ from conftest import REPO
 
 from bus import codec
 from bus.backoff import Backoff
-from bus.broker import render_broker
+from bus.broker import TlsFiles, render_broker
+from bus.broker_central import render_central
 from bus.config import load_settings
 from bus.envelope import JSON, MSGPACK, uuid7
 from bus.store import SEQ_BLOCK, NodeStore
@@ -97,7 +98,7 @@ def test_rendered_broker_config_has_the_safety_settings(tmp_path: Path) -> None:
         "allow_anonymous false",
         "persistence true",
         "autosave_on_changes true",
-        "autosave_interval 1",
+        "\nautosave_interval 1\n",  # an edge saves per change: its queue is the device's record
         "message_size_limit",
         "max_queued_messages",
         f"acl_file {files.acl}",
@@ -108,6 +109,18 @@ def test_rendered_broker_config_has_the_safety_settings(tmp_path: Path) -> None:
     assert "pattern" not in acl and acl.count("readwrite") == 1  # only vv-admin writes freely
     assert files.passwd is not None and (files.passwd.stat().st_mode & 0o777) == 0o600
     assert "edge9:" in files.passwd.read_text() and "vv-admin:" in files.passwd.read_text()
+
+
+def test_the_central_broker_saves_per_thousand_changes(tmp_path: Path) -> None:
+    """Every health beat of the fleet is a change to the central broker's database, which it writes
+    whole on each save: per change it stalls at a few hundred devices (bench/fleet.py)."""
+    settings = load_settings({"VV_HOME": str(tmp_path), "VV_DEVICE": "central"})
+    tls = TlsFiles(tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key")
+    for path in (tls.ca, tls.cert, tls.key):
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
+        path.chmod(0o600)
+    conf = render_central(settings, tls, host="127.0.0.1", port=8883, consoles=[]).conf.read_text()
+    assert "autosave_on_changes true\nautosave_interval 1000\n" in conf
     dev = render_broker(settings, dev=True, directory=tmp_path / "dev").conf.read_text()
     assert "allow_anonymous true" in dev and "listener 1883 127.0.0.1" in dev
 

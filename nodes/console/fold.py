@@ -132,11 +132,22 @@ class Fleet:
     def tick(self, now: float) -> None:
         """Time-driven outcomes: debounced links, staleness, gaps due, retention."""
         self.registry.refresh()
+        settings = self.settings
         with self._step():
-            # Every device's lock, in one order (no deadlock), before reading: a replica folding a
-            # message meanwhile would otherwise have its write overwritten by a stale row.
-            self.store.lock(*sorted(state.device for state in self.store.devices()))
-            for state in self.store.devices():
+            due = sorted(
+                self.store.devices_due(
+                    now - settings.link_debounce_s,
+                    now,
+                    settings.stale_factor,
+                    settings.default_health_interval_s,
+                )
+            )
+            # their locks, in one order (no deadlock), before reading: a replica folding a message
+            # meanwhile would otherwise have its write overwritten by a stale row
+            self.store.lock(*due)
+            for name in due:
+                state = self.store.device(name)
+                assert state is not None  # devices are never deleted
                 before = dataclasses.replace(state)
                 self._check_link(state, now)
                 self._check_stale(state, now)

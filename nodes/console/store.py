@@ -170,6 +170,9 @@ class ConsoleStore(Protocol):
     def mark_seen(self, event_id: str, at: float) -> bool: ...
     def device(self, device: str) -> DeviceState | None: ...
     def devices(self) -> list[DeviceState]: ...
+    def devices_due(
+        self, down_before: float, now: float, stale_factor: float, default_interval_s: float
+    ) -> list[str]: ...
     def put_device(self, state: DeviceState) -> None: ...
     def health(self, device: str | None = None) -> list[NodeHealth]: ...
     def health_intervals(self, device: str) -> list[float | None]: ...
@@ -344,6 +347,18 @@ class SqlStore:
 
     def devices(self) -> list[DeviceState]:
         return self._rows(DeviceState, "SELECT * FROM devices ORDER BY device")
+
+    def devices_due(
+        self, down_before: float, now: float, stale_factor: float, default_interval_s: float
+    ) -> list[str]:
+        """The devices a tick may change: a link down since before `down_before` and no incident yet,
+        or not stale and silent for `stale_factor` x their interval (the tick checks each again)."""
+        rows = self._db.execute(
+            "SELECT device FROM devices WHERE (link = 'down' AND NOT link_incident AND link_changed <= ?)"
+            " OR (NOT stale AND health_at < ? - ? * COALESCE(health_interval_s, ?))",
+            (down_before, now, stale_factor, default_interval_s),
+        )
+        return [row["device"] for row in rows]
 
     def put_device(self, state: DeviceState) -> None:
         self._db.execute(*_upsert("devices", state, ("device",)))
