@@ -78,6 +78,7 @@ def connection(settings: Settings) -> FleetConnection:
         check_hostname=console.check_hostname,
         keepalive_s=console.keepalive_s,
         session_expiry_s=console.session_expiry_s,
+        receive_maximum=console.receive_maximum,
         shared_group=console.shared_group,
         reconnect_min_s=settings.mqtt.reconnect_min_s,
         reconnect_max_s=settings.mqtt.reconnect_max_s,

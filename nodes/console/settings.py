@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.config import section
+from bus.config import ConfigError, section
 
 
 @section("console")
@@ -27,6 +27,7 @@ class ConsoleSettings:
     password: str = ""
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
+    receive_maximum: int = 1000  # QoS 1 messages in flight from the central broker (MQTT 5 Receive Maximum)
     home: str = ""  # "": VV_HOME/console (the SQLite store lives there)
     registry: str = ""  # "": VV_HOME/fleet/devices.json, written by `vv fleet enroll`
     # A gap in a producer's seq may be reordering across the bridge: wait this long before asking the
@@ -49,6 +50,12 @@ class ConsoleSettings:
     # Replicas on one database split alerts and LogLines with the MQTT 5 shared subscription
     # $share/<shared_group>/...; each still reads health and bridge state itself. "": plain subscriptions.
     shared_group: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ConfigError(
+                f"console.receive_maximum: {self.receive_maximum} is not within 1-65535 (MQTT 5)"
+            )
 
     def home_path(self, vv_home: Path) -> Path:
         return Path(self.home) if self.home else vv_home / "console"
