@@ -59,7 +59,7 @@ class Node(Contract):
     max_batch: ClassVar[int] = 64  # messages already delivered that are handled in one transaction
 
     def __init__(
-        self, settings: Settings, instance: str = "", *, transport: TransportFactory = MqttTransport
+        self, settings: Settings, instance: str = "", *, transport: TransportFactory = MqttTransport.for_node
     ) -> None:
         """`transport` makes the connection: the real broker, or bus/inprocess.py in fast tests."""
         if not self.name:

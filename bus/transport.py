@@ -33,6 +33,7 @@ from bus.config import Settings
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0  # connect, subscribe, an awaited publish, a graceful disconnect
+READ_BURST = 500  # packets read in one turn of the loop at most (one turn per packet cost a turn each)
 
 # Called once per publish with None when the broker took it, or the broker's refusal.
 AckCallback = Callable[[str | None], None]
@@ -68,6 +69,36 @@ class Session:
     username: str
     will: Will | None = None
     persistent: bool = True
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect: the broker, a login or a client certificate (`tls`), the session's
+    lifetime, and how many QoS 1 messages the broker may have in flight to us (0: its default)."""
+
+    host: str
+    port: int
+    keepalive_s: int = 30
+    username: str = ""
+    password: str = ""
+    tls: ssl.SSLContext | None = None
+    session_expiry_s: int = 0
+    receive_maximum: int = 0
+
+    @classmethod
+    def of_node(cls, settings: Settings, session: Session) -> Endpoint:
+        """A node's: the device's broker, the node's own login, the configured session expiry."""
+        mqtt = settings.mqtt
+        username, password = settings.mqtt_credentials(session.username)
+        return cls(
+            mqtt.host,
+            mqtt.port,
+            mqtt.keepalive_s,
+            username,
+            password,
+            ssl.create_default_context(cafile=mqtt.tls_ca) if mqtt.tls_ca else None,
+            mqtt.session_expiry_s if session.persistent else 0,
+        )
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -202,27 +233,28 @@ class Transport(abc.ABC):
 class MqttTransport(Transport):
     """The real connection: paho-mqtt, MQTT 5, driven by the running asyncio loop."""
 
-    def __init__(self, settings: Settings, session: Session) -> None:
+    def __init__(self, endpoint: Endpoint, session: Session) -> None:
         super().__init__()
-        self._settings = settings
-        mqtt = settings.mqtt
+        self._endpoint = endpoint
         self._paho = client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=session.client_id,
             protocol=paho.MQTTv5,
             manual_ack=True,
         )
-        username, password = settings.mqtt_credentials(session.username)
-        client.username_pw_set(username, password or None)
-        if mqtt.tls_ca:
-            client.tls_set_context(ssl.create_default_context(cafile=mqtt.tls_ca))
+        if endpoint.username:
+            client.username_pw_set(endpoint.username, endpoint.password or None)
+        if endpoint.tls is not None:
+            client.tls_set_context(endpoint.tls)
         if session.will is not None:
             props = mqtt_properties(PacketTypes.WILLMESSAGE)
             props.WillDelayInterval = session.will.delay_s
             props.ContentType = session.will.content_type
             client.will_set(session.will.topic, session.will.payload, qos=1, retain=True, properties=props)
         self._connect_props = mqtt_properties(PacketTypes.CONNECT)
-        self._connect_props.SessionExpiryInterval = mqtt.session_expiry_s if session.persistent else 0
+        self._connect_props.SessionExpiryInterval = endpoint.session_expiry_s
+        if endpoint.receive_maximum:
+            self._connect_props.ReceiveMaximum = endpoint.receive_maximum
         self._clean_start = not session.persistent
         self._loop = asyncio.get_running_loop()  # built by a node's connection loop, in its loop
         self._loop_thread = threading.get_ident()
@@ -234,6 +266,7 @@ class MqttTransport(Transport):
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_subscribe  # both complete a waiting SUBACK/UNSUBACK future
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -252,12 +285,16 @@ class MqttTransport(Transport):
             self._paho.disconnect()
             raise
 
+    @classmethod
+    def for_node(cls, settings: Settings, session: Session) -> MqttTransport:
+        return cls(Endpoint.of_node(settings, session), session)
+
     def _connect(self) -> None:
-        mqtt = self._settings.mqtt
+        endpoint = self._endpoint
         self._paho.connect(
-            mqtt.host,
-            mqtt.port,
-            mqtt.keepalive_s,
+            endpoint.host,
+            endpoint.port,
+            endpoint.keepalive_s,
             clean_start=self._clean_start,
             properties=self._connect_props,
         )
@@ -278,6 +315,19 @@ class MqttTransport(Transport):
         result, mid = self._paho.subscribe([(topic_filter, 1) for topic_filter in filters])
         if result != paho.MQTT_ERR_SUCCESS or mid is None:
             raise MqttCodeError(result, "could not subscribe")
+        self._suback[mid] = self._loop.create_future()
+        try:
+            await self._until(self._suback[mid], TIMEOUT_S)
+        finally:
+            del self._suback[mid]
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        """Drop subscriptions a persistent session kept from before, awaiting the UNSUBACK."""
+        if not filters:
+            return
+        result, mid = self._paho.unsubscribe(list(filters))
+        if result != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttCodeError(result, "could not unsubscribe")
         self._suback[mid] = self._loop.create_future()
         try:
             await self._until(self._suback[mid], TIMEOUT_S)
@@ -351,11 +401,17 @@ class MqttTransport(Transport):
         self._soon(start)
 
     def _read(self) -> None:
+        """Read what has arrived: paho reads one packet a call, so go on while calls deliver (up to
+        READ_BURST, then let the loop's other work run); a call that delivers nothing found the
+        socket drained or read another kind of packet. TLS may hold decrypted bytes the selector
+        never announces: those are read too."""
         sock = self._paho.socket()
-        while self._paho.loop_read() == paho.MQTT_ERR_SUCCESS:
-            # TLS may hold decrypted bytes the selector never announces: read them too
-            if not (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0):
-                break
+        for _ in range(READ_BURST):
+            before = self._inbox.qsize()
+            if self._paho.loop_read() != paho.MQTT_ERR_SUCCESS:
+                return
+            if self._inbox.qsize() == before and not (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0):
+                return
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         def stop() -> None:
