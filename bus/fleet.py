@@ -14,21 +14,20 @@ its topic (an event under `vv/A/...` must say device A), and anything that fails
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from aiomqtt import MqttError
 
 from bus import codec, schemas
 from bus.backoff import Backoff
 from bus.envelope import JSON, Event, parse_time
 from bus.topics import is_pipeline_event, parse_topic, topic_for
+from bus.transport import Endpoint, Message, MqttTransport, Session
 
 log = logging.getLogger("vv.fleet")
 
@@ -74,6 +73,18 @@ class FleetConnection:
             return list(FLEET_FILTERS), []
         shared = [f"$share/{self.shared_group}/{topic_filter}" for topic_filter in EVENT_FILTERS]
         return [*STATE_FILTERS, *shared], list(EVENT_FILTERS)
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(
+            self.host,
+            self.port,
+            self.keepalive_s,
+            self.username,
+            self.password,
+            self.tls_context(),
+            self.session_expiry_s,
+            self.receive_maximum,
+        )
 
     def tls_context(self) -> ssl.SSLContext | None:
         """TLS when a CA is named; the client certificate (CN = the console's name) when given."""
@@ -159,58 +170,31 @@ def _real_times(*values: Any) -> None:
             raise FleetRejected(str(exc)) from None
 
 
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _json_properties() -> Properties:
-    props = _properties(PacketTypes.PUBLISH)
-    props.ContentType = JSON
-    return props
-
-
 class FleetLink:
     """The console's persistent MQTT 5 session with the central broker, reconnected with backoff.
 
     A fixed client id and a session expiry let the broker queue the fleet's alerts and LogLines
-    while the console is down. Messages are acknowledged by aiomqtt on receipt (it has no public
-    manual ack): one lost by a console crash before its store commit is a gap in the producer's
-    `seq`, which the console asks the device's journal to re-send. Replicas (`shared_group`) take
-    turns at the events; a dead replica's persistent session keeps its turns queued until it
-    returns (mosquitto 2.0), and the survivors' gap checks ask the devices meanwhile.
+    while the console is down. Messages are acknowledged only when the console says they are done
+    (`on_message`'s second argument: after the store transaction that folded them committed), so a
+    console that dies mid-batch gets them again from the broker; the fold's dedupe by event id makes
+    a redelivery change nothing. The broker keeps at most `receive_maximum` unacknowledged messages
+    in flight: a console that falls behind makes the backlog wait at the broker, not in its memory.
+    Replicas (`shared_group`) take turns at the events; a dead replica's persistent session keeps its
+    turns queued until it returns (mosquitto 2.0), and the survivors' gap checks ask the devices
+    meanwhile. It runs on bus/transport.py's paho transport (manual acks, PUBACK reason codes).
     """
 
     def __init__(
         self,
         connection: FleetConnection,
-        on_message: Callable[[FleetMessage], Awaitable[None]],
+        on_message: Callable[[FleetMessage, Callable[[], None]], None],
         on_reject: Callable[[str, str], None],
         on_connected: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.connection = connection
         self._on_message, self._on_reject, self._on_connected = on_message, on_reject, on_connected
-        self._client: aiomqtt.Client | None = None
+        self._transport: MqttTransport | None = None
         self.connected = asyncio.Event()
-
-    def _make_client(self) -> aiomqtt.Client:
-        conn = self.connection
-        connect_props = _properties(PacketTypes.CONNECT)
-        connect_props.SessionExpiryInterval = conn.session_expiry_s
-        connect_props.ReceiveMaximum = conn.receive_maximum
-        return aiomqtt.Client(
-            conn.host,
-            conn.port,
-            username=conn.username or None,
-            password=conn.password or None,
-            identifier=conn.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            keepalive=conn.keepalive_s,
-            properties=connect_props,
-            tls_context=conn.tls_context(),
-            timeout=10,
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
 
     async def run(self, once: bool = False) -> None:
         """Stay connected and hand every message on; `once`: raise MqttError if the first connect fails."""
@@ -219,53 +203,46 @@ class FleetLink:
         ever = False
         while True:
             try:
-                async with self._make_client() as client:
+                async with MqttTransport(conn.endpoint(), Session(conn.client_id, "")) as transport:
                     subscribe, unsubscribe = conn.filters()
-                    for topic_filter in subscribe:
-                        await client.subscribe(topic_filter, qos=1)
-                    if unsubscribe:
-                        await client.unsubscribe(unsubscribe)
+                    await transport.subscribe(subscribe)
+                    await transport.unsubscribe(unsubscribe)
                     log.info(
                         "connected to %s:%d, subscribed to %s", conn.host, conn.port, ", ".join(subscribe)
                     )
-                    self._client, ever = client, True
+                    self._transport, ever = transport, True
                     self.connected.set()
                     backoff.reset()
                     if self._on_connected is not None:
                         await self._on_connected()
-                    async for message in client.messages:
-                        await self._handle(message)
-            except aiomqtt.MqttError:
+                    while True:
+                        first = await transport.receive()
+                        for message in [first, *transport.take_delivered()]:
+                            self._handle(transport, message)
+            except MqttError:
                 if once and not ever:
                     raise
             finally:
-                self._client = None
+                self._transport = None
                 self.connected.clear()
             await asyncio.sleep(backoff.next_delay())
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            self._on_reject(topic, f"unexpected payload type {type(payload).__name__}")
-            return
-        props = message.properties
-        ctype = getattr(props, "ContentType", None) if props is not None else None
+    def _handle(self, transport: MqttTransport, message: Message) -> None:
         try:
-            decoded = decode_fleet(topic, bytes(payload), ctype, bool(message.retain))
+            decoded = decode_fleet(message.topic, message.payload, message.content_type, message.retain)
         except FleetRejected as exc:
-            self._on_reject(topic, str(exc))
+            transport.ack(message)  # a refusal is final: the broker need not send it again
+            self._on_reject(message.topic, str(exc))
             return
-        await self._on_message(decoded)
+        self._on_message(decoded, functools.partial(transport.ack, message))
 
-    async def publish(self, event: Event) -> None:
-        """Send one command event, QoS 1, waiting for PUBACK; raises MqttError when not connected."""
+    async def publish(self, event: Event) -> str | None:
+        """Send one command event, QoS 1, waiting for PUBACK: None if the broker took it, else its
+        refusal (e.g. the ACL's 135); raises MqttError when not connected or on a timeout."""
         if not event.type.startswith("cmd."):
             raise ValueError(f"the console sends only commands, not {event.type}")
-        client = self._client
-        if client is None:
-            raise aiomqtt.MqttError("not connected to the central broker")
+        transport = self._transport
+        if transport is None:
+            raise MqttError("not connected to the central broker")
         payload = codec.encode(event.to_dict(), JSON)
-        await client.publish(
-            topic_for(event.device, event.type), payload, qos=1, properties=_json_properties(), timeout=10
-        )
+        return await transport.publish_wait(topic_for(event.device, event.type), payload, JSON)

@@ -196,6 +196,13 @@ class Transport(abc.ABC):
         """How many messages are delivered and not yet taken by `receive`."""
         return self._inbox.qsize()
 
+    def take_delivered(self) -> list[Message]:
+        """Every message delivered and not yet taken, without waiting (a batch after `receive`)."""
+        taken = []
+        while not self._inbox.empty():
+            taken.append(self._inbox.get_nowait())
+        return taken
+
     async def _until(self, work: asyncio.Future[T], timeout: float | None) -> T:
         """The result of `work`, unless the connection ends first or `timeout` passes: MqttError."""
         assert self._lost is not None

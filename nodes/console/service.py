@@ -13,9 +13,10 @@ import logging
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import aiomqtt
+from aiomqtt import MqttError
 
 from bus.config import Settings
 from bus.envelope import parse_time
@@ -98,30 +99,35 @@ class ConsoleService:
         self.web = Web(store, self.registry, console, Users(console.users_path(settings.paths.home)))
         self.fleet.on_change = self.web.hub.publish
         self._sending = asyncio.Lock()
-        self._inbox: asyncio.Queue[FleetMessage] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[FleetMessage, Callable[[], None]]] = asyncio.Queue()
         self.epoch = 0
 
-    async def _on_message(self, message: FleetMessage) -> None:
-        self._inbox.put_nowait(message)
+    def _on_message(self, message: FleetMessage, done: Callable[[], None]) -> None:
+        self._inbox.put_nowait((message, done))
 
     async def _folding(self) -> None:
-        """Fold what has arrived, up to MAX_BATCH messages a transaction: under load the batches
-        grow by themselves (the link reads everything waiting before this runs again)."""
+        """Fold what has arrived, up to MAX_BATCH messages a transaction (under load the batches grow
+        by themselves: the link reads everything waiting before this runs again); each message is
+        acknowledged to the broker once its batch committed."""
         while True:
             batch = [await self._inbox.get()]
             while len(batch) < MAX_BATCH and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
             now = time.time()
-            self.fold(batch, now)
+            messages = [message for message, _ in batch]
+            self.fold(messages, now)
+            for _, done in batch:
+                done()
             self.web.ingestion.messages += len(batch)
             self.web.ingestion.backlog = self._inbox.qsize()
-            for message in batch:
+            for message in messages:
                 if message.event is not None and not message.retained:
                     self.web.ingestion.observe(now - parse_time(message.event.time).timestamp())
 
     def fold(self, batch: list[FleetMessage], now: float) -> None:
         """One transaction for the batch; if a message in it breaks the fold, each on its own, so
-        that one message is dropped (logged, counted) and the others are kept."""
+        that one message is dropped (logged, counted) and the others are kept. A database error
+        raises: nothing of the batch is acknowledged, the broker sends it again."""
         try:
             self.fleet.receive_batch(batch, now)
             return
@@ -162,14 +168,24 @@ class ConsoleService:
                     self.store.set_meta(f"seq:{action.device}:{action.kind}", seq)
                 event = command_event(action, self.epoch, seq)
                 try:
-                    await self.link.publish(event)
-                except aiomqtt.MqttError as exc:
+                    refusal = await self.link.publish(event)
+                except MqttError as exc:
                     log.info(
                         "central broker unreachable (%s): %d action(s) wait",
                         exc,
                         len(self.store.actions(pending=True)),
                     )
                     return
+                if refusal is not None:  # the broker's ACL or limits: sending again would not help
+                    self.store.mark_sent(action.id, time.time(), "")
+                    log.error(
+                        "action %d (%s to %s) refused by the central broker: %s",
+                        action.id,
+                        action.kind,
+                        action.device,
+                        refusal,
+                    )
+                    continue
                 with self.store.transaction():
                     self.store.mark_sent(action.id, time.time(), event.id)
                     if action.kind == ACK:
@@ -234,7 +250,7 @@ class ConsoleService:
             for task in [*tasks, stopping]:
                 task.cancel()
             for task in [*tasks, stopping]:
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                with contextlib.suppress(asyncio.CancelledError, MqttError):
                     await task
 
 
