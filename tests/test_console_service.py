@@ -16,7 +16,7 @@ import pytest
 from conftest import VV, Publisher, wait_until
 
 from bus.broker import ADMIN_USER, secret_for
-from bus.config import load_settings
+from bus.config import ConfigError, load_settings
 from bus.envelope import Event, parse_time, utc_now
 from bus.fleet import FleetMessage, decode_fleet
 from nodes.console.service import ConsoleService
@@ -274,3 +274,9 @@ def test_a_message_the_fold_cannot_take_is_dropped_and_its_batch_kept(tmp_path: 
         assert service.rejected == 1 and service.web.ingestion.rejected == 1
     finally:
         store.close()
+
+
+def test_a_receive_maximum_outside_mqtt_is_a_config_error(tmp_path: Path) -> None:
+    env = {"VV_HOME": str(tmp_path), "VV_DEVICE": "central", "VV_CONSOLE_RECEIVE_MAXIMUM": "70000"}
+    with pytest.raises(ConfigError, match=r"console\.receive_maximum: 70000 is not within 1-65535"):
+        load_settings(env)
