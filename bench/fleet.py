@@ -3,8 +3,9 @@
 For each N, a fresh central broker (`vv broker --central`, TLS), `vv console` (a real process over
 TLS, SQLite store) and `vv fleet sim --devices N` as its own process: N devices, each on its own TLS
 connection with its own enrolled certificate, publishing a realistic background (8 nodes' health
-every 10 s, alert bursts, flapping nodes, a signed LogLine a minute). On top of it, one more enrolled
-device (`bench-probe`, its own certificate and connection, in this process) publishes:
+every 10 s at each device's own phase, alert bursts, flapping nodes, a signed LogLine a minute). On
+top of it, one more enrolled device (`bench-probe`, its own certificate and connection, in this
+process) publishes:
 - latency: marked alerts, each a new incident, at 20/s -> visible on the console's page (its live
   stream, SSE, logged in as a viewer: bench/fleet_lab.py `Visibility`), p50/p99;
   beside it the same alerts' arrival at a raw subscriber of the same broker (console credential);
