@@ -203,3 +203,23 @@ def test_an_expired_crl_locks_everyone_out_and_vv_broker_central_re_signs_it(rig
     rig.start_central()  # `vv broker --central` finds it expired and signs a current one
     assert load_crl(rig.env).next_update_utc == ca.not_valid_after_utc
     assert attempt(rig.port, tls=rig.console_tls) == "connected"
+
+
+def test_a_central_host_without_the_ca_key_takes_a_copied_crl(
+    central: dict[str, str], tmp_path: Path
+) -> None:
+    """As Ansible sets one up: ca.crt, the server certificate and the CRL, the CA key on the controller."""
+    host = {**central, "VV_HOME": str(tmp_path / "host")}
+    copied = fleet_dir(host)
+    copied.mkdir(parents=True)
+    for name in ("ca.crt", "server.crt", "server.key"):
+        shutil.copy2(fleet_dir(central) / name, copied / name)
+    args = ("broker", "--central", "--listen", f"127.0.0.1:{free_port()}", "--print-config")
+    missing = run_vv(host, *args)
+    assert missing.returncode == 2 and "`vv fleet crl` where it is" in missing.stderr
+    (fleet_dir(central) / "crl.pem").unlink()  # a CA from before revocation: `vv fleet crl` makes one
+    crl = Path(checked(run_vv(central, "fleet", "crl")))
+    shutil.copy2(crl, copied / "crl.pem")
+    conf = Path(checked(run_vv(host, *args))).read_text()
+    assert f"crlfile {copied / 'crl.pem'}\n" in conf
+    assert (copied / "crl.pem").read_bytes() == crl.read_bytes()  # used as it came, not re-signed

@@ -9,6 +9,7 @@ On the central host (`$VV_HOME/fleet` holds the CA, the server certificate and t
   vv fleet revoke cam-gw-01 --reason "stolen"           its certificate onto the CRL (crl.pem); then
                                                         restart the central broker (a reload keeps
                                                         its open connection)
+  vv fleet crl                                          crl.pem written unless current (for a copy)
 On the box:
   vv fleet csr                                          a key (0600) and a CSR in $VV_HOME/keys/fleet
 The console's views (status, alerts, ack, silence, history) come with the console service.
@@ -131,6 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("device", nargs="?", type=_device, metavar="DEVICE", help="the device id")
     revoke.add_argument("--console", type=_device, metavar="NAME", help="revoke the console NAME instead")
     revoke.add_argument("--reason", default="", metavar="TEXT", help="why, for the record (revoked.json)")
+
+    verbs.add_parser(
+        "crl",
+        help="write VV_HOME/fleet/crl.pem unless it is current (a CA made before revocation had none)",
+    )
 
     devices = verbs.add_parser("devices", help="list the enrolled devices (VV_HOME/fleet/devices.json)")
     devices.add_argument("--json", action="store_true", help="the registry as JSON")
@@ -264,6 +270,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.verb == "enroll":
             return _enroll(fleet, home, args)
+        if args.verb == "crl":
+            print(fleet.current_crl())
+            return 0
         if args.verb == "revoke":
             return _revoke(fleet, args)
         if args.verb == "sim":

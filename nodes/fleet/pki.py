@@ -512,21 +512,28 @@ class FleetCA:
         return crl
 
     def current_crl(self) -> Path:
-        """crl.pem for the central broker, re-signed from revoked.json unless it is a current
-        CRL of this CA (missing, unreadable, expired or another CA's: mosquitto would refuse all)."""
-        _, ca_key = self._ca()
+        """crl.pem for the central broker, re-signed from revoked.json unless it is a current CRL
+        of this CA (missing, unreadable, expired or another CA's: mosquitto would refuse everyone).
+        Where only ca.crt is (a central host Ansible set up), it must come from where the key is."""
+        ca_public = load_certificate(self.ca_cert).public_key()
         try:
             crl = x509.load_pem_x509_crl(_load_pem_file(self.crl)) if self.crl.exists() else None
         except ValueError:
             crl = None
-        now = dt.datetime.now(dt.UTC)
         if (
-            crl is None
-            or crl.next_update_utc is None
-            or crl.next_update_utc <= now
-            or not crl.is_signature_valid(ca_key.public_key())
+            crl is not None
+            and crl.next_update_utc is not None
+            and crl.next_update_utc > dt.datetime.now(dt.UTC)
+            and isinstance(ca_public, ec.EllipticCurvePublicKey)
+            and crl.is_signature_valid(ca_public)
         ):
-            self.write_crl()
+            return self.crl
+        if not self.ca_key.exists():
+            raise FleetError(
+                f"{shown(self.crl)} is missing, expired or not this CA's, and the CA key is not here: run "
+                "`vv fleet crl` where it is and copy its fleet/crl.pem here (ansible's vv_central role does)"
+            )
+        self.write_crl()
         return self.crl
 
     # ------------------------------------------------------------------ registries
