@@ -116,6 +116,7 @@ def test_revoke_lists_the_serial_and_marks_the_device(central: dict[str, str]) -
 
 def test_revoke_is_idempotent_and_refuses_unknown_devices_and_bad_usage(central: dict[str, str]) -> None:
     enroll(central, "A")
+    enroll(central, "B")
     checked(run_vv(central, "fleet", "revoke", "A"))
     crl_before = (fleet_dir(central) / "crl.pem").read_bytes()
     again = run_vv(central, "fleet", "revoke", "A", "--reason", "again")
@@ -129,6 +130,16 @@ def test_revoke_is_idempotent_and_refuses_unknown_devices_and_bad_usage(central:
     for usage in ([], ["A", "--console", "main"], ["a/b"]):
         assert run_vv(central, "fleet", "revoke", *usage).returncode == 2, usage
     assert (fleet_dir(central) / "crl.pem").read_bytes() == crl_before
+
+    # what an interrupted revoke left out is done again: the CRL lists the serial
+    (fleet_dir(central) / "crl.pem").unlink()
+    checked(run_vv(central, "fleet", "revoke", "A"))
+    assert [format(r.serial_number, "x") for r in load_crl(central)] == [mark["serial"]]
+    # a hand-broken record is refused, not half-read
+    revoked = fleet_dir(central) / "revoked.json"
+    revoked.write_text(revoked.read_text().replace(mark["serial"], "not-hex"))
+    broken = run_vv(central, "fleet", "revoke", "B")
+    assert broken.returncode == 1 and "revoked.json: expected" in broken.stderr
 
 
 def test_revoke_a_console_credential(central: dict[str, str]) -> None:

@@ -232,8 +232,7 @@ class FleetCA:
         write_private_key(self.ca_key, key)
         atomic_write_bytes(self.ca_cert, _pem(cert))
         # a new CA's CRL starts empty: the serials revoked under the old one die with it
-        atomic_write_json(self.revoked_file, {"crl_number": 0, "revoked": {}})
-        self.write_crl()
+        self._sign_crl({"crl_number": 0, "revoked": {}})
         return cert
 
     def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -456,11 +455,17 @@ class FleetCA:
         if entry is None:
             entry = {"cn": cn, "revoked_at": _rfc3339(_now()), "by": getpass.getuser(), "reason": reason}
             document["revoked"][serial] = entry
-            atomic_write_json(self.revoked_file, document)
-        if not already or not self.crl.exists():
-            self.write_crl()
+        if not already or not self._crl_lists(serial):
+            self._sign_crl(document)
         record["revoked"] = {"serial": serial, "at": entry["revoked_at"], "reason": entry["reason"]}
         return Revoked(cn, serial, entry["revoked_at"], already)
+
+    def _crl_lists(self, serial: str) -> bool:
+        try:
+            crl = x509.load_pem_x509_crl(_load_pem_file(self.crl))
+        except (FleetError, ValueError):
+            return False
+        return crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
 
     def revocations(self) -> dict[str, Any]:
         """revoked.json: {"crl_number": n, "revoked": {serial hex: {cn, revoked_at, by, reason}}}."""
@@ -470,13 +475,23 @@ class FleetCA:
             document = json.loads(read_text_file(self.revoked_file))
         except (InputError, ValueError) as exc:
             raise FleetError(f"{shown(self.revoked_file)} is unreadable: {shown(exc)}") from None
-        if (
-            not isinstance(document, dict)
-            or not isinstance(document.get("crl_number"), int)
-            or not isinstance(document.get("revoked"), dict)
+        revoked = document.get("revoked") if isinstance(document, dict) else None
+        if not (
+            isinstance(revoked, dict)
+            and isinstance(document.get("crl_number"), int)
+            and all(
+                re.fullmatch(r"[0-9a-f]{1,40}", serial)
+                and isinstance(entry, dict)
+                and isinstance(entry.get("revoked_at"), str)
+                and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["revoked_at"])
+                for serial, entry in revoked.items()
+            )
         ):
-            raise FleetError(f"{shown(self.revoked_file)}: expected {{'crl_number': n, 'revoked': {{...}}}}")
-        return document
+            raise FleetError(
+                f"{shown(self.revoked_file)}: expected crl_number (an integer) and revoked (hex serial: "
+                "{revoked_at: YYYY-MM-DDTHH:MM:SSZ, cn, by, reason})"
+            )
+        return dict(document)
 
     def write_crl(self) -> x509.CertificateRevocationList:
         """Sign a CRL listing every serial in revoked.json (none: an empty CRL, which mosquitto
@@ -485,8 +500,12 @@ class FleetCA:
         Its next update is the CA's own end: once a CRL is past it, mosquitto (OpenSSL) refuses
         every client (tests/test_fleet_revoke.py), so a shorter life would only add a second
         cliff; and nobody fetches it from elsewhere, so no stale copy can be replayed."""
+        return self._sign_crl(self.revocations())
+
+    def _sign_crl(self, document: dict[str, Any]) -> x509.CertificateRevocationList:
+        """The CRL of `document` (revoked.json's shape), written before the document itself: a
+        crash in between leaves a CRL that lists more, never less, than the record."""
         ca_cert, ca_key = self._ca()
-        document = self.revocations()
         document["crl_number"] += 1
         now = _now()
         builder = (
@@ -507,8 +526,8 @@ class FleetCA:
                 .build()
             )
         crl = builder.sign(ca_key, hashes.SHA256())
-        atomic_write_json(self.revoked_file, document)
         atomic_write_bytes(self.crl, crl.public_bytes(serialization.Encoding.PEM))
+        atomic_write_json(self.revoked_file, document)
         return crl
 
     def current_crl(self) -> Path:
