@@ -1,8 +1,8 @@
 """The central broker of the fleet: mosquitto/central.conf and central-acl.conf rendered for this
 VV_HOME (the edge side of the link, the bridge, is rendered with the edge config in bus/broker.py).
 
-The central broker takes only clients with a certificate of the fleet CA; the CN is the username
-its ACL is written for (devices by pattern, consoles by name). An optional loopback listener
+The central broker takes only clients with a certificate of the fleet CA that is not on its CRL;
+the CN is the username its ACL is written for (devices by pattern, consoles by name). An optional loopback listener
 for development takes one password login with a console's rights: never anonymous.
 """
 
@@ -14,8 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
-from bus.broker import BrokerFiles, TlsFiles, persistence_and_limits, secret_for, write_password_file
+from bus.broker import (
+    BrokerError,
+    BrokerFiles,
+    TlsFiles,
+    persistence_and_limits,
+    secret_for,
+    write_password_file,
+)
 from bus.config import Settings
+from bus.inputs import not_regular
 from bus.resources import data_dir
 
 # The development listener's login, with a console's rights. mosquitto_passwd refuses ':' in a
@@ -31,6 +39,7 @@ def render_central(
     settings: Settings,
     tls: TlsFiles,
     *,
+    crl: Path,
     host: str,
     port: int,
     consoles: Sequence[str],
@@ -39,10 +48,14 @@ def render_central(
 ) -> BrokerFiles:
     """Write the central mosquitto.conf and ACL for this VV_HOME; idempotent.
 
+    `crl` is the fleet CA's CRL (PEM; mosquitto refuses to start without it once configured);
     `consoles` are the console CNs (`console:NAME`) the ACL grants; `dev_port` adds a loopback
     listener without TLS whose one login (DEV_USER, secret in keys/) has a console's rights.
     """
     tls.check("central broker")
+    reason = not_regular(crl)
+    if reason:
+        raise BrokerError(f"central broker: {reason}")
     directory = directory or settings.paths.state / "central"
     data = directory / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -74,6 +87,7 @@ def render_central(
             ca=tls.ca.absolute(),
             cert=tls.cert.absolute(),
             key=tls.key.absolute(),
+            crl=crl.absolute(),
             dev_listener=dev_listener,
             password_file_line=f"password_file {passwd}" if passwd else "# no password logins",
             acl=acl,

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 from conftest import REPO, VV, Broker, Probe, Publisher, device_env, free_port, stop_process
 
 from bus.broker import BrokerFiles, TlsFiles
@@ -190,3 +193,41 @@ class Console:
             self.proc.terminate()
             self.proc.wait(15)
         self.log.close()
+
+
+def attempt(
+    port: int,
+    *,
+    tls: TlsFiles | None = None,
+    ca_only: Path | None = None,
+    login: tuple[str, str] | None = None,
+) -> str:
+    """Try to connect and say how it ended: "connected", or why not."""
+    outcome: list[str] = []
+    done = threading.Event()
+
+    def finish(text: str) -> None:
+        outcome.append(text)
+        done.set()
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    if tls:
+        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
+    elif ca_only:
+        client.tls_set(ca_certs=str(ca_only))
+    if login:
+        client.username_pw_set(*login)
+    client.on_connect = lambda c, u, f, rc, p: finish("connected" if not rc.is_failure else f"refused: {rc}")
+    client.on_disconnect = lambda c, u, f, rc, p: finish(f"disconnected: {rc}")
+    client.on_connect_fail = lambda c, u: finish("connection failed")
+    try:
+        client.connect("127.0.0.1", port)
+    except (ssl.SSLError, OSError) as exc:
+        return f"handshake failed: {exc}"
+    client.loop_start()
+    try:
+        assert done.wait(10), "neither connected nor refused"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return outcome[0]

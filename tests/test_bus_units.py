@@ -116,10 +116,11 @@ def test_the_central_broker_saves_per_thousand_changes(tmp_path: Path) -> None:
     whole on each save: per change it stalls at a few hundred devices (bench/fleet.py)."""
     settings = load_settings({"VV_HOME": str(tmp_path), "VV_DEVICE": "central"})
     tls = TlsFiles(tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key")
-    for path in (tls.ca, tls.cert, tls.key):
+    crl = tmp_path / "crl.pem"
+    for path in (tls.ca, tls.cert, tls.key, crl):
         path.write_text("-----BEGIN CERTIFICATE-----\n")
         path.chmod(0o600)
-    conf = render_central(settings, tls, host="127.0.0.1", port=8883, consoles=[]).conf.read_text()
+    conf = render_central(settings, tls, crl=crl, host="127.0.0.1", port=8883, consoles=[]).conf.read_text()
     assert "autosave_on_changes true\nautosave_interval 1000\n" in conf
     dev = render_broker(settings, dev=True, directory=tmp_path / "dev").conf.read_text()
     assert "allow_anonymous true" in dev and "listener 1883 127.0.0.1" in dev

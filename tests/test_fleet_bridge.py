@@ -14,22 +14,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from conftest import FIXTURES_DIR, REPO, Probe, Publisher, free_port, wait_until
-from fleet import FleetRig, bundle_tls, checked, run_vv
+from fleet import FleetRig, attempt, bundle_tls, checked, run_vv
 
 from bus.alerts import build_alert
-from bus.broker import TlsFiles, secret_for
+from bus.broker import secret_for
 from bus.broker_central import DEV_USER
 from bus.config import load_settings
 from bus.envelope import Event, parse_time
@@ -260,44 +257,6 @@ def test_the_console_credential_cannot_publish_device_topics(rig: FleetRig) -> N
     command = silence(console)  # what a console may send
     observer.wait_event("cmd.alerter.silence", where=lambda e: e["id"] == command.id)
     assert [t for _, t, _, _ in observer.received] == ["vv/A/cmd/alerter/silence"]
-
-
-def attempt(
-    port: int,
-    *,
-    tls: TlsFiles | None = None,
-    ca_only: Path | None = None,
-    login: tuple[str, str] | None = None,
-) -> str:
-    """Try to connect and say how it ended: "connected", or why not."""
-    outcome: list[str] = []
-    done = threading.Event()
-
-    def finish(text: str) -> None:
-        outcome.append(text)
-        done.set()
-
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    if tls:
-        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
-    elif ca_only:
-        client.tls_set(ca_certs=str(ca_only))
-    if login:
-        client.username_pw_set(*login)
-    client.on_connect = lambda c, u, f, rc, p: finish("connected" if not rc.is_failure else f"refused: {rc}")
-    client.on_disconnect = lambda c, u, f, rc, p: finish(f"disconnected: {rc}")
-    client.on_connect_fail = lambda c, u: finish("connection failed")
-    try:
-        client.connect("127.0.0.1", port)
-    except (ssl.SSLError, OSError) as exc:
-        return f"handshake failed: {exc}"
-    client.loop_start()
-    try:
-        assert done.wait(10), "neither connected nor refused"
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return outcome[0]
 
 
 def test_nothing_anonymous_on_the_central_broker(rig: FleetRig, tmp_path: Path) -> None:

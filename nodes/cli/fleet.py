@@ -6,11 +6,16 @@ On the central host (`$VV_HOME/fleet` holds the CA, the server certificate and t
                                                         device.key (0600), bridge.toml
   vv fleet enroll cam-gw-01 --csr device.csr            the same for a key that never left the box
   vv fleet enroll --console main                        the console's credential (CN console:main)
+  vv fleet revoke cam-gw-01 --reason "stolen"           its certificate onto the CRL (crl.pem); then
+                                                        restart the central broker (a reload keeps
+                                                        its open connection)
+  vv fleet crl                                          crl.pem written unless current (for a copy)
 On the box:
   vv fleet csr                                          a key (0600) and a CSR in $VV_HOME/keys/fleet
 The console's views (status, alerts, ack, silence, history) come with the console service.
   vv fleet sim --devices 100 --duration 60             simulated devices against the central broker
-Exit codes: 0 done, 1 refused (a CA or enrolment already there, a CSR that does not match), 2 usage.
+Exit codes: 0 done, 1 refused (a CA or enrolment already there, a CSR that does not match, an
+unknown device to revoke), 2 usage.
 """
 
 from __future__ import annotations
@@ -121,6 +126,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=output_dir, help="directory (default VV_HOME/keys/fleet, the bridge's default)"
     )
 
+    revoke = verbs.add_parser(
+        "revoke", help="put a device's (or --console's) certificate on the CRL the central broker checks"
+    )
+    revoke.add_argument("device", nargs="?", type=_device, metavar="DEVICE", help="the device id")
+    revoke.add_argument("--console", type=_device, metavar="NAME", help="revoke the console NAME instead")
+    revoke.add_argument("--reason", default="", metavar="TEXT", help="why, for the record (revoked.json)")
+
+    verbs.add_parser(
+        "crl",
+        help="write VV_HOME/fleet/crl.pem unless it is current (a CA made before revocation had none)",
+    )
+
     devices = verbs.add_parser("devices", help="list the enrolled devices (VV_HOME/fleet/devices.json)")
     devices.add_argument("--json", action="store_true", help="the registry as JSON")
 
@@ -186,6 +203,33 @@ def _enroll(fleet: FleetCA, home: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _revoke(fleet: FleetCA, args: argparse.Namespace) -> int:
+    if bool(args.device) == bool(args.console):
+        print("vv fleet revoke: give either DEVICE or --console NAME", file=sys.stderr)
+        return 2
+    if args.console:
+        revoked = fleet.revoke_console(args.console, shown(args.reason))
+    else:
+        revoked = fleet.revoke_device(args.device, shown(args.reason))
+    print(fleet.crl)
+    if revoked.already:
+        print(
+            f"{revoked.cn}: certificate serial {revoked.serial} was already revoked at {revoked.revoked_at}",
+            file=sys.stderr,
+        )
+        return 0
+    renew = f"--console {args.console}" if args.console else f"{args.device} --renew"
+    print(
+        f"revoked {revoked.cn}: certificate serial {revoked.serial} is on {shown(fleet.crl)}.\n"
+        "RESTART the central broker now (`systemctl restart vv-central-broker`): mosquitto checks the CRL "
+        f"only when a client connects, so a connection {revoked.cn} has open stays up until a restart. "
+        "A reload (SIGHUP, `systemctl reload`) re-reads the CRL but leaves that connection alone.\n"
+        f"`vv fleet enroll {renew}` issues it a new certificate; this one stays revoked.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _devices(fleet: FleetCA, as_json: bool) -> int:
     registry = fleet.devices()
     if as_json:
@@ -193,7 +237,9 @@ def _devices(fleet: FleetCA, as_json: bool) -> int:
         return 0
     for device, record in sorted(registry.items()):
         tags = ",".join(record["tags"]) or "-"
-        print(f"{device:<24} site={record['site'] or '-'} tags={tags} not_after={record['not_after']}")
+        revoked = record.get("revoked")
+        state = f" REVOKED at {revoked['at']} ({revoked['reason'] or 'no reason given'})" if revoked else ""
+        print(f"{device:<24} site={record['site'] or '-'} tags={tags} not_after={record['not_after']}{state}")
     return 0
 
 
@@ -224,6 +270,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.verb == "enroll":
             return _enroll(fleet, home, args)
+        if args.verb == "crl":
+            print(fleet.current_crl())
+            return 0
+        if args.verb == "revoke":
+            return _revoke(fleet, args)
         if args.verb == "sim":
             return simulation.run(args, fleet)
         if args.verb == "csr":

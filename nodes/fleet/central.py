@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         files = render_central(
             settings,
             TlsFiles(fleet.ca_cert, fleet.server_cert, fleet.server_key),
+            crl=fleet.current_crl(),
             host=host,
             port=port,
             consoles=[console_cn(name) for name in sorted(fleet.consoles())],

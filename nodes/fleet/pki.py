@@ -1,6 +1,8 @@
 """The fleet's X.509 PKI: a CA in `$VV_HOME/fleet/`, the central broker's server certificate, one
 client certificate per device (CN = device id) and per console (CN = `console:NAME`), and the
-registry of enrolled devices (`devices.json`, schemas/fleet-devices.schema.json) the console reads.
+registry of enrolled devices (`devices.json`, schemas/fleet-devices.schema.json) the console reads,
+and the revocations: `revoked.json` (serial -> whose, when, by whom, why) from which `crl.pem`, the
+CRL the central broker checks every client certificate against, is regenerated whole.
 
 The central broker authenticates by certificate (`use_identity_as_username`), so the CN *is* the
 broker username its ACL is written for: a device id may never contain ':', which keeps every
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import getpass
 import ipaddress
 import json
 import re
@@ -158,6 +161,16 @@ class Issued:
     key_written: bool
 
 
+@dataclass(frozen=True)
+class Revoked:
+    """What `revoke` did: the certificate serial now on the CRL, and whether it was there already."""
+
+    cn: str
+    serial: str
+    revoked_at: str
+    already: bool
+
+
 class FleetCA:
     """The CA and registries in one directory (`$VV_HOME/fleet`) on the central side."""
 
@@ -169,6 +182,8 @@ class FleetCA:
         self.server_key = directory / "server.key"
         self.devices_file = directory / "devices.json"
         self.consoles_file = directory / "consoles.json"
+        self.revoked_file = directory / "revoked.json"
+        self.crl = directory / "crl.pem"
 
     # ------------------------------------------------------------------ the CA
     def exists(self) -> bool:
@@ -216,6 +231,8 @@ class FleetCA:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private_key(self.ca_key, key)
         atomic_write_bytes(self.ca_cert, _pem(cert))
+        # a new CA's CRL starts empty: the serials revoked under the old one die with it
+        self._sign_crl({"crl_number": 0, "revoked": {}})
         return cert
 
     def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -404,6 +421,139 @@ class FleetCA:
     def _issued(out: Path, cn: str, cert: x509.Certificate, key_written: bool) -> Issued:
         serial, not_after = format(cert.serial_number, "x"), _rfc3339(cert.not_valid_after_utc)
         return Issued(out, cn, serial, fingerprint(cert), not_after, key_written)
+
+    # ------------------------------------------------------------------ revocation
+    def revoke_device(self, device: str, reason: str = "") -> Revoked:
+        """Put the device's current certificate on the CRL and mark it revoked in devices.json.
+        A `--renew` afterwards issues a new serial; the revoked one stays on the CRL."""
+        check_device_id(device)
+        registry = self.devices()
+        if device not in registry:
+            raise FleetError(f"{device} is not enrolled (see `vv fleet devices`)")
+        revoked = self._revoke(device, registry[device], reason)
+        atomic_write_json(self.devices_file, {"devices": registry})
+        return revoked
+
+    def revoke_console(self, name: str, reason: str = "") -> Revoked:
+        """The same for a console credential (consoles.json)."""
+        cn = console_cn(name)
+        consoles = self.consoles()
+        if name not in consoles:
+            raise FleetError(f"no console credential {name!r} was issued (consoles.json)")
+        revoked = self._revoke(cn, consoles[name], reason)
+        atomic_write_json(self.consoles_file, {"consoles": consoles})
+        return revoked
+
+    def _revoke(self, cn: str, record: dict[str, Any], reason: str) -> Revoked:
+        """Add `record`'s serial to revoked.json, re-sign the CRL and mark `record` (the caller
+        writes its registry). Already revoked: only what an interrupted revoke left out is done."""
+        self._ca()  # no CA, no CRL: say so before anything is written
+        serial = str(record["serial"])
+        document = self.revocations()
+        entry = document["revoked"].get(serial)
+        already = entry is not None
+        if entry is None:
+            entry = {"cn": cn, "revoked_at": _rfc3339(_now()), "by": getpass.getuser(), "reason": reason}
+            document["revoked"][serial] = entry
+        if not already or not self._crl_lists(serial):
+            self._sign_crl(document)
+        record["revoked"] = {"serial": serial, "at": entry["revoked_at"], "reason": entry["reason"]}
+        return Revoked(cn, serial, entry["revoked_at"], already)
+
+    def _crl_lists(self, serial: str) -> bool:
+        try:
+            crl = x509.load_pem_x509_crl(_load_pem_file(self.crl))
+        except (FleetError, ValueError):
+            return False
+        return crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+
+    def revocations(self) -> dict[str, Any]:
+        """revoked.json: {"crl_number": n, "revoked": {serial hex: {cn, revoked_at, by, reason}}}."""
+        if not self.revoked_file.exists():
+            return {"crl_number": 0, "revoked": {}}
+        try:
+            document = json.loads(read_text_file(self.revoked_file))
+        except (InputError, ValueError) as exc:
+            raise FleetError(f"{shown(self.revoked_file)} is unreadable: {shown(exc)}") from None
+        revoked = document.get("revoked") if isinstance(document, dict) else None
+        if not (
+            isinstance(revoked, dict)
+            and isinstance(document.get("crl_number"), int)
+            and all(
+                re.fullmatch(r"[0-9a-f]{1,40}", serial)
+                and isinstance(entry, dict)
+                and isinstance(entry.get("revoked_at"), str)
+                and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["revoked_at"])
+                for serial, entry in revoked.items()
+            )
+        ):
+            raise FleetError(
+                f"{shown(self.revoked_file)}: expected crl_number (an integer) and revoked (hex serial: "
+                "{revoked_at: YYYY-MM-DDTHH:MM:SSZ, cn, by, reason})"
+            )
+        return dict(document)
+
+    def write_crl(self) -> x509.CertificateRevocationList:
+        """Sign a CRL listing every serial in revoked.json (none: an empty CRL, which mosquitto
+        needs as much as a full one) and write it to crl.pem; each one gets the next CRL number.
+
+        Its next update is the CA's own end: once a CRL is past it, mosquitto (OpenSSL) refuses
+        every client (tests/test_fleet_revoke.py), so a shorter life would only add a second
+        cliff; and nobody fetches it from elsewhere, so no stale copy can be replayed."""
+        return self._sign_crl(self.revocations())
+
+    def _sign_crl(self, document: dict[str, Any]) -> x509.CertificateRevocationList:
+        """The CRL of `document` (revoked.json's shape), written before the document itself: a
+        crash in between leaves a CRL that lists more, never less, than the record."""
+        ca_cert, ca_key = self._ca()
+        document["crl_number"] += 1
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now)
+            .next_update(max(ca_cert.not_valid_after_utc, now + dt.timedelta(days=1)))
+            .add_extension(x509.CRLNumber(document["crl_number"]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        for serial, entry in sorted(document["revoked"].items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(serial, 16))
+                .revocation_date(dt.datetime.strptime(entry["revoked_at"], "%Y-%m-%dT%H:%M:%S%z"))
+                .build()
+            )
+        crl = builder.sign(ca_key, hashes.SHA256())
+        atomic_write_bytes(self.crl, crl.public_bytes(serialization.Encoding.PEM))
+        atomic_write_json(self.revoked_file, document)
+        return crl
+
+    def current_crl(self) -> Path:
+        """crl.pem for the central broker, re-signed from revoked.json unless it is a current CRL
+        of this CA (missing, unreadable, expired or another CA's: mosquitto would refuse everyone).
+        Where only ca.crt is (a central host Ansible set up), it must come from where the key is."""
+        ca_public = load_certificate(self.ca_cert).public_key()
+        try:
+            crl = x509.load_pem_x509_crl(_load_pem_file(self.crl)) if self.crl.exists() else None
+        except ValueError:
+            crl = None
+        if (
+            crl is not None
+            and crl.next_update_utc is not None
+            and crl.next_update_utc > dt.datetime.now(dt.UTC)
+            and isinstance(ca_public, ec.EllipticCurvePublicKey)
+            and crl.is_signature_valid(ca_public)
+        ):
+            return self.crl
+        if not self.ca_key.exists():
+            raise FleetError(
+                f"{shown(self.crl)} is missing, expired or not this CA's, and the CA key is not here: run "
+                "`vv fleet crl` where it is and copy its fleet/crl.pem here (ansible's vv_central role does)"
+            )
+        self.write_crl()
+        return self.crl
 
     # ------------------------------------------------------------------ registries
     def _read(self, path: Path, key: str) -> dict[str, Any]:
