@@ -18,6 +18,7 @@ from bus.config import load_settings
 from bus.envelope import JSON, MSGPACK, uuid7
 from bus.store import SEQ_BLOCK, NodeStore
 from bus.topics import parse_topic, subscription, topic_for
+from nodes.common.shared import shared_dir
 
 
 def test_uuid7_ids_are_version_7_and_time_ordered() -> None:
@@ -160,3 +161,11 @@ def test_store_prunes_dedupe_ids_by_age_and_count_while_running(
     assert claim("old-1")  # forgotten by age
     assert claim("new-0") and claim("new-3")  # the oldest beyond the cap went first
     assert not claim("new-4") and not claim("trigger")
+
+
+def test_the_shared_assets_are_found_beside_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo` and `vv model quantize --sample-media` look in ../shared without VV_SHARED."""
+    monkeypatch.delenv("VV_SHARED", raising=False)
+    assert shared_dir() == REPO.parent / "shared"
+    monkeypatch.setenv("VV_SHARED", "/elsewhere")
+    assert shared_dir() == Path("/elsewhere")

@@ -24,6 +24,7 @@ import numpy as np
 from bus.client import MqttError, stream
 from bus.config import Settings
 from bus.topics import is_catchup_reply, parse_topic
+from nodes.common.shared import shared_dir
 from nodes.ops.tail import format_line
 
 NODES = ("journal", "ingest", "scan", "summarize", "sign", "reconciler")
@@ -102,7 +103,7 @@ def model_env() -> dict[str, str]:
     ultralytics' yolo11n.pt (needs the internet once; offline, scan falls back to HOG and says so)."""
     if os.environ.get("VV_SCAN_MODEL"):
         return {}
-    shared = Path(os.environ.get("VV_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    shared = shared_dir()
     if (shared / SHARED_MODEL).exists():
         return {"VV_SCAN_MODEL": str(shared / SHARED_MODEL)}
     return {"VV_SCAN_MODEL": "yolo11n.pt"}

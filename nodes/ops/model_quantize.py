@@ -8,7 +8,6 @@ fp32: one uint8 scale over both would round every class score away.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from bus.inputs import shown
+from nodes.common.shared import shared_dir
 from nodes.ingest.files import is_video_name
 from nodes.scan.detectors.base import FloatArray, Frame
 from nodes.scan.detectors.onnx import letterbox, to_blob
@@ -32,9 +32,8 @@ class QuantizeError(Exception):
 
 
 def sample_media() -> Path:
-    """$VV_SHARED/media, else the shared directory beside a source checkout (as `vv demo` finds it)."""
-    shared = Path(os.environ.get("VV_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    return shared / "media"
+    """The shared sample photos (nodes/common/shared.py: $VV_SHARED, else ../shared)."""
+    return shared_dir() / "media"
 
 
 def _video_frames(path: Path) -> Iterator[Frame]:
