@@ -1,11 +1,11 @@
-"""Fleet link benchmark: an alert raised on an edge node -> visible in the console's store.
+"""Fleet link benchmark: an alert raised on an edge node -> visible on the console's page (its live stream).
 
 Real processes throughout (bench/fleet_lab.py): the central broker (`vv broker --central`, TLS),
 one edge broker (`vv broker`) bridged to it over TLS with the device's enrolled certificate, and
 `vv console` over TLS with its own. The alerts are published on the edge broker with the disk
 node's own login, one at a time, each a new incident (its own dedup key); for each we record when
-it reached a plain subscriber of the central broker (the bridge hop) and when a poll of the
-console's store first showed it (poll every 5 ms, so figures carry up to 5 ms of that).
+it reached a plain subscriber of the central broker (the bridge hop) and when the console's page
+showed it on its live stream (SSE, logged in as a viewer, as a browser follows it).
 Beside it, in the same run and interleaved with it, the raw central broker's round trip: a
 publisher and a subscriber of the central broker itself, TLS, QoS 1, the same payload size.
 
@@ -99,7 +99,7 @@ def run(alerts: int) -> None:
     rows = [
         ("raw central broker round trip (TLS, QoS 1)", raw_rtt),
         ("edge node -> bridge -> central subscriber", bridged),
-        ("edge node -> console's store (visible)", stored),
+        ("edge node -> console page's live stream", stored),
     ]
     for name, values in rows:
         print(
