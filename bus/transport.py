@@ -317,24 +317,20 @@ class MqttTransport(Transport):
             await asyncio.wait({self._lost}, timeout=TIMEOUT_S)
 
     async def subscribe(self, filters: Sequence[str]) -> None:
-        if not filters:
-            return
-        result, mid = self._paho.subscribe([(topic_filter, 1) for topic_filter in filters])
-        if result != paho.MQTT_ERR_SUCCESS or mid is None:
-            raise MqttCodeError(result, "could not subscribe")
-        self._suback[mid] = self._loop.create_future()
-        try:
-            await self._until(self._suback[mid], TIMEOUT_S)
-        finally:
-            del self._suback[mid]
+        if filters:
+            result, mid = self._paho.subscribe([(topic_filter, 1) for topic_filter in filters])
+            await self._answered(result, mid, "subscribe")
 
     async def unsubscribe(self, filters: Sequence[str]) -> None:
         """Drop subscriptions a persistent session kept from before, awaiting the UNSUBACK."""
-        if not filters:
-            return
-        result, mid = self._paho.unsubscribe(list(filters))
+        if filters:
+            result, mid = self._paho.unsubscribe(list(filters))
+            await self._answered(result, mid, "unsubscribe")
+
+    async def _answered(self, result: int, mid: int | None, what: str) -> None:
+        """Wait for the broker's SUBACK or UNSUBACK of a request paho took (or say it did not)."""
         if result != paho.MQTT_ERR_SUCCESS or mid is None:
-            raise MqttCodeError(result, "could not unsubscribe")
+            raise MqttCodeError(result, f"could not {what}")
         self._suback[mid] = self._loop.create_future()
         try:
             await self._until(self._suback[mid], TIMEOUT_S)
