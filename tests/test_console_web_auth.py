@@ -231,7 +231,7 @@ def test_grid_alerts_device_and_history_views(page: Page) -> None:
         1,
         "lab",
     )
-    assert tile["chain"]["seq"] == 1 and tile["chain"]["verified"] is True
+    assert tile["chain"]["seq"] == 1 and tile["chain"]["verified"] is True and tile["revoked"] == ""
     assert page.client.get("/api/fleet?site=elsewhere").json()["groups"] == []
     [[named]] = [g["devices"] for g in page.client.get("/api/fleet?devices=edge-a,ghost").json()["groups"]]
     assert named == tile  # a live update reads the tiles it names, the same as the whole grid's
@@ -287,3 +287,15 @@ def test_users_cli_reads_the_password_from_stdin(tmp_path: Path) -> None:
     user = Users(tmp_path / "console" / "users.json").get("alice")
     assert user is not None and password_ok(user, PASSWORD)
     assert vv("remove", "nobody").returncode == 1
+
+
+def test_a_revoked_device_says_so_on_its_tile_and_page(page: Page) -> None:
+    """`vv fleet revoke` marks the registry; the console re-reads it and shows when."""
+    entry = {**page.dev.registry_entry(), "revoked": {"serial": "7", "at": "2026-12-01T10:00:00Z"}}
+    page.web.registry.path.write_text(json.dumps({"devices": {"edge-a": entry}, "pad": "changed size"}))
+    page.login("victor")
+    page.receive(link_up=True)
+    page.web.registry.refresh()
+    [tile] = page.client.get("/api/fleet").json()["groups"][0]["devices"]
+    assert tile["revoked"] == "2026-12-01T10:00:00Z" and tile["site"] == "lab"
+    assert page.client.get("/api/device/edge-a").json()["revoked"] == "2026-12-01T10:00:00Z"

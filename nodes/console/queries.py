@@ -34,6 +34,7 @@ from nodes.console.actions import (
     record_silence,
     silenced_by,
 )
+from nodes.console.registry import Registry
 from nodes.console.service import open_store, store_name, store_path
 from nodes.console.settings import ConsoleSettings
 from nodes.console.store import ConsoleStore, StoreError
@@ -73,8 +74,12 @@ def _status(args: argparse.Namespace) -> int:
     store = _store()
     if store is None:
         return 1
+    settings = load_settings()
+    registry = Registry(settings.section(ConsoleSettings).registry_path(settings.paths.home))
+    registry.refresh()
     rows: list[dict[str, Any]] = []
     for state in store.devices():
+        enrolled = registry.devices.get(state.device)
         nodes = store.health(state.device)
         firing = Counter(a.severity for a in store.alerts(device=state.device, status="firing"))
         rows.append(
@@ -92,6 +97,7 @@ def _status(args: argparse.Namespace) -> int:
                 "last_seen": _stamp(state.last_seen),
                 "version": state.version,
                 "disk": state.disk,
+                "revoked": enrolled.revoked if enrolled else "",
             }
         )
     store.close()
@@ -105,7 +111,7 @@ def _status(args: argparse.Namespace) -> int:
             chain = (
                 "-" if head is None else f"{head['seq']}:{head['hash'][:12]}{'' if head['verified'] else '?'}"
             )
-            link = row["link"] + ("*" if row["stale"] else "")
+            link = "revoked" if row["revoked"] else row["link"] + ("*" if row["stale"] else "")
             online = f"{row['nodes_online']}/{row['nodes_total']}"
             print(f"{row['device']:<20} {link:<7} {online:<6} {counts:<22} {chain:<22} {row['last_seen']}")
     return 1 if any(row["link"] == "down" or row["stale"] for row in rows) else 0

@@ -2,7 +2,7 @@
 exist, their site and tags, and the public keys their LogLines must verify with.
 
 Shape: {"devices": {"<id>": {"site": str, "tags": [str], "cert_sha256": str, "not_after": str,
-"signing_keys": {"<key_id>": "<base64 ed25519 public key>"}}}}. Keys are checked as they are read:
+"signing_keys": {"<key_id>": "<base64 ed25519 public key>"}, "revoked": {"at": ...}?}}}. Keys are checked as they are read:
 a key id that is not the one its public key derives is refused, so a typo cannot vouch for anything.
 """
 
@@ -27,6 +27,7 @@ class Enrolled:
     site: str = ""
     tags: tuple[str, ...] = ()
     keys: Mapping[str, Verifier] = field(default_factory=dict)
+    revoked: str = ""  # when its certificate was revoked (`vv fleet revoke`), "" if it was not
 
 
 def parse_registry(document: Any) -> tuple[dict[str, Enrolled], list[str]]:
@@ -53,10 +54,12 @@ def parse_registry(document: Any) -> tuple[dict[str, Enrolled], list[str]]:
                 continue
             keys[key_id] = verifier
         tags = entry.get("tags", [])
+        revoked = entry.get("revoked")
         enrolled[str(device)] = Enrolled(
             site=str(entry.get("site", "")),
             tags=tuple(str(tag) for tag in tags) if isinstance(tags, list) else (),
             keys=keys,
+            revoked=str(revoked.get("at", "?")) if isinstance(revoked, dict) else "",
         )
     return enrolled, problems
 

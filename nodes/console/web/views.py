@@ -18,7 +18,7 @@ from typing import Any
 
 from bus.envelope import rfc3339
 from nodes.console.actions import active_silences, alert_ref, silenced_by
-from nodes.console.registry import Registry
+from nodes.console.registry import Enrolled, Registry
 from nodes.console.store import AlertState, ConsoleStore, DeviceState, HistoryEntry, NodeHealth
 
 SEVERITIES = ("CRITICAL", "ERROR", "WARNING", "INFO")
@@ -78,14 +78,11 @@ def tiles(
     rows: list[dict[str, Any]] = []
     for device, state in states.items():
         enrolled = registry.devices.get(device)
-        site, tags = (enrolled.site, list(enrolled.tags)) if enrolled else ("", [])
-        if query.get("site") and site != query["site"]:
+        if query.get("site") and (enrolled.site if enrolled else "") != query["site"]:
             continue
-        if query.get("tag") and query["tag"] not in tags:
+        if query.get("tag") and (enrolled is None or query["tag"] not in enrolled.tags):
             continue
-        rows.append(
-            _tile(state, site, tags, enrolled is not None, health.get(device, []), firing.get(device))
-        )
+        rows.append(_tile(state, enrolled, health.get(device, []), firing.get(device)))
     rows.sort(
         key=lambda r: (STATES.index(r["state"]), *(-r["firing"].get(s, 0) for s in SEVERITIES), r["device"])
     )
@@ -104,12 +101,7 @@ def tiles(
 
 
 def _tile(
-    state: DeviceState,
-    site: str,
-    tags: list[str],
-    enrolled: bool,
-    nodes: list[NodeHealth],
-    firing: Counter[str] | None,
+    state: DeviceState, enrolled: Enrolled | None, nodes: list[NodeHealth], firing: Counter[str] | None
 ) -> dict[str, Any]:
     counts = firing or Counter()
     return {
@@ -117,9 +109,10 @@ def _tile(
         "state": device_state(state, nodes, counts),
         "link": state.link,
         "stale": state.stale,
-        "site": site,
-        "tags": tags,
-        "enrolled": enrolled,
+        "site": enrolled.site if enrolled else "",
+        "tags": list(enrolled.tags) if enrolled else [],
+        "enrolled": enrolled is not None,
+        "revoked": enrolled.revoked if enrolled else "",
         "nodes_online": sum(1 for n in nodes if n.status == "online"),
         "nodes_total": len(nodes),
         "firing": {sev: counts[sev] for sev in SEVERITIES if counts[sev]},
@@ -247,6 +240,7 @@ def device(
         "site": enrolled.site if enrolled else "",
         "tags": list(enrolled.tags) if enrolled else [],
         "enrolled": enrolled is not None,
+        "revoked": enrolled.revoked if enrolled else "",
         "keys": sorted(enrolled.keys) if enrolled else [],
         "chain": _chain(state),
         "nodes": [

@@ -95,7 +95,8 @@ function chainText(chain) {
 
 function tile(d, compact) {
   return h("a", { class: `tile s-${d.state}`, href: `/device/${encodeURIComponent(d.device)}`, dataset: { device: d.device, state: d.state } },
-    h("div", { class: "name" }, h("span", {}, d.device), compact ? null : h("span", { class: `state s-${d.state}` }, d.state)),
+    h("div", { class: "name" }, h("span", {}, d.device), d.revoked ? h("span", { class: "state s-offline", title: `certificate revoked ${d.revoked}` }, "revoked") : null,
+      compact ? null : h("span", { class: `state s-${d.state}` }, d.state)),
     compact ? h("div", { class: "row" }, h("span", {}, sevBadges(d.firing))) : [
       h("div", { class: "row" }, h("span", {}, `link ${d.link}`), h("span", {}, `nodes ${d.nodes_online}/${d.nodes_total}`)),
       h("div", { class: "row" }, h("span", {}, sevBadges(d.firing).length ? sevBadges(d.firing) : "no alerts"), h("span", { class: "mono" }, chainText(d.chain))),
@@ -231,7 +232,7 @@ const pages = {
       h("dt", {}, "Last seen"), h("dd", {}, when(d.last_seen)),
       h("dt", {}, "Health"), h("dd", {}, d.stale ? "stale since " : "newest ", when(d.health_at)),
       h("dt", {}, "Version"), h("dd", {}, d.version || "-"),
-      h("dt", {}, "Site / tags"), h("dd", {}, `${d.site || "-"} / ${d.tags.join(", ") || "-"}`, d.enrolled ? "" : " (not enrolled)"),
+      h("dt", {}, "Site / tags"), h("dd", {}, `${d.site || "-"} / ${d.tags.join(", ") || "-"}`, d.enrolled ? "" : " (not enrolled)", d.revoked ? ` (certificate revoked ${d.revoked})` : ""),
       h("dt", {}, "Chain head"), h("dd", { class: "mono" }, chainText(d.chain), d.chain ? ` (witnessed from seq ${d.chain.base})` : ""),
       h("dt", {}, "Signing keys"), h("dd", { class: "mono" }, d.keys.join(", ") || "-"),
       Object.keys(d.disk).length ? [h("dt", {}, "Disk"), h("dd", {}, h("pre", {}, JSON.stringify(d.disk, null, 1)))] : null));
