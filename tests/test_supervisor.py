@@ -171,7 +171,7 @@ def test_a_fatal_child_is_tried_again_with_a_fresh_budget_after_the_retry_delay(
         task = sup.children["crash"].task
         assert task is not None and task.done()  # a stop while waiting out FATAL ends it
 
-    asyncio.run(scenario())
+    asyncio.run(asyncio.wait_for(scenario(), 60))  # its polls wait on events, within a deadline
     kinds = [k for _, k, _ in events]
     assert kinds.count("started") == 6  # 3 in each budget
     assert any(m.startswith("retrying after FATAL") for _, k, m in events if k == "restarting")
@@ -205,7 +205,7 @@ def test_stop_escalates_to_sigkill_and_stale_restart_is_ignored(tmp_path: Path) 
         await sup.stop()
         return first, stale, done, second
 
-    first, stale, done, second = asyncio.run(scenario())
+    first, stale, done, second = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert stale.startswith("ignored") and done.startswith("restarted")
     assert second is not None and second != first
     assert not psutil.pid_exists(first) and not psutil.pid_exists(second)

@@ -109,16 +109,23 @@ def _tile(
         "state": device_state(state, nodes, counts),
         "link": state.link,
         "stale": state.stale,
-        "site": enrolled.site if enrolled else "",
-        "tags": list(enrolled.tags) if enrolled else [],
-        "enrolled": enrolled is not None,
-        "revoked": enrolled.revoked if enrolled else "",
+        **_enrolment(enrolled),
         "nodes_online": sum(1 for n in nodes if n.status == "online"),
         "nodes_total": len(nodes),
         "firing": {sev: counts[sev] for sev in SEVERITIES if counts[sev]},
         "chain": _chain(state),
         "last_seen": stamp(state.last_seen),
         "version": state.version,
+    }
+
+
+def _enrolment(enrolled: Enrolled | None) -> dict[str, Any]:
+    """What the registry says of a device, as its tile and its page show it."""
+    return {
+        "site": enrolled.site if enrolled else "",
+        "tags": list(enrolled.tags) if enrolled else [],
+        "enrolled": enrolled is not None,
+        "revoked": enrolled.revoked if enrolled else "",
     }
 
 
@@ -237,10 +244,7 @@ def device(
         "health_at": stamp(state.health_at),
         "version": state.version,
         "disk": state.disk,
-        "site": enrolled.site if enrolled else "",
-        "tags": list(enrolled.tags) if enrolled else [],
-        "enrolled": enrolled is not None,
-        "revoked": enrolled.revoked if enrolled else "",
+        **_enrolment(enrolled),
         "keys": sorted(enrolled.keys) if enrolled else [],
         "chain": _chain(state),
         "nodes": [
